@@ -1,0 +1,110 @@
+"""PaddleX's ClsDataset format: `label.txt` (`idx name`), `train.txt`/`val.txt` (`relative/path idx`).
+
+Reading never raises on a malformed line: each line becomes an entry that keeps its file and line number,
+so that check-dataset can report every problem with `file:line`. Writers are atomic.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from components.fsutil import atomic_write_text
+
+LABEL_FILE = "label.txt"
+SPLITS = ("train", "val")
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"})
+_INT = re.compile(r"^[+-]?\d+$")
+_ESCAPES_ROOT = re.compile(r"(^|/)\.\.(/|$)|^/|^[A-Za-z]:")
+
+
+def list_file(split: str) -> str:
+    return f"{split}.txt"
+
+
+@dataclass(frozen=True)
+class ListEntry:
+    """One non-blank line of train.txt or val.txt."""
+
+    list_file: str
+    line: int
+    path: str | None
+    label_raw: str | None
+    fields: int
+
+    @property
+    def label(self) -> int | None:
+        return int(self.label_raw) if self.label_raw is not None and _INT.match(self.label_raw) else None
+
+    @property
+    def norm_path(self) -> str | None:
+        return posixpath.normpath(self.path) if self.path else None
+
+    @property
+    def escapes_root(self) -> bool:
+        return bool(self.path) and bool(_ESCAPES_ROOT.search(self.path))
+
+
+@dataclass(frozen=True)
+class LabelEntry:
+    """One non-blank line of label.txt."""
+
+    line: int
+    index_raw: str
+    name: str | None
+
+    @property
+    def index(self) -> int | None:
+        return int(self.index_raw) if _INT.match(self.index_raw) else None
+
+
+def _lines(path: Path) -> Iterable[tuple[int, str]]:
+    text = path.read_text(encoding="utf-8-sig", errors="replace")
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            yield number, line.strip()
+
+
+def read_list(path: Path) -> list[ListEntry]:
+    """Parse a list file. The label is after the last space, so paths may contain spaces; `\\` becomes `/`."""
+    entries = []
+    for number, line in _lines(path):
+        parts = line.rsplit(maxsplit=1)
+        if len(parts) == 2:
+            entries.append(ListEntry(path.name, number, parts[0].replace("\\", "/"), parts[1], 2))
+        else:
+            entries.append(ListEntry(path.name, number, parts[0].replace("\\", "/"), None, 1))
+    return entries
+
+
+def read_labels(path: Path) -> list[LabelEntry]:
+    """Parse label.txt: the index, then the name (which may contain spaces)."""
+    entries = []
+    for number, line in _lines(path):
+        parts = line.split(maxsplit=1)
+        entries.append(LabelEntry(number, parts[0], parts[1] if len(parts) == 2 else None))
+    return entries
+
+
+def label_names(path: Path) -> dict[int, str]:
+    """Index -> name for the well-formed lines of label.txt."""
+    return {e.index: e.name for e in read_labels(path) if e.index is not None and e.name is not None}
+
+
+def format_list(rows: Iterable[tuple[str, int]]) -> str:
+    return "".join(f"{p} {label}\n" for p, label in rows)
+
+
+def write_list(path: Path, rows: Iterable[tuple[str, int]]) -> None:
+    atomic_write_text(path, format_list(rows))
+
+
+def write_labels(path: Path, names: Sequence[str]) -> None:
+    atomic_write_text(path, "".join(f"{i} {name}\n" for i, name in enumerate(names)))
+
+
+def is_image_file(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")

@@ -1,0 +1,191 @@
+"""Parameters: built-in defaults, then `params.yaml`, then `-o section.key=value` overrides.
+
+The section and key names are the ones `dvc exp run -S section.key=value` uses, so one name works for
+the CLI, DVC stages and Prefect flows alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from components.errors import ParamsError
+
+DEFAULT_PARAMS_FILE = "params.yaml"
+
+
+@dataclass
+class DatasetParams:
+    dir: str = "data"
+    output: str = "output"
+    sample_num: int = 10
+    min_image_size: int = 32
+    num_workers: int = 0
+    link: bool = True
+
+
+@dataclass
+class SplitParams:
+    enable: bool = False
+    train_percent: int = 80
+    val_percent: int = 20
+    seed: int = 42
+
+
+@dataclass
+class TrainParams:
+    model: str = "PP-LCNet_x1_0"
+    pretrained: str = "none"
+    epochs: int = 10
+    batch_size: int = 32
+    learning_rate: float = 0.1
+    image_size: int = 224
+    device: str = "cpu"
+    seed: int = 42
+    output: str = "output/train"
+    resume: bool = False
+
+
+@dataclass
+class EvaluateParams:
+    weight_path: str = "output/train/best.pt"
+
+
+@dataclass
+class ExportParams:
+    output: str = "output/export"
+
+
+@dataclass
+class RegisterParams:
+    model_name: str = "sortflow-classifier"
+    min_improvement: float = 0.0
+
+
+@dataclass
+class PublishParams:
+    repo: str = "triton_repo"
+
+
+@dataclass
+class ServeParams:
+    grpc_port: int = 8001
+    http_port: int = 8000
+    metrics_port: int = 8002
+
+
+@dataclass
+class Params:
+    dataset: DatasetParams = field(default_factory=DatasetParams)
+    split: SplitParams = field(default_factory=SplitParams)
+    train: TrainParams = field(default_factory=TrainParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    export: ExportParams = field(default_factory=ExportParams)
+    register: RegisterParams = field(default_factory=RegisterParams)
+    publish: PublishParams = field(default_factory=PublishParams)
+    serve: ServeParams = field(default_factory=ServeParams)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+
+def _section_types() -> dict[str, type]:
+    hints = typing.get_type_hints(Params)
+    return {f.name: hints[f.name] for f in dataclasses.fields(Params)}
+
+
+def valid_keys() -> list[str]:
+    """Every `section.key` name, in declaration order."""
+    return [f"{name}.{k.name}" for name, section in _section_types().items() for k in dataclasses.fields(section)]
+
+
+def _coerce(value: Any, expected: type, where: str) -> Any:
+    if expected is bool:
+        if isinstance(value, bool):
+            return value
+    elif expected is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif expected is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif expected is str:
+        # `-o train.device=0` or `model_name: 2024` parse as numbers in YAML; the key wants text.
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise ParamsError(f"{where}: expected {expected.__name__}, got {value!r} ({type(value).__name__})")
+
+
+def _set(params: Params, key: str, value: Any, where: str) -> None:
+    section, _, name = key.partition(".")
+    sections = _section_types()
+    if section not in sections or not name:
+        raise ParamsError(f"{where}: unknown parameter {key!r}. Valid keys: {', '.join(valid_keys())}")
+    hints = typing.get_type_hints(sections[section])
+    if name not in hints:
+        keys = [k for k in valid_keys() if k.startswith(section + ".")]
+        raise ParamsError(f"{where}: unknown parameter {key!r}. Valid keys in {section}: {', '.join(keys)}")
+    setattr(getattr(params, section), name, _coerce(value, hints[name], f"{where}: {key}"))
+
+
+def _validate(params: Params) -> None:
+    s = params.split
+    if s.train_percent <= 0 or s.val_percent <= 0 or s.train_percent + s.val_percent != 100:
+        raise ParamsError(
+            f"split.train_percent ({s.train_percent}) and split.val_percent ({s.val_percent}) must both be"
+            " above 0 and add up to 100; for example -o split.train_percent=80 -o split.val_percent=20"
+        )
+    for key in ("sample_num", "min_image_size", "num_workers"):
+        if getattr(params.dataset, key) < 0:
+            raise ParamsError(f"dataset.{key} must be 0 or more, got {getattr(params.dataset, key)}")
+
+
+def _read_yaml(path: Path) -> Mapping[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise ParamsError(f"{path}{line}: not valid YAML ({exc.problem}); fix the syntax there") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise ParamsError(f"{path}: expected a mapping of sections (dataset:, split:, ...), got {data!r}")
+    return data
+
+
+def load_params(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Params:
+    """Resolve parameters: defaults, then `path` (or ./params.yaml if present), then overrides."""
+    params = Params()
+    if path is None and Path(DEFAULT_PARAMS_FILE).is_file():
+        path = DEFAULT_PARAMS_FILE
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ParamsError(f"{path}: parameter file not found; pass --params PATH to an existing file")
+        for section, values in _read_yaml(path).items():
+            if not isinstance(values, Mapping):
+                raise ParamsError(
+                    f"{path}: section {section!r} must be a mapping of keys, e.g. {section}:\n  key: value"
+                )
+            for key, value in values.items():
+                _set(params, f"{section}.{key}", value, str(path))
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ParamsError(f"override {item!r}: expected section.key=value, e.g. -o train.epochs=5")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        _set(params, key.strip(), value, f"override {item!r}")
+    _validate(params)
+    return params

@@ -1,0 +1,47 @@
+"""Image decoding shared by the dataset checks and, later, training and prediction.
+
+This module imports only Pillow, so process-pool workers that import it start fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps
+
+
+def probe_image(path: str) -> dict[str, Any]:
+    """Decode the whole image (not only its header) and describe it.
+
+    The hash covers the decoded pixels, mode and size, so the same picture saved twice, or as
+    PNG and BMP, has one hash; that is what leaks between train and val.
+    """
+    try:
+        with Image.open(path) as im:
+            fmt = im.format
+            im.load()
+            digest = hashlib.blake2b(im.tobytes(), digest_size=16)
+            digest.update(f"{im.mode}:{im.width}x{im.height}".encode())
+            return {
+                "readable": True,
+                "error": None,
+                "width": im.width,
+                "height": im.height,
+                "mode": im.mode,
+                "format": fmt,
+                "hash": digest.hexdigest(),
+            }
+    except Exception as exc:  # every decoder failure means the same thing here: not a usable image
+        return {"readable": False, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def load_rgb(path: str) -> Image.Image:
+    """Open an image upright (EXIF orientation applied) as 8-bit RGB, whatever its mode on disk."""
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im)
+        if im.mode.startswith("I"):
+            # 16-bit grey (PNG, TIFF): keep the top 8 bits; convert() would clip everything above 255.
+            im = Image.fromarray((np.asarray(im).astype(np.uint32) >> 8).clip(0, 255).astype(np.uint8), "L")
+        return im.convert("RGB")

@@ -1,0 +1,106 @@
+"""Parameters: defaults, params.yaml, -o overrides, and clear errors for wrong keys and types."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from components.config import Params, load_params, valid_keys
+from components.errors import ParamsError
+
+FIXED_NAMES = [
+    "dataset.dir",
+    "dataset.output",
+    "split.enable",
+    "split.train_percent",
+    "split.val_percent",
+    "split.seed",
+    "train.model",
+    "train.pretrained",
+    "train.epochs",
+    "train.batch_size",
+    "train.learning_rate",
+    "train.image_size",
+    "train.device",
+    "train.seed",
+    "train.output",
+    "train.resume",
+    "evaluate.weight_path",
+    "register.model_name",
+    "register.min_improvement",
+    "publish.repo",
+    "serve.grpc_port",
+    "serve.http_port",
+    "serve.metrics_port",
+]
+
+
+def test_fixed_names_exist() -> None:
+    assert set(FIXED_NAMES) <= set(valid_keys())
+
+
+def test_defaults_without_params_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert load_params() == Params()
+    assert Params().dataset.output == "output"
+
+
+def test_repo_params_yaml_holds_every_key_with_its_default() -> None:
+    """params.yaml documents every parameter; it may differ from the defaults only where it says so."""
+    import yaml
+
+    path = Path(__file__).resolve().parents[2] / "params.yaml"
+    data = yaml.safe_load(path.read_text())
+    keys = {f"{s}.{k}" for s, values in data.items() for k in values}
+    assert keys == set(valid_keys())
+    assert load_params(path) == Params()
+    text = path.read_text().splitlines()
+    for key in valid_keys():
+        name = key.split(".")[1]
+        line = next(x for x in text if x.strip().startswith(f"{name}:"))
+        assert "#" in line, f"params.yaml: {key} has no comment"
+
+
+def test_params_file_then_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text("train:\n  epochs: 3\n  learning_rate: 1\nsplit:\n  seed: 7\n")
+    params = load_params(path, ["train.epochs=5", "split.enable=true", "train.device=0", "dataset.dir=my data"])
+    assert params.train.epochs == 5
+    assert params.train.learning_rate == 1.0 and isinstance(params.train.learning_rate, float)
+    assert params.split.seed == 7 and params.split.enable is True
+    assert params.train.device == "0"
+    assert params.dataset.dir == "my data"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.epoch=3", "unknown parameter 'train.epoch'. Valid keys in train: train.model"),
+        ("nosuch.key=1", "unknown parameter 'nosuch.key'. Valid keys: dataset.dir"),
+        ("train.epochs=three", "train.epochs: expected int, got 'three'"),
+        ("split.enable=maybe", "split.enable: expected bool"),
+        ("train.epochs", "expected section.key=value"),
+        ("split.train_percent=70", "must both be above 0 and add up to 100"),
+    ],
+)
+def test_bad_overrides(override: str, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ParamsError) as info:
+        load_params(None, [override])
+    assert message in str(info.value)
+
+
+def test_bad_params_file(tmp_path: Path) -> None:
+    bad = tmp_path / "params.yaml"
+    bad.write_text("train:\n  epochs: [1\n")
+    with pytest.raises(ParamsError, match=r"params\.yaml:\d+: not valid YAML"):
+        load_params(bad)
+    bad.write_text("train:\n  epoch: 1\n")
+    with pytest.raises(ParamsError, match=r"unknown parameter 'train\.epoch'"):
+        load_params(bad)
+    bad.write_text("train: 5\n")
+    with pytest.raises(ParamsError, match="section 'train' must be a mapping"):
+        load_params(bad)
+    with pytest.raises(ParamsError, match="parameter file not found"):
+        load_params(tmp_path / "missing.yaml")

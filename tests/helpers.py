@@ -1,0 +1,57 @@
+"""Builders of tiny generated datasets (a few 16 px images), so that tests stay fast."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+TRASHNET = SHARED_DATA / "trashnet-rgb-112.tar.gz"
+CLASSES = ("glass", "metal", "paper")
+
+
+def write_image(path: Path, seed: int, size: int = 16, mode: str = "RGB", fmt: str | None = None) -> Path:
+    """A distinct image per seed (random pixels), so no two test images share content."""
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+    Image.fromarray(pixels, "RGB").convert(mode).save(path, format=fmt)
+    return path
+
+
+def folder_dataset(root: Path, per_class: int = 5) -> Path:
+    """One folder per class, JPEG images."""
+    seed = 0
+    for name in CLASSES:
+        for i in range(per_class):
+            write_image(root / name / f"{name}_{i}.jpg", seed)
+            seed += 1
+    return root
+
+
+def cls_dataset(root: Path, per_class: int = 5, val_per_class: int = 2) -> Path:
+    """A valid ClsDataset: label.txt, train.txt, val.txt and images/<class>/*.jpg."""
+    train, val = [], []
+    seed = 1000
+    for label, name in enumerate(CLASSES):
+        for i in range(per_class):
+            rel = f"images/{name}/{name}_{i}.jpg"
+            write_image(root / rel, seed)
+            seed += 1
+            (val if i < val_per_class else train).append(f"{rel} {label}\n")
+    (root / "label.txt").write_text("".join(f"{i} {n}\n" for i, n in enumerate(CLASSES)))
+    (root / "train.txt").write_text("".join(train))
+    (root / "val.txt").write_text("".join(val))
+    return root
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Relative path -> content hash of every file under root."""
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
