@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from components.cls_dataset import list_file, read_list, write_labels, write_list  # noqa: E402
+from components.fsutil import file_digest  # noqa: E402
 from components.split import stratified_split  # noqa: E402
 
 TRASHNET = REPO.parent / "shared" / "data" / "trashnet-rgb-112.tar.gz"
@@ -58,6 +59,7 @@ def build(root: Path, n: int) -> Path:
     sources = _sources(root)
     classes = sorted({c for c, _ in sources})
     rows = []
+    content = {}
     for variant in VARIANTS:
         for i, (cls, image) in enumerate(sources):
             if len(rows) == n:
@@ -66,8 +68,9 @@ def build(root: Path, n: int) -> Path:
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             (image if variant is None else image.transpose(variant)).save(root / rel, quality=90)
             rows.append((rel, classes.index(cls)))
+            content[rel] = file_digest(root / rel)
     write_labels(root / "label.txt", classes)
-    train, val = stratified_split(rows, 80, 20, seed=0)
+    train, val = stratified_split(rows, 80, 20, seed=0, content=content)
     write_list(root / "train.txt", train)
     write_list(root / "val.txt", val)
     return root
@@ -82,14 +85,13 @@ def bare_decode(root: Path) -> float:
     return time.perf_counter() - start
 
 
-def sortflow_check(root: Path, output: Path) -> float:
+def sortflow_check(root: Path, output: Path) -> tuple[float, bool]:
     start = time.perf_counter()
-    subprocess.run(
+    run = subprocess.run(
         [str(Path(sys.executable).parent / "sortflow"), "check-dataset", str(root), "-o", f"dataset.output={output}"],
-        check=True,
         capture_output=True,
     )
-    return time.perf_counter() - start
+    return time.perf_counter() - start, run.returncode == 0
 
 
 def main() -> None:
@@ -101,7 +103,8 @@ def main() -> None:
     source = "TrashNet x4 orientations" if TRASHNET.is_file() else "synthetic"
     bare = bare_decode(root)  # also warms the page cache for both runs
     bare = min(bare, bare_decode(root))
-    ours = min(sortflow_check(root, args.workdir / "check_output") for _ in range(2))
+    runs = [sortflow_check(root, args.workdir / "check_output") for _ in range(2)]
+    ours, passed = min(t for t, _ in runs), all(ok for _, ok in runs)
     cpu = next(
         (
             line.split(":", 1)[1].strip()
@@ -111,7 +114,7 @@ def main() -> None:
         platform.processor(),
     )
     print(f"machine: {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}")
-    print(f"dataset: {args.images} JPEG images of 112 px ({source})")
+    print(f"dataset: {args.images} JPEG images of 112 px ({source}); check passed: {passed}")
     print("| run | wall time (s) | images/s |")
     print("|---|---|---|")
     print(f"| bare serial decode loop (baseline) | {bare:.1f} | {args.images / bare:.0f} |")

@@ -55,6 +55,7 @@ IMAGE_COLUMNS = [
     "format",
     "hash",
     "leak_with",
+    "label_conflict",
 ]
 
 
@@ -174,10 +175,16 @@ def build_manifest(dataset_dir: str | Path, workers: int = 0) -> Manifest:
     for r in rows:
         if r["hash"]:
             first_seen.setdefault((r["split"], r["hash"]), f"{r['list_file']}:{r['line']}")
+    labels_of: dict[str, dict[int, str]] = {}
+    for r in rows:
+        if r["hash"] and r["label"] is not None:
+            labels_of.setdefault(r["hash"], {}).setdefault(r["label"], f"{r['list_file']}:{r['line']}")
     for r in rows:
         if r["hash"]:
             other = "val" if r["split"] == "train" else "train"
             r["leak_with"] = first_seen.get((other, r["hash"]))
+            others = [where for label, where in labels_of.get(r["hash"], {}).items() if label != r["label"]]
+            r["label_conflict"] = others[0] if others else None
 
     images = pd.DataFrame(rows, columns=IMAGE_COLUMNS)
     for col in ("label", "width", "height", "min_side", "line", "fields"):
@@ -319,6 +326,12 @@ def _expectations(manifest: Manifest, min_image_size: int) -> dict[str, list[Any
             column="leak_with",
             description="no image content is in both train and val",
             meta=fix("remove the duplicate from one split (`sortflow split DIR` resplits by path)"),
+        ),
+        gxe.ExpectColumnValuesToBeNull(
+            column="label_conflict",
+            severity="warning",
+            description="no image content is listed under two labels",
+            meta=fix("the same picture is filed under two classes: keep the line with the right label"),
         ),
         gxe.ExpectColumnValuesToBeBetween(
             column="min_side",

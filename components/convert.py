@@ -10,7 +10,7 @@ from pathlib import Path
 from components.cls_dataset import LABEL_FILE, SPLITS, is_image_file, list_file, write_labels, write_list
 from components.config import SplitParams
 from components.errors import DatasetError
-from components.fsutil import staged_dir
+from components.fsutil import file_digest, staged_dir
 from components.split import SplitResult, stratified_split
 
 log = logging.getLogger(__name__)
@@ -53,14 +53,16 @@ def convert_folders(src: str | Path, dst: str | Path, split: SplitParams, link: 
         if name != name.strip() or "\n" in name:
             raise DatasetError(f"{src / name}: class folder names may not start or end with spaces; rename it")
     rows = []
+    content = {}
     with staged_dir(dst, replace=True) as stage:
         for label, (name, images) in enumerate(classes.items()):
             for image in images:
                 rel = Path("images", name, image.relative_to(src / name)).as_posix()
                 _place(image, stage / rel, link)
                 rows.append((rel, label))
+                content[rel] = file_digest(image)
         write_labels(stage / LABEL_FILE, list(classes))
-        train, val = stratified_split(rows, split.train_percent, split.val_percent, split.seed)
+        train, val = stratified_split(rows, split.train_percent, split.val_percent, split.seed, content)
         for name, split_rows in zip(SPLITS, (train, val), strict=True):
             write_list(stage / list_file(name), split_rows)
     log.info("Converted %s -> %s: %d images, %d classes", src, dst, len(rows), len(classes))

@@ -15,7 +15,7 @@ from PIL import Image
 
 from components.cls_dataset import LABEL_FILE, SPLITS, list_file, write_labels, write_list
 from components.errors import DatasetError
-from components.fsutil import staged_dir
+from components.fsutil import file_digest, staged_dir
 from components.split import SplitResult, stratified_split
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ def build_demo_dataset(dst: str | Path, force: bool = False) -> SplitResult:
         raise DatasetError(f"{dst}: already exists and is not empty; pass --force to rebuild it")
     digits = load_digits()
     rows = []
+    content = {}
     with staged_dir(dst, replace=True) as stage:
         for i, (pixels, target) in enumerate(zip(digits.images, digits.target, strict=True)):
             name = CLASS_NAMES[int(target)]
@@ -50,8 +51,9 @@ def build_demo_dataset(dst: str | Path, force: bool = False) -> SplitResult:
             (stage / rel).parent.mkdir(parents=True, exist_ok=True)
             (stage / rel).write_bytes(digit_image(pixels))
             rows.append((rel, int(target)))
+            content[rel] = file_digest(stage / rel)
         write_labels(stage / LABEL_FILE, CLASS_NAMES)
-        train, val = stratified_split(rows, TRAIN_PERCENT, VAL_PERCENT, SEED)
+        train, val = stratified_split(rows, TRAIN_PERCENT, VAL_PERCENT, SEED, content)
         for split, split_rows in zip(SPLITS, (train, val), strict=True):
             write_list(stage / list_file(split), split_rows)
     log.info("Demo dataset in %s: %d train, %d val, %d classes", dst, len(train), len(val), len(CLASS_NAMES))

@@ -182,11 +182,15 @@ def test_warnings_do_not_fail(run_cli: Run, dataset: Path) -> None:
         "".join(f"{x}\n" for x in (dataset / "val.txt").read_text().splitlines() if not x.endswith(" 2"))
     )
     write_image(dataset / "images/glass/glass_4.jpg", seed=5, size=16, mode="L")
+    shutil.copy(dataset / "images/glass/glass_3.jpg", dataset / "images/metal/also_glass.jpg")
+    corrupt_list(dataset, "train.txt", "images/metal/also_glass.jpg 1")  # glass_3 is in train too: no leak
     code, out, _, result = check(run_cli, dataset, "-o", "dataset.min_image_size=20")
     assert code == 0 and "Check dataset passed !" in out
     warned = {c["name"] for c in result["checks"] if not c["success"]}
     assert "every class has at least one val image" in warned
     assert "images are 8-bit RGB" in warned
+    conflict = next(c for c in result["checks"] if c["name"] == "no image content is listed under two labels")
+    assert conflict["severity"] == "warning" and conflict["examples"][0].startswith("train.txt:")
     assert "images are at least 20 px on the short side (dataset.min_image_size)" in warned
     assert "warning: every class has at least one val image" in out
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -107,3 +108,26 @@ def test_malformed_line_stops_split_before_any_change(dataset: Path) -> None:
 def test_split_missing_folder(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="dataset folder not found"):
         split_dataset(tmp_path / "nope", SplitParams())
+
+
+def test_identical_files_land_on_the_same_side() -> None:
+    rows = [(f"a/{i}.jpg", 0) for i in range(10)] + [("b/dup.jpg", 1), ("b/x.jpg", 1), ("b/y.jpg", 1)]
+    content = {"a/0.jpg": "same", "b/dup.jpg": "same", "a/1.jpg": "twin", "a/2.jpg": "twin"}
+    for seed in range(20):
+        train, val = stratified_split(rows, 50, 50, seed, content)
+        side = {p: "val" for p, _ in val} | {p: "train" for p, _ in train}
+        assert side["a/0.jpg"] == side["b/dup.jpg"]
+        assert side["a/1.jpg"] == side["a/2.jpg"]
+        assert sorted(train + val) == sorted(rows)
+
+
+def test_split_dataset_keeps_duplicate_files_together(tmp_path: Path) -> None:
+    root = cls_dataset(tmp_path / "ds", per_class=10)
+    # The same photo filed twice under glass: a plain random split would leak it.
+    shutil.copy(root / "images/glass/glass_5.jpg", root / "images/glass/again.jpg")
+    with open(root / "train.txt", "a") as f:
+        f.write("images/glass/again.jpg 0\n")
+    for seed in range(10):
+        split_dataset(root, SplitParams(train_percent=50, val_percent=50, seed=seed))
+        val = {e.path for e in read_list(root / "val.txt")}
+        assert ("images/glass/glass_5.jpg" in val) == ("images/glass/again.jpg" in val)

@@ -36,3 +36,8 @@ def test_trashnet_converts_and_passes(run_cli: Run, tmp_path: Path) -> None:
     assert abs(attrs["val_samples"] - 0.2 * sum(COUNTS.values())) < 6
     assert len(attrs["train_sample_paths"]) == 10 and len(attrs["val_sample_paths"]) == 10
     assert Path("output/check_dataset/histogram.png").stat().st_size > 10_000
+    # TrashNet files three photos under two classes (glass115 = metal91, glass176 = plastic152,
+    # glass389 = plastic332): reported as a warning, and the split keeps each pair on one side.
+    conflict = next(c for c in result["checks"] if c["name"] == "no image content is listed under two labels")
+    assert conflict["unexpected_count"] == 6 and not conflict["success"]
+    assert "warning: no image content is listed under two labels" in out
