@@ -180,7 +180,7 @@ def build_manifest(dataset_dir: str | Path, workers: int = 0) -> Manifest:
         if r["hash"] and r["label"] is not None:
             labels_of.setdefault(r["hash"], {}).setdefault(r["label"], f"{r['list_file']}:{r['line']}")
     for r in rows:
-        if r["hash"]:
+        if r["hash"] and r["label"] is not None:
             other = "val" if r["split"] == "train" else "train"
             r["leak_with"] = first_seen.get((other, r["hash"]))
             others = [where for label, where in labels_of.get(r["hash"], {}).items() if label != r["label"]]
@@ -361,15 +361,24 @@ def _expectations(manifest: Manifest, min_image_size: int) -> dict[str, list[Any
     return {"files": files, "labels": labels, "images": images}
 
 
-def _examples(result: dict[str, Any], column: str) -> list[str]:
+def _examples(result: dict[str, Any], column: str, rows: dict[tuple[str, int], dict[str, Any]]) -> list[str]:
+    """`file:line path (what is wrong)` for the first offending entries, from the manifest rows."""
     found = result.get("unexpected_index_list") or []
-    if found:
-        return [
-            f"{r['list_file']}{':' + str(r['line']) if r['line'] else ''} ({r.get(column)})" for r in found[:EXAMPLES]
-        ]
-    if "observed_value" in result:
+    if not found and "observed_value" in result:
         return [f"observed: {result['observed_value']}"]
-    return []
+    examples = []
+    for r in found[:EXAMPLES]:
+        if not r["line"]:
+            examples.append(r["list_file"])
+            continue
+        row = rows.get((r["list_file"], int(r["line"])), {})
+        example = f"{r['list_file']}:{r['line']} {row.get('text', '')}"
+        if column == "readable":
+            example += f" ({row.get('error')})"
+        elif column not in ("path", "norm_path"):
+            example += f" ({column}: {r.get(column)})"
+        examples.append(example)
+    return examples
 
 
 def run_suite(manifest: Manifest, min_image_size: int, report_dir: Path) -> list[CheckResult]:
@@ -405,6 +414,13 @@ def run_suite(manifest: Manifest, min_image_size: int, report_dir: Path) -> list
             (table, context.validation_definitions.add(gx.ValidationDefinition(name=table, data=batch, suite=suite)))
         )
 
+    rows = {(r["list_file"], r["line"]): {**r, "text": r["path"]} for r in manifest.images.to_dict("records")}
+    rows.update(
+        {
+            (r["list_file"], r["line"]): {"text": f"{r['index_raw']} {r['name'] or ''}".strip()}
+            for r in manifest.labels.to_dict("records")
+        }
+    )
     checks: list[CheckResult] = []
     validation_json = []
     for table, definition in definitions:
@@ -412,7 +428,6 @@ def run_suite(manifest: Manifest, min_image_size: int, report_dir: Path) -> list
             gx.Checkpoint(
                 name=f"check_{table}",
                 validation_definitions=[definition],
-                actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["sortflow"])],
                 result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["list_file", "line"]},
             )
         )
@@ -429,10 +444,14 @@ def run_suite(manifest: Manifest, min_image_size: int, report_dir: Path) -> list
                         severity=config.get("severity", "critical"),
                         success=bool(r["success"]),
                         unexpected_count=int(r["result"].get("unexpected_count") or 0),
-                        examples=[] if r["success"] else _examples(r["result"], config["kwargs"].get("column", "")),
+                        examples=[]
+                        if r["success"]
+                        else _examples(r["result"], config["kwargs"].get("column", ""), rows),
                         fix=config["meta"]["fix"],
                     )
                 )
+    # One Data Docs build for all three tables (an UpdateDataDocsAction per checkpoint builds it three times).
+    context.build_data_docs(site_names=["sortflow"])
     atomic_write_json(report_dir / "expectation_suite.json", [s.to_json_dict() for s in suites])
     atomic_write_json(report_dir / "validation_result.json", validation_json)
     return checks
