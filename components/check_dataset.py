@@ -8,6 +8,7 @@ under `dataset.output`, follow PaddleX: `check_dataset_result.json`, `check_data
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 import os
@@ -584,3 +585,26 @@ def format_report(report: CheckReport) -> str:
         lines.append(report.result["err_msg"])
     lines.append(f"Report: {report.result_path}")
     return "\n".join(lines)
+
+
+def ensure_checked(params: DatasetParams) -> dict[str, Any]:
+    """The check result for `params.dir`: reused if newer than its list files, else checked now.
+
+    Raises DatasetError with the failed checks when the dataset does not pass, so nothing trains on it.
+    """
+    root = Path(params.dir)
+    path = Path(params.output) / RESULT_FILE
+    lists = [root / LABEL_FILE, *(root / list_file(s) for s in SPLITS)]
+    result = None
+    if path.is_file() and all(p.is_file() for p in lists):
+        cached = json.loads(path.read_text(encoding="utf-8"))
+        if cached.get("dataset_path") == str(root) and path.stat().st_mtime >= max(p.stat().st_mtime for p in lists):
+            result = cached
+    if result is None:
+        result = check_dataset(params).result
+    if not result["check_pass"]:
+        raise DatasetError(
+            f"{root}: the dataset failed check-dataset, so it is not used; fix it first "
+            f"(report: {path}):\n{result['err_msg']}"
+        )
+    return result

@@ -76,6 +76,67 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from components.train import resolve_device, torchrun_command, train
+
+    params = _params(args)
+    _, gpu_ids = resolve_device(params.train.device)
+    if len(gpu_ids) > 1 and "WORLD_SIZE" not in os.environ:
+        command, env = torchrun_command(gpu_ids, args.argv)
+        return subprocess.run(command, env=env).returncode
+    result = train(params)
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(f"Trained {result.epochs} epochs: best val top-1 {result.best_top1:.4f}, last {result.last_top1:.4f}")
+        print(f"Checkpoints and reports: {result.output} (MLflow run {result.run_id})")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from components.evaluate import evaluate
+
+    params = _params(args)
+    result = evaluate(params)
+    print(
+        f"val.top1 {result['metrics']['val.top1']:.4f}  val.top5 {result['metrics']['val.top5']:.4f}  "
+        f"({result['num_samples']} images, {result['weight_path']})"
+    )
+    print(f"Report: {params.evaluate.output}/evaluate_result.json")
+    return 0
+
+
+def _print_table(columns: list[str], rows: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*columns)
+    for row in rows:
+        table.add_row(*(str(row[c]) for c in columns))
+    Console(width=200).print(table)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from components.models import model_table
+
+    rows = model_table()
+    for row in rows:
+        row["offline_weights"] = "yes" if row["offline_weights"] else "no"
+    _print_table(["name", "timm_name", "params_m", "imagenet_top1", "input_size", "offline_weights"], rows)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from components.tracking import compare_runs
+
+    columns, rows = compare_runs(_params(args).mlflow, limit=args.limit)
+    if not rows:
+        print("No runs yet: train a model first (sortflow train)")
+        return 0
+    _print_table(columns, rows)
+    return 0
+
+
 def cmd_params(args: argparse.Namespace) -> int:
     if args.keys:
         print("\n".join(valid_keys()))
@@ -111,6 +172,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing folder")
     p.set_defaults(func=cmd_demo)
 
+    p = sub.add_parser("train", parents=[common], help="train a model on a checked dataset (MLflow tracked)")
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("evaluate", parents=[common], help="top-1/top-5, per-class metrics, confusion matrix")
+    p.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser("models", help="the model zoo: PaddleX names, timm names, sizes, ImageNet top-1")
+    p.set_defaults(func=cmd_models)
+    p = sub.add_parser("compare", parents=[common], help="recent training runs side by side")
+    p.add_argument("--limit", type=int, default=10, help="how many recent runs (default 10)")
+    p.set_defaults(func=cmd_compare)
+
     p = sub.add_parser("params", parents=[common], help="print the resolved parameters")
     p.add_argument("--keys", action="store_true", help="list every section.key name instead")
     p.set_defaults(func=cmd_params)
@@ -123,7 +194,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Our own steps log at INFO; libraries (GX, matplotlib, ...) only when something is wrong.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("components").setLevel(logging.INFO)
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return args.func(args)
     except SortflowError as exc:

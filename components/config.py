@@ -50,11 +50,21 @@ class TrainParams:
     seed: int = 42
     output: str = "output/train"
     resume: bool = False
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 4e-5
+    warmup_epochs: int = 1
+    label_smoothing: float = 0.1
+    num_classes: int = 0
+    num_workers: int = 0
+    cache_mb: int = 2048
 
 
 @dataclass
 class EvaluateParams:
     weight_path: str = "output/train/best.pt"
+    output: str = "output/evaluate"
+    batch_size: int = 64
 
 
 @dataclass
@@ -81,6 +91,12 @@ class ServeParams:
 
 
 @dataclass
+class MlflowParams:
+    tracking_uri: str = ""
+    experiment: str = "sortflow"
+
+
+@dataclass
 class Params:
     dataset: DatasetParams = field(default_factory=DatasetParams)
     split: SplitParams = field(default_factory=SplitParams)
@@ -90,6 +106,7 @@ class Params:
     register: RegisterParams = field(default_factory=RegisterParams)
     publish: PublishParams = field(default_factory=PublishParams)
     serve: ServeParams = field(default_factory=ServeParams)
+    mlflow: MlflowParams = field(default_factory=MlflowParams)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
@@ -146,6 +163,16 @@ def _validate(params: Params) -> None:
     for key in ("sample_num", "min_image_size", "num_workers"):
         if getattr(params.dataset, key) < 0:
             raise ParamsError(f"dataset.{key} must be 0 or more, got {getattr(params.dataset, key)}")
+    t = params.train
+    if t.optimizer not in ("sgd", "adamw"):
+        raise ParamsError(f"train.optimizer must be sgd or adamw, got {t.optimizer!r}")
+    for key in ("epochs", "batch_size", "image_size"):
+        if getattr(t, key) < 1:
+            raise ParamsError(f"train.{key} must be 1 or more, got {getattr(t, key)}")
+    if t.learning_rate <= 0:
+        raise ParamsError(f"train.learning_rate must be above 0, got {t.learning_rate}")
+    if not 0 <= t.label_smoothing < 1:
+        raise ParamsError(f"train.label_smoothing must be in [0, 1), got {t.label_smoothing}")
 
 
 def _read_yaml(path: Path) -> Mapping[str, Any]:

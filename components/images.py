@@ -45,3 +45,15 @@ def load_rgb(path: str) -> Image.Image:
             # 16-bit grey (PNG, TIFF): keep the top 8 bits; convert() would clip everything above 255.
             im = Image.fromarray((np.asarray(im).astype(np.uint32) >> 8).clip(0, 255).astype(np.uint8), "L")
         return im.convert("RGB")
+
+
+def decode_for_training(job: tuple[str, int]) -> np.ndarray:
+    """(path, max short side) -> an upright RGB uint8 array, downscaled if the short side is larger."""
+    path, max_short_side = job
+    image = load_rgb(path)
+    short = min(image.size)
+    if short > max_short_side:
+        # Photos far larger than the training resolution only cost memory.
+        scale = max_short_side / short
+        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BICUBIC)
+    return np.asarray(image, dtype=np.uint8)
