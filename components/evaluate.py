@@ -15,6 +15,7 @@ from torch import nn
 from components.config import Params
 from components.errors import SortflowError
 from components.fsutil import atomic_write_bytes, atomic_write_json
+from components.loader import model_input
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def predict_logits(
     logits, targets = [], []
     for images, labels in loader:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            out = model(images.to(device, memory_format=torch.channels_last))
+            out = model(model_input(images, device))
         logits.append(out.float().cpu())
         targets.append(labels)
     model.train(was_training)

@@ -119,18 +119,26 @@ class DataConfig:
 
 
 def transform(cfg: DataConfig, training: bool) -> v2.Compose:
-    """Training: random resized crop and flip. Evaluation: resize the short side, then center crop."""
-    mode = (
-        InterpolationMode(cfg.interpolation)
-        if cfg.interpolation in ("bilinear", "bicubic")
-        else InterpolationMode.BICUBIC
-    )
-    normalize = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(cfg.mean, cfg.std)]
+    """uint8 CHW in, normalized float out. Training: random resized crop and flip. Evaluation: resize the
+    short side, then center crop.
+
+    Normalizing image by image stays in the CPU cache; on a whole batch it measured 7x slower.
+    """
     if training:
-        steps = [v2.RandomResizedCrop(cfg.image_size, interpolation=mode, antialias=True), v2.RandomHorizontalFlip()]
+        # Bilinear for the random crops (as timm's training default), the model's own mode for evaluation.
+        steps = [
+            v2.RandomResizedCrop(cfg.image_size, interpolation=InterpolationMode.BILINEAR, antialias=True),
+            v2.RandomHorizontalFlip(),
+        ]
     else:
+        mode = InterpolationMode.BILINEAR if cfg.interpolation == "bilinear" else InterpolationMode.BICUBIC
         steps = [v2.Resize(cfg.resize_size, interpolation=mode, antialias=True), v2.CenterCrop(cfg.image_size)]
-    return v2.Compose(steps + normalize)
+    return v2.Compose([*steps, v2.ToDtype(torch.float32, scale=True), v2.Normalize(cfg.mean, cfg.std)])
+
+
+def model_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batch on `device` in channels_last, the faster layout for these convolutional models."""
+    return images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
 
 
 class ClsImages(Dataset):
