@@ -1,0 +1,12 @@
+"""sortflow's library: one module per pipeline step. `from components import create_pipeline` for prediction."""
+
+from typing import Any
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so that `import components.<step>` does not pull in onnxruntime and torch.
+    if name == "create_pipeline":
+        from components.predict import create_pipeline
+
+        return create_pipeline
+    raise AttributeError(name)

@@ -26,7 +26,7 @@ from components.cls_dataset import LABEL_FILE, SPLITS, label_names, list_file, r
 from components.config import DatasetParams
 from components.errors import DatasetError
 from components.fsutil import atomic_write_json, staged_dir
-from components.images import load_rgb, probe_image
+from components.images import draw_lines, load_rgb, probe_image
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,6 @@ REPORT_DIR = "check_dataset"
 INT_PATTERN = r"^[+-]?\d+$"
 ESCAPE_PATTERNS = [r"(?:^|/)\.\.(?:/|$)", r"^/", r"^[A-Za-z]:"]
 EXAMPLES = 5
-DEMO_MIN_SIDE = 224
 
 IMAGE_COLUMNS = [
     "list_file",
@@ -458,22 +457,6 @@ def run_suite(manifest: Manifest, min_image_size: int, report_dir: Path) -> list
     return checks
 
 
-def _draw_label(path: str, text: str) -> Any:
-    from PIL import Image, ImageDraw, ImageFont
-
-    image = load_rgb(path)
-    if min(image.size) < DEMO_MIN_SIDE:
-        scale = DEMO_MIN_SIDE / min(image.size)
-        resample = Image.Resampling.NEAREST if min(image.size) <= 64 else Image.Resampling.BICUBIC
-        image = image.resize((round(image.width * scale), round(image.height * scale)), resample)
-    draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default(size=max(12, image.width // 10))
-    _, _, right, bottom = draw.textbbox((6, 3), text, font=font)
-    draw.rectangle((3, 3, right + 3, bottom + 6), fill=(255, 0, 0))
-    draw.text((6, 3), text, fill=(255, 255, 255), font=font)
-    return image
-
-
 def write_demo_images(
     manifest: Manifest, names: dict[int, str], out_dir: Path, sample_num: int
 ) -> dict[str, list[str]]:
@@ -494,7 +477,7 @@ def write_demo_images(
             if name in used:
                 name = f"{split}_{r['line']}_{name}"
             used.add(name)
-            _draw_label(str(manifest.root / r["norm_path"]), names[int(r["label"])]).save(out_dir / name)
+            draw_lines(load_rgb(str(manifest.root / r["norm_path"])), [names[int(r["label"])]]).save(out_dir / name)
             sampled[split].append(f"{REPORT_DIR}/{out_dir.name}/{name}")
     return sampled
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -106,6 +107,113 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from components.export import MODEL_FILE, export
+
+    params = _params(args)
+    result = export(params)
+    parity = result["parity"]
+    print(
+        f"Exported {params.export.output}/{MODEL_FILE}: {result['size_bytes'] / 1e6:.1f} MB, val top-1 "
+        f"{result['val_top1']:.4f}; parity with torch on {parity['images']} val images: max abs diff "
+        f"{parity['max_abs_diff']:.1e}, same top-1"
+    )
+    if "int8" in result:
+        q = result["int8"]
+        print(
+            f"INT8: {q['file']} {q['size_bytes'] / 1e6:.1f} MB, val top-1 {q['val_top1']:.4f} "
+            f"({q['top1_change'] * 100:+.2f} points)"
+        )
+    return 0
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    from components.register import register
+
+    result = register(_params(args))
+    print(f"Registered {result['model_name']} version {result['version']}: {result['decision']}")
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from components.publish import publish
+
+    result = publish(_params(args))
+    print(
+        f"Published {result['model_name']} version {result['version']} into {result['repo']}/ "
+        f"({', '.join(result['models'])})" + ("; reloaded in the running server" if result["reloaded"] else "")
+    )
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from components import serve
+
+    params = _params(args)
+    if args.stop:
+        print("Stopped the Triton server" if serve.stop(params) else "No Triton server was running")
+        return 0
+    if args.status:
+        state = serve.status(params)
+        if state is None:
+            print("No Triton server is running")
+            return 1
+        print(json.dumps(state, indent=2))
+        return 0
+    state = serve.start(params)
+    print(
+        f"Triton is serving {', '.join(state['models'])} on 127.0.0.1: gRPC {state['grpc_port']}, "
+        f"HTTP {state['http_port']}, metrics {state['metrics_port']} (pid {state['pid']}, log {state['log']})"
+    )
+    print("Stop it with: sortflow serve --stop")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from components.predict import IMAGENET, PipelineConfig, create_pipeline
+
+    params = _params(args)
+    config = (
+        PipelineConfig.load(args.config)
+        if args.config
+        else PipelineConfig(model_dir=params.export.output, triton_model=params.register.model_name)
+    )
+    if args.model:
+        config.model_dir = args.model
+    elif not args.config and not args.triton and not (Path(config.model_dir) / "model.onnx").is_file():
+        logging.getLogger("components").info("No model in %s: using ImageNet EfficientNet-Lite0", config.model_dir)
+        config.model_dir = IMAGENET
+    if args.topk:
+        config.topk = args.topk
+    if args.triton:
+        config.triton_url = args.triton
+    failed = 0
+    for result in create_pipeline(config).predict(args.input):
+        if not result.ok:
+            failed += 1
+            print(f"error: {result['input_path']}: {result['error']}", file=sys.stderr)
+            continue
+        result.print()
+        if args.save_path:
+            result.save_to_json(args.save_path)
+            result.save_to_img(args.save_path)
+    return 1 if failed else 0
+
+
+def cmd_get_pipeline_config(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from components.predict import PipelineConfig
+
+    params = _params(args)
+    config = PipelineConfig(model_dir=params.export.output, triton_model=params.register.model_name)
+    path = config.save(Path(args.save_path) / "pipeline.yaml")
+    print(f"Wrote {path}; use it with `sortflow predict --config {path}` or create_pipeline({str(path)!r})")
+    return 0
+
+
 def _print_table(columns: list[str], rows: list[dict]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -176,6 +284,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("evaluate", parents=[common], help="top-1/top-5, per-class metrics, confusion matrix")
     p.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser(
+        "export", parents=[common], help="checkpoint -> ONNX (raw RGB in, probabilities out), parity-checked"
+    )
+    p.set_defaults(func=cmd_export)
+    p = sub.add_parser("register", parents=[common], help="ONNX model -> MLflow registry (champion/challenger)")
+    p.set_defaults(func=cmd_register)
+    p = sub.add_parser("publish", parents=[common], help="registry champion -> Triton model repository")
+    p.set_defaults(func=cmd_publish)
+    p = sub.add_parser("serve", parents=[common], help="start a local Triton server over publish.repo")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--status", action="store_true", help="show the running server")
+    group.add_argument("--stop", action="store_true", help="stop the running server")
+    p.set_defaults(func=cmd_serve)
+    p = sub.add_parser("predict", parents=[common], help="classify images (in-process ONNX, or Triton over gRPC)")
+    p.add_argument("--input", required=True, nargs="+", help="image files, folders or http(s) URLs")
+    p.add_argument("--topk", type=int, default=0, help="classes per image (default 5)")
+    p.add_argument("--save-path", help="write <name>_res.json and <name>_res.png here")
+    p.add_argument("--triton", metavar="HOST:PORT", help="Triton gRPC endpoint instead of in-process onnxruntime")
+    p.add_argument("--model", help="export folder, models:/<name>@<alias>, or imagenet (default: output/export)")
+    p.add_argument("--config", help="pipeline.yaml from get-pipeline-config")
+    p.set_defaults(func=cmd_predict)
+    p = sub.add_parser(
+        "get-pipeline-config", parents=[common], help="write pipeline.yaml for predict / create_pipeline"
+    )
+    p.add_argument("--save-path", default=".", help="folder for pipeline.yaml")
+    p.set_defaults(func=cmd_get_pipeline_config)
     p = sub.add_parser("models", help="the model zoo: PaddleX names, timm names, sizes, ImageNet top-1")
     p.set_defaults(func=cmd_models)
     p = sub.add_parser("compare", parents=[common], help="recent training runs side by side")

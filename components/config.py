@@ -69,18 +69,26 @@ class EvaluateParams:
 
 @dataclass
 class ExportParams:
+    weight_path: str = "output/train/best.pt"
     output: str = "output/export"
+    parity_images: int = 64
+    tolerance: float = 1e-4
+    quantize: bool = False
 
 
 @dataclass
 class RegisterParams:
     model_name: str = "sortflow-classifier"
     min_improvement: float = 0.0
+    output: str = "output/register"
 
 
 @dataclass
 class PublishParams:
     repo: str = "triton_repo"
+    max_batch_size: int = 32
+    instance_kind: str = "cpu"
+    instances: int = 1
 
 
 @dataclass
@@ -88,6 +96,7 @@ class ServeParams:
     grpc_port: int = 8001
     http_port: int = 8000
     metrics_port: int = 8002
+    workdir: str = "output/serve"
 
 
 @dataclass

@@ -57,3 +57,24 @@ def decode_for_training(job: tuple[str, int]) -> np.ndarray:
         scale = max_short_side / short
         image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BICUBIC)
     return np.asarray(image, dtype=np.uint8)
+
+
+def draw_lines(image: Image.Image, lines: list[str], min_side: int = 224) -> Image.Image:
+    """The image (enlarged to `min_side` if smaller) with text lines on a red band at the top left."""
+    from PIL import ImageDraw, ImageFont
+
+    if min(image.size) < min_side:
+        scale = min_side / min(image.size)
+        resample = Image.Resampling.NEAREST if min(image.size) <= 64 else Image.Resampling.BICUBIC
+        image = image.resize((round(image.width * scale), round(image.height * scale)), resample)
+    else:
+        image = image.copy()
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=max(12, min(image.size) // 14))
+    y = 3
+    for line in lines:
+        _, _, right, bottom = draw.textbbox((6, y), line, font=font)
+        draw.rectangle((3, y, right + 3, bottom + 4), fill=(255, 0, 0))
+        draw.text((6, y), line, fill=(255, 255, 255), font=font)
+        y = bottom + 6
+    return image

@@ -1,0 +1,295 @@
+"""serve: a real Triton Inference Server on 127.0.0.1 over the published model repository.
+
+With a `tritonserver` that has the onnxruntime backend (a Triton container), `publish.repo` is served as
+it is. Otherwise the server bundled in the nvidia-pytriton wheel runs, which has only the python
+backend: it serves a generated runtime copy of the repository in which each ONNX model runs through
+onnxruntime in a python-backend model, with the same names, inputs, outputs, labels and batching.
+Models are loaded explicitly, so `publish` can load a new version without a restart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from components.config import Params
+from components.errors import SortflowError
+from components.fsutil import atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "server.json"
+RUNNER = Path(__file__).parent / "triton_models" / "onnx_runner.py"
+
+
+@dataclass(frozen=True)
+class Server:
+    binary: Path
+    backends: Path
+    env: dict[str, str]
+    serves_onnx: bool  # has the onnxruntime backend
+
+
+def _workdir(params: Params) -> Path:
+    return Path(params.serve.workdir)
+
+
+def find_server(params: Params) -> Server:
+    """A stock Triton with the onnxruntime backend if installed, else the one inside nvidia-pytriton."""
+    stock = shutil.which("tritonserver")
+    if stock:
+        backends = Path(os.environ.get("TRITON_BACKENDS", "/opt/tritonserver/backends"))
+        if (backends / "onnxruntime").is_dir():
+            return Server(Path(stock), backends, dict(os.environ), True)
+    try:
+        import pytriton
+    except ImportError as exc:
+        raise SortflowError("no Triton server found: install nvidia-pytriton or run inside a Triton container") from exc
+    bundled = Path(pytriton.__file__).parent / "tritonserver"
+    libs = Path(pytriton.__file__).parent.parent / "nvidia_pytriton.libs"
+    copy = _workdir(params) / "tritonserver"
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = bundled / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise SortflowError(f"the bundled Triton has no python backend stub for Python {version}")
+    if not (copy / "backends" / "python" / stub.name).is_file():
+        # The server wants a writable backends folder with the stub for the Python that runs the models.
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(bundled, copy, ignore=shutil.ignore_patterns("python_backend_stubs"))
+        shutil.copy2(stub, copy / "backends" / "python" / stub.name)
+    env = dict(os.environ)
+    # Our libpython first: the stub otherwise may pick up the system's one of another patch release.
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(
+        filter(None, [sysconfig.get_config_var("LIBDIR"), str(libs), env.get("LD_LIBRARY_PATH")])
+    )
+    # The stub imports numpy and onnxruntime from the Python found first on PATH: this environment's.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return Server(copy / "bin" / "tritonserver", copy / "backends", env, False)
+
+
+def runtime_model(src: Path, dst: Path) -> None:
+    """Copy one model folder; an onnxruntime_onnx model becomes a python-backend model running the ONNX file."""
+    from components.publish import parse_config
+
+    config_text = (src / "config.pbtxt").read_text()
+    config = parse_config(config_text, str(src / "config.pbtxt"))
+    stage = Path(tempfile.mkdtemp(prefix=f".{src.name}.", dir=dst.parent))
+    try:
+        for item in src.iterdir():
+            if item.is_dir():
+                shutil.copytree(item, stage / item.name)
+                if config.platform == "onnxruntime_onnx":
+                    shutil.copyfile(RUNNER, stage / item.name / "model.py")
+            elif item.name != "config.pbtxt":
+                shutil.copyfile(item, stage / item.name)
+        if config.platform == "onnxruntime_onnx":
+            config.platform = ""
+            config.backend = "python"
+        from google.protobuf import text_format
+
+        atomic_write_text(stage / "config.pbtxt", text_format.MessageToString(config))
+        if dst.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{src.name}.old.", dir=dst.parent))
+            os.replace(dst, old / "m")
+            os.rename(stage, dst)
+            shutil.rmtree(old)
+        else:
+            os.rename(stage, dst)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
+def _models(repo: Path) -> list[str]:
+    names = sorted(p.name for p in repo.iterdir() if (p / "config.pbtxt").is_file()) if repo.is_dir() else []
+    # Ensembles last: their steps must be loaded first.
+    return sorted(names, key=lambda n: "ensemble" in (repo / n / "config.pbtxt").read_text())
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    try:  # a zombie (exited, not yet reaped) is not a running server
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return True
+
+
+def status(params: Params) -> dict[str, Any] | None:
+    """The running server started from this folder, or None."""
+    path = _workdir(params) / STATE_FILE
+    if not path.is_file():
+        return None
+    state = json.loads(path.read_text())
+    return state if _alive(state["pid"]) else None
+
+
+def _ready(http_port: int, model: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/models/{model}/ready", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def start(params: Params, timeout: float = 120) -> dict[str, Any]:
+    """Start Triton in the background and return once every model of the repository is ready."""
+    serve = params.serve
+    running = status(params)
+    if running:
+        raise SortflowError(
+            f"a server is already running (pid {running['pid']}, gRPC port {running['grpc_port']}); "
+            "stop it with `sortflow serve --stop`"
+        )
+    repo = Path(params.publish.repo)
+    models = _models(repo)
+    if not models:
+        raise SortflowError(f"{repo}: no models to serve; run `sortflow publish` first")
+    for key in ("grpc_port", "http_port", "metrics_port"):
+        port = getattr(serve, key)
+        if not _port_free(port):
+            raise SortflowError(
+                f"port {port} (serve.{key}) is already in use on 127.0.0.1; stop what uses it or "
+                f"choose another: -o serve.{key}=..."
+            )
+    work = _workdir(params)
+    work.mkdir(parents=True, exist_ok=True)
+    server = find_server(params)
+    served = repo.resolve()
+    if not server.serves_onnx:
+        served = (work / "runtime_repo").resolve()
+        shutil.rmtree(served, ignore_errors=True)
+        served.mkdir(parents=True)
+        for name in models:
+            runtime_model(repo / name, served / name)
+    command = [
+        str(server.binary),
+        f"--model-repository={served}",
+        f"--backend-directory={server.backends}",
+        "--model-control-mode=explicit",
+        *(f"--load-model={m}" for m in models),
+        "--exit-on-error=false",
+        f"--grpc-port={serve.grpc_port}",
+        f"--http-port={serve.http_port}",
+        f"--metrics-port={serve.metrics_port}",
+        "--grpc-address=127.0.0.1",
+        "--http-address=127.0.0.1",
+        "--metrics-address=127.0.0.1",
+    ]
+    if not server.serves_onnx:
+        (work / "caches").mkdir(exist_ok=True)
+        command.append(f"--cache-directory={(work / 'caches').resolve()}")
+    log_path = work / "tritonserver.log"
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            command, stdout=log_file, stderr=subprocess.STDOUT, env=server.env, start_new_session=True
+        )
+    state = {
+        "pid": process.pid,
+        "grpc_port": serve.grpc_port,
+        "http_port": serve.http_port,
+        "metrics_port": serve.metrics_port,
+        "repo": str(repo.resolve()),
+        "served_repo": str(served),
+        "models": models,
+        "log": str(log_path.resolve()),
+        "stock_triton": server.serves_onnx,
+    }
+    deadline = time.monotonic() + timeout
+    pending = list(models)
+    while pending:
+        if process.poll() is not None:
+            raise SortflowError(
+                f"Triton exited with code {process.returncode} while starting; see {log_path}:\n" + _tail(log_path)
+            )
+        if time.monotonic() > deadline:
+            _terminate(process.pid)
+            raise SortflowError(
+                f"models {pending} not ready after {timeout:.0f} s; see {log_path}:\n" + _tail(log_path)
+            )
+        pending = [m for m in pending if not _ready(serve.http_port, m)]
+        time.sleep(0.2)
+    atomic_write_json(work / STATE_FILE, state)
+    log.info(
+        "Triton ready: gRPC 127.0.0.1:%d, HTTP %d, metrics %d; models %s",
+        serve.grpc_port,
+        serve.http_port,
+        serve.metrics_port,
+        ", ".join(models),
+    )
+    return state
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _terminate(pid: int, grace: float = 15) -> None:
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except OSError:
+        return
+    deadline = time.monotonic() + grace
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+    if _alive(pid):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def stop(params: Params) -> bool:
+    """Stop the server started from this folder; False if none was running."""
+    state = status(params)
+    path = _workdir(params) / STATE_FILE
+    if state is None:
+        path.unlink(missing_ok=True)
+        return False
+    _terminate(state["pid"])
+    path.unlink(missing_ok=True)
+    log.info("Stopped Triton (pid %d)", state["pid"])
+    return True
+
+
+def reload_if_running(params: Params, models: list[str]) -> bool:
+    """After a publish: refresh the running server's copy of these models and load them (no restart)."""
+    import tritonclient.http as httpclient
+
+    state = status(params)
+    if state is None or Path(state["repo"]) != Path(params.publish.repo).resolve():
+        return False
+    repo = Path(params.publish.repo)
+    if not state["stock_triton"]:
+        for name in models:
+            runtime_model(repo / name, Path(state["served_repo"]) / name)
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{state['http_port']}")
+    for name in models:
+        client.load_model(name)
+    log.info("Loaded %s into the running server", ", ".join(models))
+    return True

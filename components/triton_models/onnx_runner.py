@@ -1,0 +1,36 @@
+"""Triton python-backend model that runs an ONNX file with onnxruntime.
+
+Used by `sortflow serve` when the Triton server at hand has no onnxruntime backend (the server bundled
+in the nvidia-pytriton wheel): same model name, inputs, outputs, labels and batching as the stock
+`platform: "onnxruntime_onnx"` config in the published repository.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        import onnxruntime as ort
+
+        config = json.loads(args["model_config"])
+        self.input_name = config["input"][0]["name"]
+        self.output_name = config["output"][0]["name"]
+        path = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
+        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def execute(self, requests: list) -> list:
+        import numpy as np
+        import triton_python_backend_utils as pb_utils
+
+        # Dynamic batching hands over several requests at once: run them as one batch.
+        inputs = [pb_utils.get_input_tensor_by_name(r, self.input_name).as_numpy() for r in requests]
+        outputs = self.session.run([self.output_name], {self.input_name: np.concatenate(inputs)})[0]
+        responses, start = [], 0
+        for batch in inputs:
+            part = outputs[start : start + len(batch)]
+            start += len(batch)
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(self.output_name, part)]))
+        return responses

@@ -1,0 +1,98 @@
+"""A released model for the serving tests: trained on tiny data, exported, registered and published once."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from components.cli import main
+from tests.helpers import cls_dataset
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Release:
+    workdir: Path
+    dataset: Path
+    args: list[str]  # the -o overrides every command of this release uses
+
+    def run(self, *argv: str) -> int:
+        cwd = os.getcwd()
+        os.chdir(self.workdir)
+        try:
+            return main([*argv, *self.args])
+        finally:
+            os.chdir(cwd)
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory: pytest.TempPathFactory) -> Release:
+    workdir = tmp_path_factory.mktemp("release")
+    dataset = cls_dataset(workdir / "ds", per_class=8, val_per_class=3)
+    rel = Release(
+        workdir,
+        dataset,
+        [
+            "-o",
+            f"dataset.dir={dataset}",
+            "-o",
+            "dataset.num_workers=1",
+            "-o",
+            "train.model=PP-LCNet_x0_5",
+            "-o",
+            "train.image_size=32",
+            "-o",
+            "train.batch_size=4",
+            "-o",
+            "train.epochs=1",
+            "-o",
+            "train.learning_rate=0.01",
+            "-o",
+            f"mlflow.tracking_uri=sqlite:///{workdir}/mlflow.db",
+            "-o",
+            f"publish.repo={workdir}/triton_repo",
+        ],
+    )
+    for step in ("train", "export", "register", "publish"):
+        assert rel.run(step) == 0, step
+    return rel
+
+
+@pytest.fixture(scope="module")
+def server(release: Release) -> Iterator[dict]:
+    """A real Triton server (the one in nvidia-pytriton) on free ports; stopped afterwards."""
+    from components import serve
+    from components.config import load_params
+
+    ports = [
+        "-o",
+        f"serve.grpc_port={free_port()}",
+        "-o",
+        f"serve.http_port={free_port()}",
+        "-o",
+        f"serve.metrics_port={free_port()}",
+    ]
+    release.args += ports
+    assert release.run("serve") == 0
+    cwd = os.getcwd()
+    os.chdir(release.workdir)
+    try:
+        params = load_params(None, release.args[1::2])
+        state = serve.status(params)
+    finally:
+        os.chdir(cwd)
+    assert state is not None
+    yield state
+    assert release.run("serve", "--stop") == 0
+    with pytest.raises(OSError):
+        os.kill(state["pid"], 0)  # no process left behind

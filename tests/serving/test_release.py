@@ -1,0 +1,277 @@
+"""Export, registry, publish and a real Triton server, end to end on a tiny model."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from components.errors import SortflowError
+from tests.serving.conftest import Release
+
+
+def load(release: Release, path: str) -> dict:
+    return json.loads((release.workdir / path).read_text())
+
+
+def params(release: Release, *extra: str):
+    from components.config import load_params
+
+    return load_params(None, [*release.args[1::2], *extra])
+
+
+def val_pixels(release: Release) -> np.ndarray:
+    from components.export import raw_images
+
+    images, _ = raw_images(release.dataset, "val", load(release, "output/export/export_result.json")["data_config"])
+    return images
+
+
+def local_probabilities(release: Release, images: np.ndarray) -> np.ndarray:
+    from components.export import onnx_probabilities, onnx_session
+
+    return onnx_probabilities(onnx_session(release.workdir / "output/export/model.onnx"), images)
+
+
+def test_export_is_parity_checked_with_a_dynamic_batch(release: Release) -> None:
+    result = load(release, "output/export/export_result.json")
+    assert result["parity"]["max_abs_diff"] <= 1e-4 and result["parity"]["same_top1"]
+    assert result["input"] == {
+        "name": "image",
+        "shape": ["batch", 3, 32, 32],
+        "dtype": "float32",
+        "format": "NCHW",
+        "color": "RGB",
+        "range": "0-255",
+    }
+    images = val_pixels(release)
+    one, many = local_probabilities(release, images[:1]), local_probabilities(release, images)
+    assert many.shape == (9, 3) and np.allclose(many.sum(1), 1, atol=1e-5)
+    assert np.allclose(one, many[:1], atol=1e-6)
+
+
+def test_export_fails_whole_when_parity_fails(release: Release, tmp_path: Path) -> None:
+    from components.export import export
+
+    out = tmp_path / "export"
+    with pytest.raises(SortflowError, match="disagrees with torch"):
+        export(
+            params(
+                release,
+                f"export.output={out}",
+                "export.tolerance=0",
+                f"export.weight_path={release.workdir}/output/train/best.pt",
+            )
+        )
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_int8_variant_reports_size_and_top1_change(release: Release, tmp_path: Path) -> None:
+    from components.export import export
+
+    result = export(
+        params(
+            release,
+            f"export.output={tmp_path}/q",
+            "export.quantize=true",
+            f"export.weight_path={release.workdir}/output/train/best.pt",
+        )
+    )
+    assert result["int8"]["size_bytes"] < result["size_bytes"] / 2
+    assert result["int8"]["top1_change"] == pytest.approx(result["int8"]["val_top1"] - result["val_top1"])
+    assert (tmp_path / "q/model.int8.onnx").is_file()
+
+
+def test_config_parses_with_tritons_schema(release: Release) -> None:
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    repo = release.workdir / "triton_repo"
+    config = text_format.Parse((repo / "sortflow-classifier/config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert config.platform == "onnxruntime_onnx" and config.max_batch_size == 32
+    assert config.input[0].format == model_config_pb2.ModelInput.FORMAT_NCHW
+    assert list(config.input[0].dims) == [3, 32, 32] and config.output[0].label_filename == "labels.txt"
+    assert (
+        config.HasField("dynamic_batching") and config.model_warmup and config.version_policy.latest.num_versions == 1
+    )
+    assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+    assert config.parameters["registry_version"].string_value == "1"
+    assert len(config.parameters["mlflow_run_id"].string_value) == 32
+    ensemble = text_format.Parse(
+        (repo / "sortflow-classifier_bytes/config.pbtxt").read_text(), model_config_pb2.ModelConfig()
+    )
+    assert ensemble.platform == "ensemble" and ensemble.input[0].data_type == model_config_pb2.TYPE_STRING
+    assert (repo / "sortflow-classifier/1/model.onnx").is_file()
+    assert (repo / "sortflow-classifier/labels.txt").read_text().splitlines() == ["glass", "metal", "paper"]
+
+
+def test_promotion_gate_keeps_a_worse_model_out(release: Release) -> None:
+    from mlflow.tracking import MlflowClient
+
+    assert release.run("register", "-o", "register.min_improvement=0.5") == 0
+    result = load(release, "output/register/register_result.json")
+    assert result["promoted"] is False and result["version"] == 2 and result["champion_version"] == 1
+    client = MlflowClient(tracking_uri=f"sqlite:///{release.workdir}/mlflow.db")
+    assert str(client.get_model_version_by_alias("sortflow-classifier", "champion").version) == "1"
+    challenger = client.get_model_version_by_alias("sortflow-classifier", "challenger")
+    assert str(challenger.version) == "2" and "not promoted" in challenger.tags["promotion"]
+    assert {"mlflow_run_id", "git_commit", "dataset_lists_hash", "params_hash", "val_top1", "val_top5"} <= set(
+        challenger.tags
+    )
+
+
+def test_labels_that_break_the_classification_extension_are_rejected() -> None:
+    from components.publish import check_labels
+
+    check_labels(["glass", "metal"])
+    for bad in (["a:b"], ["ok", "two\nlines"], [" "]):
+        with pytest.raises(SortflowError, match="breaks Triton's classification"):
+            check_labels(bad)
+
+
+def test_publish_without_champion_or_files(release: Release, tmp_path: Path) -> None:
+    from components.publish import publish
+
+    with pytest.raises(SortflowError, match="has no champion"):
+        publish(params(release, "register.model_name=nobody", f"mlflow.tracking_uri=sqlite:///{tmp_path}/e.db"))
+    artifacts, aside = release.workdir / "mlruns", release.workdir / "mlruns.aside"
+    os.rename(artifacts, aside)  # the registry version's files are gone
+    try:
+        with pytest.raises(
+            SortflowError, match=r"registry version 1 of 'sortflow-classifier'.*register the model again"
+        ):
+            publish(params(release, f"publish.repo={tmp_path}/repo"))
+    finally:
+        os.rename(aside, artifacts)
+    assert not (tmp_path / "repo").exists()
+
+
+def test_grpc_and_http_equal_in_process_onnxruntime(release: Release, server: dict) -> None:
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    images = val_pixels(release)
+    expected = local_probabilities(release, images)
+    for module, port in ((grpcclient, server["grpc_port"]), (httpclient, server["http_port"])):
+        client = module.InferenceServerClient(f"127.0.0.1:{port}")
+        inputs = [module.InferInput("image", list(images.shape), "FP32")]
+        inputs[0].set_data_from_numpy(images)
+        got = client.infer("sortflow-classifier", inputs).as_numpy("probabilities")
+        assert np.abs(got - expected).max() <= 1e-5, module.__name__
+
+
+def test_classification_extension_returns_our_labels(release: Release, server: dict) -> None:
+    import tritonclient.grpc as grpcclient
+
+    images = val_pixels(release)[:2]
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{server['grpc_port']}")
+    inputs = [grpcclient.InferInput("image", list(images.shape), "FP32")]
+    inputs[0].set_data_from_numpy(images)
+    result = client.infer(
+        "sortflow-classifier", inputs, outputs=[grpcclient.InferRequestedOutput("probabilities", class_count=3)]
+    )
+    entries = [e.decode().split(":") for e in result.as_numpy("probabilities").reshape(-1)]
+    assert {label for _, _, label in entries} == {"glass", "metal", "paper"}
+    expected = local_probabilities(release, images)
+    for score, index, _ in entries[:3]:
+        assert float(score) == pytest.approx(expected[0, int(index)], abs=1e-5)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_bytes_ensemble_classifies_encoded_files(release: Release, server: dict, fmt: str, tmp_path: Path) -> None:
+    import tritonclient.grpc as grpcclient
+    from PIL import Image
+
+    from components.predict import create_pipeline
+
+    source = next((release.dataset / "images/metal").glob("*.jpg"))
+    path = tmp_path / f"photo.{fmt.lower()}"
+    Image.open(source).save(path, format=fmt)
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{server['grpc_port']}")
+    data = np.array([[path.read_bytes()]], dtype=object)
+    inputs = [grpcclient.InferInput("image_bytes", [1, 1], "BYTES")]
+    inputs[0].set_data_from_numpy(data)
+    got = client.infer("sortflow-classifier_bytes", inputs).as_numpy("probabilities")[0]
+    local = next(create_pipeline(model_dir=str(release.workdir / "output/export"), topk=3).predict(str(path)))
+    assert int(np.argmax(got)) == local["class_ids"][0]
+    assert got[local["class_ids"]] == pytest.approx(local["scores"], abs=1e-5)
+
+
+def test_predict_cli_over_triton_and_bad_inputs(release: Release, server: dict, tmp_path: Path) -> None:
+    good = next((release.dataset / "images/paper").glob("*.jpg"))
+    broken = tmp_path / "broken.jpg"
+    broken.write_text("not an image")
+    code = release.run(
+        "predict",
+        "--input",
+        str(good),
+        str(broken),
+        "--triton",
+        f"127.0.0.1:{server['grpc_port']}",
+        "--save-path",
+        str(tmp_path / "out"),
+        "--topk",
+        "2",
+    )
+    assert code == 1  # one input failed, the other was classified and saved
+    result = json.loads((tmp_path / "out" / f"{good.stem}_res.json").read_text())
+    assert set(result) == {"input_path", "class_ids", "scores", "label_names"} and len(result["class_ids"]) == 2
+    assert (tmp_path / "out" / f"{good.stem}_res.png").is_file()
+    assert not (tmp_path / "out" / "broken_res.json").exists()
+
+
+def test_unreachable_triton_and_url_fail_fast(release: Release) -> None:
+    from components.predict import create_pipeline
+
+    began = time.perf_counter()
+    with pytest.raises(SortflowError, match=r"no Triton server answers at 127\.0\.0\.1:1"):
+        create_pipeline(triton_url="127.0.0.1:1")
+    assert time.perf_counter() - began < 10
+    pipeline = create_pipeline(model_dir=str(release.workdir / "output/export"))
+    (result,) = pipeline.predict("http://127.0.0.1:1/photo.jpg")
+    assert not result.ok and "cannot fetch http://127.0.0.1:1/photo.jpg" in result["error"]
+
+
+def test_port_in_use_is_named(release: Release, server: dict, tmp_path: Path) -> None:
+    from components.serve import start
+
+    with pytest.raises(SortflowError, match=rf"port {server['grpc_port']} \(serve.grpc_port\) is already in use"):
+        start(params(release, f"serve.workdir={tmp_path}/other"))
+
+
+def test_new_version_is_served_without_restart(release: Release, server: dict) -> None:
+    import tritonclient.http as httpclient
+
+    assert release.run("register", "-o", "register.min_improvement=-1") == 0  # any score is promoted
+    version = load(release, "output/register/register_result.json")["version"]
+    assert release.run("publish") == 0
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{server['http_port']}")
+    deadline = time.monotonic() + 30
+    while not client.is_model_ready("sortflow-classifier", str(version)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert client.is_model_ready("sortflow-classifier", str(version))
+    config = client.get_model_config("sortflow-classifier")
+    assert config["parameters"]["registry_version"]["string_value"] == str(version)
+    os.kill(server["pid"], 0)  # the same server process is still the one serving
+
+
+def test_pipeline_config_and_python_api(release: Release, tmp_path: Path) -> None:
+    import yaml
+
+    from components import create_pipeline
+    from components.predict import PipelineConfig
+
+    assert release.run("get-pipeline-config", "--save-path", str(tmp_path)) == 0
+    written = yaml.safe_load((tmp_path / "pipeline.yaml").read_text())
+    assert set(written) == {"model_dir", "device", "batch_size", "topk", "triton_url", "triton_model"}
+    config = PipelineConfig(**{**written, "model_dir": str(release.workdir / "output/export"), "topk": 2})
+    path = config.save(tmp_path / "pipeline.yaml")
+    results = list(create_pipeline(path).predict(str(release.dataset / "images")))
+    assert len(results) == 24 and all(r.ok and len(r["class_ids"]) == 2 for r in results)
+    saved = results[0].save_to_json(tmp_path / "json")
+    assert json.loads(saved.read_text())["label_names"] == results[0]["label_names"]
+    assert results[0].save_to_img(tmp_path / "img").is_file()
