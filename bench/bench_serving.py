@@ -30,17 +30,17 @@ from components.models import create_model, get_spec  # noqa: E402
 SIZE = 224
 
 
-def build(name: str, out: Path) -> tuple[Deployable, Path]:
+def build(name: str, out: Path, size: int = SIZE) -> tuple[Deployable, Path]:
     spec = get_spec(name)
     cfg = spec.timm_cfg()
     model = Deployable(create_model(spec, 6), tuple(cfg.mean), tuple(cfg.std))
     model.train()
     with torch.no_grad():
         for _ in range(5):  # BatchNorm running statistics of real-looking activations
-            model(torch.rand(16, 3, SIZE, SIZE) * 255)
+            model(torch.rand(16, 3, size, size) * 255)
     model.eval()
-    path = out / f"{spec.timm_name}.onnx"
-    export_onnx(model, SIZE, path)
+    path = out / f"{spec.timm_name}-{size}.onnx"
+    export_onnx(model, size, path)
     return model, path
 
 
@@ -108,7 +108,7 @@ def load_test(infer, concurrency: int, requests: int) -> tuple[float, float, flo
     return len(latencies) / wall, latencies[len(latencies) // 2] * 1000, latencies[int(len(latencies) * 0.99)] * 1000
 
 
-def triton(out: Path, onnx_file: Path) -> None:
+def triton(out: Path, onnx_file: Path, label: str, size: int) -> None:
     import socket
 
     import tritonclient.grpc as grpcclient
@@ -122,15 +122,15 @@ def triton(out: Path, onnx_file: Path) -> None:
             return s.getsockname()[1]
 
     params = Params()
-    params.publish.repo = str(out / "repo")
+    params.publish.repo = str(out / f"repo-{size}")
     params.publish.max_batch_size = 32
     params.serve.grpc_port, params.serve.http_port, params.serve.metrics_port = port(), port(), port()
-    params.serve.workdir = str(out / "serve")
-    info = ModelInfo("bench", 1, SIZE, 256, "bicubic", [f"c{i}" for i in range(6)], {})
+    params.serve.workdir = str(out / f"serve-{size}")
+    info = ModelInfo("bench", 1, size, int(size / 0.875), "bicubic", [f"c{i}" for i in range(6)], {})
     write_repository(Path(params.publish.repo), info, onnx_file, params)
     serve.start(params)
     try:
-        image = np.random.rand(1, 3, SIZE, SIZE).astype(np.float32) * 255
+        image = np.random.rand(1, 3, size, size).astype(np.float32) * 255
         session = onnx_session(onnx_file)
         local = load_test(lambda: session.run(None, {"image": image}), 1, 100)
         print(
@@ -146,7 +146,7 @@ def triton(out: Path, onnx_file: Path) -> None:
         def infer() -> None:
             if not hasattr(clients, "c"):
                 clients.c = grpcclient.InferenceServerClient(f"127.0.0.1:{params.serve.grpc_port}")
-            inputs = [grpcclient.InferInput("image", [1, 3, SIZE, SIZE], "FP32")]
+            inputs = [grpcclient.InferInput("image", [1, 3, size, size], "FP32")]
             inputs[0].set_data_from_numpy(image)
             clients.c.infer("bench", inputs)
 
@@ -168,7 +168,9 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, threads {torch.get_num_threads()}")
     with tempfile.TemporaryDirectory() as tmp:
         lcnet = runtimes(Path(tmp))
-        triton(Path(tmp), lcnet)
+        triton(Path(tmp), lcnet, "lcnet_100 at 224 px (compute-bound here)", SIZE)
+        _, small = build("PP-LCNet_x0_5", Path(tmp), 112)
+        triton(Path(tmp), small, "lcnet_050 at 112 px, TrashNet's size (overhead-bound)", 112)
 
 
 if __name__ == "__main__":
