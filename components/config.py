@@ -58,6 +58,7 @@ class TrainParams:
     num_classes: int = 0
     num_workers: int = 0
     cache_mb: int = 2048
+    crop_scale_min: float = 0.08
 
 
 @dataclass
@@ -180,6 +181,8 @@ def _validate(params: Params) -> None:
             raise ParamsError(f"train.{key} must be 1 or more, got {getattr(t, key)}")
     if t.learning_rate <= 0:
         raise ParamsError(f"train.learning_rate must be above 0, got {t.learning_rate}")
+    if not 0 < t.crop_scale_min <= 1:
+        raise ParamsError(f"train.crop_scale_min must be in (0, 1], got {t.crop_scale_min}")
     if not 0 <= t.label_smoothing < 1:
         raise ParamsError(f"train.label_smoothing must be in [0, 1), got {t.label_smoothing}")
 

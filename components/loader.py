@@ -102,11 +102,13 @@ class DataConfig:
     std: tuple[float, float, float]
     crop_pct: float
     interpolation: str
+    crop_scale_min: float = 0.08
 
     @classmethod
-    def for_model(cls, timm_cfg: object, image_size: int) -> DataConfig:
+    def for_model(cls, timm_cfg: object, image_size: int, crop_scale_min: float = 0.08) -> DataConfig:
         return cls(
             image_size=image_size,
+            crop_scale_min=crop_scale_min,
             mean=tuple(float(x) for x in timm_cfg.mean),
             std=tuple(float(x) for x in timm_cfg.std),
             crop_pct=float(timm_cfg.crop_pct or 0.875),
@@ -128,7 +130,12 @@ def transform(cfg: DataConfig, training: bool, normalize: bool = True) -> v2.Com
     if training:
         # Bilinear for the random crops (as timm's training default), the model's own mode for evaluation.
         steps = [
-            v2.RandomResizedCrop(cfg.image_size, interpolation=InterpolationMode.BILINEAR, antialias=True),
+            v2.RandomResizedCrop(
+                cfg.image_size,
+                scale=(cfg.crop_scale_min, 1.0),
+                interpolation=InterpolationMode.BILINEAR,
+                antialias=True,
+            ),
             v2.RandomHorizontalFlip(),
         ]
     else:

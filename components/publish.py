@@ -10,7 +10,6 @@ place, so a running server never sees half a version.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from typing import Any
 from components.config import Params
 from components.errors import SortflowError
 from components.export import INPUT_NAME, LABELS_FILE, MODEL_FILE, OUTPUT_NAME, RESULT_FILE
-from components.fsutil import atomic_write_text
+from components.fsutil import atomic_write_text, staged_dir
 
 log = logging.getLogger(__name__)
 
@@ -138,23 +137,10 @@ def _write_config(path: Path, text: str) -> None:
 
 
 def _place_version(model_dir: Path, version: int, files: dict[str, Path]) -> None:
-    """Build `<version>/` aside and rename it into place in one step."""
-    model_dir.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=model_dir))
-    try:
+    """Build `<version>/` aside and rename it into place in one step; keep the newest KEEP_VERSIONS."""
+    with staged_dir(model_dir / str(version), replace=True) as stage:
         for name, src in files.items():
             shutil.copyfile(src, stage / name)
-        final = model_dir / str(version)
-        if final.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{version}.old.", dir=model_dir))
-            os.replace(final, old / "v")
-            os.rename(stage, final)
-            shutil.rmtree(old)
-        else:
-            os.rename(stage, final)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
     versions = sorted((int(p.name) for p in model_dir.iterdir() if p.name.isdigit()), reverse=True)
     for stale in versions[KEEP_VERSIONS:]:
         shutil.rmtree(model_dir / str(stale))

@@ -19,7 +19,6 @@ import socket
 import subprocess
 import sys
 import sysconfig
-import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from typing import Any
 
 from components.config import Params
 from components.errors import SortflowError
-from components.fsutil import atomic_write_json, atomic_write_text
+from components.fsutil import atomic_write_json, staged_dir
 
 log = logging.getLogger(__name__)
 
@@ -83,35 +82,24 @@ def find_server(params: Params) -> Server:
 
 def runtime_model(src: Path, dst: Path) -> None:
     """Copy one model folder; an onnxruntime_onnx model becomes a python-backend model running the ONNX file."""
+    from google.protobuf import text_format
+
     from components.publish import parse_config
 
-    config_text = (src / "config.pbtxt").read_text()
-    config = parse_config(config_text, str(src / "config.pbtxt"))
-    stage = Path(tempfile.mkdtemp(prefix=f".{src.name}.", dir=dst.parent))
-    try:
+    config = parse_config((src / "config.pbtxt").read_text(), str(src / "config.pbtxt"))
+    onnx = config.platform == "onnxruntime_onnx"
+    with staged_dir(dst, replace=True) as stage:
         for item in src.iterdir():
             if item.is_dir():
                 shutil.copytree(item, stage / item.name)
-                if config.platform == "onnxruntime_onnx":
+                if onnx:
                     shutil.copyfile(RUNNER, stage / item.name / "model.py")
             elif item.name != "config.pbtxt":
                 shutil.copyfile(item, stage / item.name)
-        if config.platform == "onnxruntime_onnx":
+        if onnx:
             config.platform = ""
             config.backend = "python"
-        from google.protobuf import text_format
-
-        atomic_write_text(stage / "config.pbtxt", text_format.MessageToString(config))
-        if dst.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{src.name}.old.", dir=dst.parent))
-            os.replace(dst, old / "m")
-            os.rename(stage, dst)
-            shutil.rmtree(old)
-        else:
-            os.rename(stage, dst)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
+        (stage / "config.pbtxt").write_text(text_format.MessageToString(config))
 
 
 def _models(repo: Path) -> list[str]:

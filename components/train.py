@@ -275,7 +275,7 @@ def _train(params: Params, dist: Dist, device: torch.device) -> TrainResult:
     model = create_model(spec, len(classes), "none" if ckpt else t.pretrained)
     if ckpt:
         model.load_state_dict(ckpt["model"])
-    cfg = DataConfig.for_model(spec.timm_cfg(), t.image_size)
+    cfg = DataConfig.for_model(spec.timm_cfg(), t.image_size, t.crop_scale_min)
     data = split_images(root, cfg, t.cache_mb)
     model = model.to(device, memory_format=torch.channels_last)
     net: nn.Module = model

@@ -46,15 +46,15 @@ def test_defaults_without_params_file(tmp_path: Path, monkeypatch: pytest.Monkey
     assert Params().dataset.output == "output"
 
 
-def test_repo_params_yaml_holds_every_key_with_its_default() -> None:
-    """params.yaml documents every parameter; it may differ from the defaults only where it says so."""
+def test_repo_params_yaml_documents_every_key() -> None:
+    """params.yaml holds every parameter (tuned for the demo data), each with a comment, and loads."""
     import yaml
 
     path = Path(__file__).resolve().parents[2] / "params.yaml"
     data = yaml.safe_load(path.read_text())
     keys = {f"{s}.{k}" for s, values in data.items() for k in values}
     assert keys == set(valid_keys())
-    assert load_params(path) == Params()
+    assert load_params(path).train.model == "EfficientNet-Lite0"
     text = path.read_text().splitlines()
     for key in valid_keys():
         name = key.split(".")[1]
