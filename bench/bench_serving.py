@@ -134,7 +134,7 @@ def triton(out: Path, onnx_file: Path, label: str, size: int) -> None:
         session = onnx_session(onnx_file)
         local = load_test(lambda: session.run(None, {"image": image}), 1, 100)
         print(
-            "\n## Triton (bundled server, python backend + onnxruntime, gRPC, dynamic batching), lcnet_100, "
+            f"\n## Triton (bundled server, python backend + onnxruntime, gRPC, dynamic batching), {label}, "
             "batch-1 requests"
         )
         print("| client | concurrency | requests/s | p50 (ms) | p99 (ms) |")

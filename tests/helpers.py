@@ -13,6 +13,22 @@ TRASHNET = SHARED_DATA / "trashnet-rgb-112.tar.gz"
 CLASSES = ("glass", "metal", "paper")
 
 
+def overrides(*items: str) -> list[str]:
+    """["-o", item, "-o", item, ...] for the CLI."""
+    return [x for item in items for x in ("-o", item)]
+
+
+# The smallest training that still runs every step: 32 px, batch 4, a learning rate that does not diverge.
+TINY_TRAIN = (
+    "train.model=PP-LCNet_x0_5",
+    "train.image_size=32",
+    "train.batch_size=4",
+    "train.learning_rate=0.01",
+    "dataset.num_workers=1",
+    "train.cache_mb=1",
+)
+
+
 def write_image(path: Path, seed: int, size: int = 16, mode: str = "RGB", fmt: str | None = None) -> Path:
     """A distinct image per seed (random pixels), so no two test images share content."""
     rng = np.random.default_rng(seed)

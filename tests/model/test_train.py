@@ -14,24 +14,10 @@ import torch
 
 import components.train as train_module
 from components.evaluate import load_checkpoint
+from tests.helpers import TINY_TRAIN, overrides
 
 Run = Callable[..., tuple[int, str, str]]
-TINY = [
-    "-o",
-    "train.model=PP-LCNet_x0_5",
-    "-o",
-    "train.image_size=32",
-    "-o",
-    "train.batch_size=4",
-    "-o",
-    "train.epochs=2",
-    "-o",
-    "train.learning_rate=0.01",
-    "-o",
-    "dataset.num_workers=1",
-    "-o",
-    "train.cache_mb=1",
-]
+TINY = overrides(*TINY_TRAIN, "train.epochs=2")
 
 
 def train_args(dataset: Path, *extra: str) -> list[str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from components.cli import main
-from tests.helpers import cls_dataset
+from tests.helpers import TINY_TRAIN, cls_dataset, overrides
 
 
 def free_port() -> int:
@@ -42,26 +42,13 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> Release:
     rel = Release(
         workdir,
         dataset,
-        [
-            "-o",
+        overrides(
             f"dataset.dir={dataset}",
-            "-o",
-            "dataset.num_workers=1",
-            "-o",
-            "train.model=PP-LCNet_x0_5",
-            "-o",
-            "train.image_size=32",
-            "-o",
-            "train.batch_size=4",
-            "-o",
+            *TINY_TRAIN,
             "train.epochs=1",
-            "-o",
-            "train.learning_rate=0.01",
-            "-o",
             f"mlflow.tracking_uri=sqlite:///{workdir}/mlflow.db",
-            "-o",
             f"publish.repo={workdir}/triton_repo",
-        ],
+        ),
     )
     for step in ("train", "export", "register", "publish"):
         assert rel.run(step) == 0, step
