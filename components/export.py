@@ -66,10 +66,20 @@ def raw_images(
     return np.stack(images).astype(np.float32), np.array([s.label for s in samples])
 
 
-def onnx_session(path: Path) -> Any:
+def onnx_session(path: Path, device: str = "cpu") -> Any:
+    """An onnxruntime session on the CPU, or on CUDA for `gpu`/`gpu:N` (an error where CUDA is missing)."""
     import onnxruntime as ort
 
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    if not device.startswith("gpu"):
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise SortflowError(
+            f"device={device}: this onnxruntime has no CUDA provider (install onnxruntime-gpu) or use device: cpu"
+        )
+    gpu = int(device.partition(":")[2] or 0)
+    return ort.InferenceSession(
+        str(path), providers=[("CUDAExecutionProvider", {"device_id": gpu}), "CPUExecutionProvider"]
+    )
 
 
 def onnx_probabilities(session: Any, images: np.ndarray, batch: int = 32) -> np.ndarray:

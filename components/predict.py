@@ -36,7 +36,7 @@ class PipelineConfig:
     """What `sortflow get-pipeline-config` writes; every key can be edited in the YAML file."""
 
     model_dir: str = DEFAULT_MODEL_DIR  # an export folder, `models:/<name>@<alias>`, or `imagenet`
-    device: str = "cpu"
+    device: str = "cpu"  # in-process onnxruntime: cpu, gpu or gpu:N
     batch_size: int = 8
     topk: int = 5
     triton_url: str = ""  # host:port of Triton's gRPC endpoint; empty runs onnxruntime in-process
@@ -131,7 +131,7 @@ def _load(item: Any) -> tuple[str, Any]:
 
 
 class _LocalModel:
-    def __init__(self, model_dir: Path) -> None:
+    def __init__(self, model_dir: Path, device: str) -> None:
         from components.export import onnx_session
         from components.register import EXTRA, artifact_files
 
@@ -144,7 +144,7 @@ class _LocalModel:
         for name, path in files.items():
             if not path.is_file():
                 raise SortflowError(f"{model_dir}: no {name}; run `sortflow export` or pass another model")
-        self.session = onnx_session(files[MODEL_FILE])
+        self.session = onnx_session(files[MODEL_FILE], device)
         self.labels = files[LABELS_FILE].read_text(encoding="utf-8").splitlines()
         self.data_config = json.loads(files[RESULT_FILE].read_text())["data_config"]
 
@@ -204,7 +204,7 @@ class Pipeline:
         if config.triton_url:
             self.model: _LocalModel | _TritonModel = _TritonModel(config.triton_url, config.triton_model)
         else:
-            self.model = _LocalModel(resolve_model_dir(config.model_dir))
+            self.model = _LocalModel(resolve_model_dir(config.model_dir), config.device)
         from components.loader import DataConfig, transform
 
         cfg = self.model.data_config

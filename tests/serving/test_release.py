@@ -275,3 +275,14 @@ def test_pipeline_config_and_python_api(release: Release, tmp_path: Path) -> Non
     saved = results[0].save_to_json(tmp_path / "json")
     assert json.loads(saved.read_text())["label_names"] == results[0]["label_names"]
     assert results[0].save_to_img(tmp_path / "img").is_file()
+
+
+def test_gpu_device_without_cuda_is_a_clear_error(release: Release) -> None:
+    import onnxruntime as ort
+
+    from components.predict import create_pipeline
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA")
+    with pytest.raises(SortflowError, match="device=gpu: this onnxruntime has no CUDA provider"):
+        create_pipeline(model_dir=str(release.workdir / "output/export"), device="gpu")
