@@ -117,7 +117,9 @@ class DataConfig:
 
     @property
     def resize_size(self) -> int:
-        return math.floor(self.image_size / self.crop_pct)
+        # timm's floor(size / crop_pct); the epsilon keeps a crop_pct derived back from a resize size
+        # (size / resize, as a Triton client does) from landing one pixel short.
+        return math.floor(self.image_size / self.crop_pct + 1e-6)
 
 
 def transform(cfg: DataConfig, training: bool, normalize: bool = True) -> v2.Compose:

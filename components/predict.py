@@ -177,13 +177,14 @@ class _TritonModel:
         config = self.client.get_model_config(model, as_json=True)["config"]
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         size = int(config["input"][0]["dims"][-1])
+        resize = int(params["resize_size"])  # written by `sortflow publish`
+        # Mean and std are inside the graph; only the resize and crop happen on the client.
         self.data_config = {
             "image_size": size,
-            "resize_size": int(params.get("resize_size", size / 0.875)),
-            "interpolation": params.get("interpolation", "bicubic"),
-            "crop_pct": size / int(params.get("resize_size", size / 0.875)),
+            "crop_pct": size / resize,
             "mean": (0.0, 0.0, 0.0),
             "std": (1.0, 1.0, 1.0),
+            "interpolation": params.get("interpolation", "bicubic"),
         }
 
     def classify(self, pixels: np.ndarray, topk: int) -> list[tuple[list[int], list[float], list[str]]]:

@@ -225,6 +225,8 @@ def _model_info(
 ) -> ModelInfo:
     import onnx
 
+    from components.loader import DataConfig
+
     graph = onnx.load(str(onnx_file), load_external_data=False).graph
     size = graph.input[0].type.tensor_type.shape.dim[-1].dim_value
     classes = graph.output[0].type.tensor_type.shape.dim[-1].dim_value
@@ -233,15 +235,14 @@ def _model_info(
             f"registry version {version} of {name!r}: the model has {classes} outputs but "
             f"{len(labels)} labels; register the model again"
         )
-    data_config = export.get("data_config") or {}
-    crop_pct = float(data_config.get("crop_pct", 0.875))
+    data_config = DataConfig(**export["data_config"])
     lineage = {
         k: tags[k]
         for k in ("mlflow_run_id", "git_commit", "dataset_dvc_md5", "params_hash", "val_top1", "val_top5")
         if k in tags
     }
     lineage["registry_version"] = str(version)
-    interpolation = data_config.get("interpolation", "bicubic")
+    resize = data_config.resize_size
     # What a client needs to prepare pixels as the model expects (mean and std are inside the graph).
-    lineage.update(image_size=str(size), resize_size=str(int(size / crop_pct)), interpolation=interpolation)
-    return ModelInfo(name, version, size, int(size / crop_pct), interpolation, labels, lineage)
+    lineage.update(image_size=str(size), resize_size=str(resize), interpolation=data_config.interpolation)
+    return ModelInfo(name, version, size, resize, data_config.interpolation, labels, lineage)
