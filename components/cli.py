@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import yaml
 
 from components.config import Params, load_params, valid_keys
-from components.errors import SortflowError
+from components.errors import ServiceError, SortflowError
 
 
 def _common() -> argparse.ArgumentParser:
@@ -40,7 +40,8 @@ def _check(params: Params) -> int:
     from components.check_dataset import check_dataset, format_report
     from components.split import split_dataset
 
-    if params.split.enable:
+    # As PaddleX, check-dataset resplits in place; with split.output set, the split step does it instead.
+    if params.split.enable and not params.split.output:
         split_dataset(params.dataset.dir, params.split)
         print("Split dataset successfully !")
     report = check_dataset(params.dataset)
@@ -53,9 +54,18 @@ def cmd_check_dataset(args: argparse.Namespace) -> int:
 
 
 def cmd_split(args: argparse.Namespace) -> int:
+    from components.split import split_step
+
     params = _params(args)
-    params.split.enable = True
-    return _check(params)
+    if not params.split.output:
+        params.split.enable = True
+        return _check(params)
+    result = split_step(params)
+    how = "split again" if params.split.enable else "lists kept (split.enable=false)"
+    print(
+        f"Split dataset {params.split.output}: {result.train} train, {result.val} val, {result.classes} classes ({how})"
+    )
+    return 0
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -214,6 +224,65 @@ def cmd_get_pipeline_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _flow_overrides(args: argparse.Namespace) -> dict[str, str]:
+    """`-o` overrides as the flows' `overrides` parameter, after checking them here (fail before Prefect starts)."""
+    _params(args)
+    return dict(item.partition("=")[::2] for item in args.override)
+
+
+def _prefect_api() -> str | None:
+    """The Prefect server this process talks to, after checking that it answers; None: a temporary local one."""
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().api.url
+    if not url:
+        return None
+    import httpx
+
+    try:
+        httpx.get(f"{url.rstrip('/')}/health", timeout=5).raise_for_status()
+    except httpx.HTTPError as exc:
+        raise ServiceError(
+            f"the Prefect server at PREFECT_API_URL={url} cannot be reached ({exc}); start it "
+            "(`prefect server start`), point PREFECT_API_URL at a running one, or unset it to run on a "
+            "temporary local server"
+        ) from exc
+    return url
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    overrides = _flow_overrides(args)
+    _prefect_api()
+    from flows.pipeline import FLOWS
+
+    if args.flow not in FLOWS:
+        raise SortflowError(f"unknown flow {args.flow!r}; choose one of: {', '.join(FLOWS)}")
+    result = FLOWS[args.flow](overrides=overrides, params_file=args.params)
+    print(result if isinstance(result, str) else json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    overrides = _flow_overrides(args)
+    params = _params(args)
+    if _prefect_api() is None:
+        raise SortflowError(
+            "sortflow deploy registers deployments with a Prefect server: start one (`prefect server start`) "
+            "and set PREFECT_API_URL (e.g. http://127.0.0.1:4200/api), or log in to Prefect Cloud"
+        )
+    from flows.deploy import serve_deployments
+
+    serve_deployments(params, args.params, overrides)
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from components.summary import pipeline_summary, summary_markdown
+
+    print(summary_markdown(pipeline_summary(_params(args))), end="")
+    return 0
+
+
 def _print_table(columns: list[str], rows: list[dict]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -264,7 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", nargs="?", help="dataset folder (sets dataset.dir)")
     p.set_defaults(func=cmd_check_dataset)
 
-    p = sub.add_parser("split", parents=[common], help="resplit train/val reproducibly, then check")
+    p = sub.add_parser(
+        "split", parents=[common], help="resplit train/val reproducibly (into split.output, or in place and check)"
+    )
     p.add_argument("dir", nargs="?", help="dataset folder (sets dataset.dir)")
     p.set_defaults(func=cmd_split)
 
@@ -316,6 +387,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=10, help="how many recent runs (default 10)")
     p.set_defaults(func=cmd_compare)
 
+    p = sub.add_parser("run", parents=[common], help="run a Prefect flow once, locally")
+    p.add_argument(
+        "flow",
+        nargs="?",
+        default="training-pipeline",
+        choices=["training-pipeline", "data-check", "promote-and-serve"],
+        help="flow to run (default training-pipeline)",
+    )
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser(
+        "deploy", parents=[common], help="register the scheduled Prefect deployments and run them (serve)"
+    )
+    p.set_defaults(func=cmd_deploy)
+    p = sub.add_parser("summary", parents=[common], help="what the last pipeline run produced, from its reports")
+    p.set_defaults(func=cmd_summary)
+
     p = sub.add_parser("params", parents=[common], help="print the resolved parameters")
     p.add_argument("--keys", action="store_true", help="list every section.key name instead")
     p.set_defaults(func=cmd_params)
@@ -329,6 +416,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("components").setLevel(logging.INFO)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv

@@ -36,6 +36,7 @@ class SplitParams:
     train_percent: int = 80
     val_percent: int = 20
     seed: int = 42
+    output: str = ""
 
 
 @dataclass
@@ -107,6 +108,13 @@ class MlflowParams:
 
 
 @dataclass
+class DeployParams:
+    training_cron: str = "0 2 * * *"
+    data_check_cron: str = "0 * * * *"
+    timezone: str = "UTC"
+
+
+@dataclass
 class Params:
     dataset: DatasetParams = field(default_factory=DatasetParams)
     split: SplitParams = field(default_factory=SplitParams)
@@ -117,6 +125,7 @@ class Params:
     publish: PublishParams = field(default_factory=PublishParams)
     serve: ServeParams = field(default_factory=ServeParams)
     mlflow: MlflowParams = field(default_factory=MlflowParams)
+    deploy: DeployParams = field(default_factory=DeployParams)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
@@ -185,6 +194,23 @@ def _validate(params: Params) -> None:
         raise ParamsError(f"train.crop_scale_min must be in (0, 1], got {t.crop_scale_min}")
     if not 0 <= t.label_smoothing < 1:
         raise ParamsError(f"train.label_smoothing must be in [0, 1), got {t.label_smoothing}")
+    _validate_deploy(params.deploy)
+
+
+def _validate_deploy(d: DeployParams) -> None:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(d.timezone)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ParamsError(
+            f"deploy.timezone: {d.timezone!r} is not an IANA time zone such as UTC or Europe/Berlin"
+        ) from exc
+    for key in ("training_cron", "data_check_cron"):
+        if len(getattr(d, key).split()) != 5:
+            raise ParamsError(
+                f"deploy.{key}: {getattr(d, key)!r} is not a cron expression (minute hour day month weekday)"
+            )
 
 
 def _read_yaml(path: Path) -> Mapping[str, Any]:

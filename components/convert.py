@@ -3,28 +3,15 @@
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 from pathlib import Path
 
 from components.cls_dataset import LABEL_FILE, SPLITS, is_image_file, list_file, write_labels, write_list
 from components.config import SplitParams
 from components.errors import DatasetError
-from components.fsutil import file_digest, staged_dir
+from components.fsutil import file_digest, link_or_copy, staged_dir
 from components.split import SplitResult, stratified_split
 
 log = logging.getLogger(__name__)
-
-
-def _place(src: Path, dst: Path, link: bool) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if link:
-        try:
-            os.link(src, dst)
-            return
-        except OSError:
-            pass  # another filesystem, or links not allowed: copy instead
-    shutil.copy2(src, dst)
 
 
 def convert_folders(src: str | Path, dst: str | Path, split: SplitParams, link: bool = True) -> SplitResult:
@@ -58,7 +45,7 @@ def convert_folders(src: str | Path, dst: str | Path, split: SplitParams, link: 
         for label, (name, images) in enumerate(classes.items()):
             for image in images:
                 rel = Path("images", name, image.relative_to(src / name)).as_posix()
-                _place(image, stage / rel, link)
+                link_or_copy(image, stage / rel, link)
                 rows.append((rel, label))
                 content[rel] = file_digest(image)
         write_labels(stage / LABEL_FILE, list(classes))

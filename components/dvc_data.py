@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from components.errors import ServiceError
 from components.fsutil import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,42 @@ def dvc_file_for(folder: str | Path) -> Path | None:
     return dvc_file
 
 
+def _dvc(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=env, capture_output=True, text=True)
+
+
+def _remote(cwd: Path) -> str:
+    """'NAME (url URL)' of the default DVC remote, for error messages."""
+    name = _dvc(["config", "core.remote"], cwd).stdout.strip()
+    if not name:
+        return "no default remote (set one with `dvc remote add -d NAME URL`)"
+    url = _dvc(["config", f"remote.{name}.url"], cwd).stdout.strip()
+    return f"remote {name!r} (url {url}; change it with `dvc remote modify {name} url URL`)"
+
+
+def pull(folder: str | Path) -> str:
+    """Make `folder` match its `.dvc` file, pulling from the DVC remote only when the workspace differs.
+
+    Returns what was done. A folder without a `.dvc` file is used as it is.
+    """
+    dvc_file = dvc_file_for(folder)
+    if dvc_file is None:
+        return f"{folder} is not tracked by DVC (no {Path(folder).name}.dvc); used as it is"
+    cwd = dvc_file.parent
+    status = _dvc(["status", "--json", dvc_file.name], cwd)
+    if status.returncode == 0 and status.stdout.strip() in ("{}", ""):
+        return f"{folder} matches {dvc_file.name} and the cache; nothing to pull"
+    run = _dvc(["pull", "--quiet", dvc_file.name], cwd)
+    if run.returncode != 0:
+        detail = (run.stderr.strip() or run.stdout.strip()).splitlines()
+        raise ServiceError(
+            f"dvc pull {dvc_file.name} failed ({detail[-1] if detail else f'exit {run.returncode}'}); "
+            f"the data comes from the {_remote(cwd)}"
+        )
+    return f"pulled {folder} from the {_remote(cwd)}"
+
+
 def commit_if_unchanged(folder: str | Path) -> bool:
     """Put a rebuilt folder into the DVC cache if it is exactly what its `.dvc` file records.
 
@@ -35,14 +72,7 @@ def commit_if_unchanged(folder: str | Path) -> bool:
     if dvc_file is None:
         return False
     recorded = dvc_file.read_bytes()
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
-    run = subprocess.run(
-        [sys.executable, "-m", "dvc", "commit", "--force", "--quiet", dvc_file.name],
-        cwd=dvc_file.parent,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    run = _dvc(["commit", "--force", "--quiet", dvc_file.name], dvc_file.parent)
     if run.returncode != 0:
         log.warning("dvc commit %s failed: %s", dvc_file, run.stderr.strip() or run.stdout.strip())
         return False

@@ -11,3 +11,7 @@ class ParamsError(SortflowError):
 
 class DatasetError(SortflowError):
     """A dataset that cannot be read, converted or split."""
+
+
+class ServiceError(SortflowError):
+    """A service (DVC remote, MLflow or Prefect server, Triton) that cannot be reached; retrying may help."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import logging
 import time
@@ -14,12 +15,14 @@ from torch import nn
 
 from components.config import Params
 from components.errors import SortflowError
-from components.fsutil import atomic_write_bytes, atomic_write_json
+from components.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
 from components.loader import model_input
+from components.split import prepared_dataset
 
 log = logging.getLogger(__name__)
 
 RESULT_FILE = "evaluate_result.json"
+PREDICTIONS_FILE = "predictions.csv"
 CHECKPOINT_KEYS = ("model", "model_name", "timm_name", "num_classes", "label_names", "data_config")
 
 
@@ -104,7 +107,7 @@ def evaluate(params: Params) -> dict[str, Any]:
 
     weights = Path(params.evaluate.weight_path)
     ckpt = load_checkpoint(weights)
-    root = Path(params.dataset.dir)
+    root = prepared_dataset(params, check=False)
     classes = read_classes(root)
     if classes != ckpt["label_names"]:
         raise SortflowError(
@@ -148,8 +151,19 @@ def evaluate(params: Params) -> dict[str, Any]:
         ],
         "macro_f1": float(np.mean(f1)),
         "confusion_matrix": "confusion_matrix.json",
+        "predictions": PREDICTIONS_FILE,
     }
     atomic_write_json(out / "confusion_matrix.json", {"labels": classes, "matrix": matrix.tolist()})
+    # One row per image, in the shape of DVC's confusion-matrix plot template and handy for error analysis.
+    scores = torch.softmax(logits, 1).max(1).values.tolist()
+    table = io.StringIO()
+    writer = csv.writer(table, lineterminator="\n")
+    writer.writerow(["path", "actual", "predicted", "score"])
+    for sample, actual, guess, score in zip(samples, targets.tolist(), predicted.tolist(), scores, strict=True):
+        writer.writerow(
+            [Path(sample.path).relative_to(root).as_posix(), classes[actual], classes[guess], f"{score:.4f}"]
+        )
+    atomic_write_text(out / PREDICTIONS_FILE, table.getvalue())
     _confusion_png(matrix, classes, out / "confusion_matrix.png")
     atomic_write_json(out / RESULT_FILE, result)
     log.info("Evaluated %s on %d val images: top-1 %.4f, top-5 %.4f", weights, n, top1, top5)
@@ -189,5 +203,5 @@ def _log_to_mlflow(params: Params, run_id: str | None, result: dict[str, Any], o
             Metric("eval_macro_f1", result["macro_f1"], now, 0),
         ],
     )
-    for name in (RESULT_FILE, "confusion_matrix.json", "confusion_matrix.png"):
+    for name in (RESULT_FILE, "confusion_matrix.json", "confusion_matrix.png", PREDICTIONS_FILE):
         client.log_artifact(run_id, str(out / name), artifact_path="evaluate")

@@ -20,6 +20,7 @@ from components.config import Params
 from components.errors import SortflowError
 from components.evaluate import load_checkpoint, model_from_checkpoint
 from components.fsutil import atomic_write_json, staged_dir
+from components.split import prepared_dataset
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def raw_images(
     cfg = DataConfig(**data_config)
     tf = transform(cfg, training=False, normalize=False)
     samples = read_split(dataset_dir, split)[:limit]
-    images = [tf(torch.from_numpy(np.asarray(load_rgb(s.path))).permute(2, 0, 1)).numpy() for s in samples]
+    images = [tf(torch.from_numpy(np.array(load_rgb(s.path))).permute(2, 0, 1)).numpy() for s in samples]
     if not images:
         raise SortflowError(f"{dataset_dir}/{split}.txt: no images to check the exported model on")
     return np.stack(images).astype(np.float32), np.array([s.label for s in samples])
@@ -154,7 +155,7 @@ def export(params: Params) -> dict[str, Any]:
     ckpt = load_checkpoint(weights)
     model = deployable_from_checkpoint(ckpt)
     size = int(ckpt["data_config"]["image_size"])
-    root = Path(params.dataset.dir)
+    root = prepared_dataset(params, check=False)
     images, labels = raw_images(root, "val", ckpt["data_config"])
     result: dict[str, Any] = {
         "weight_path": str(weights),

@@ -45,6 +45,18 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
+def link_or_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str], link: bool = True) -> None:
+    """Hard-link `src` to `dst` (creating folders), or copy it where links are not possible or wanted."""
+    Path(dst).parent.mkdir(parents=True, exist_ok=True)
+    if link:
+        try:
+            os.link(src, dst)
+            return
+        except OSError:
+            pass  # another filesystem, or links not allowed: copy instead
+    shutil.copy2(src, dst)
+
+
 @contextlib.contextmanager
 def staged_dir(final: str | os.PathLike[str], replace: bool = False) -> Iterator[Path]:
     """Yield an empty sibling folder of `final`; on success it is renamed to `final`.

@@ -163,7 +163,7 @@ class ClsImages(Dataset):
         return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = torch.from_numpy(np.ascontiguousarray(self.store[index])).permute(2, 0, 1)
+        image = torch.from_numpy(np.array(self.store[index])).permute(2, 0, 1)  # a writable copy
         return self.tf(image), self.labels[index]
 
 

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import random
+import shutil
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.cls_dataset import SPLITS, format_list, list_file, read_list
-from components.config import SplitParams
+from components.cls_dataset import LABEL_FILE, SPLITS, format_list, list_file, read_list, write_list
+from components.config import Params, SplitParams
 from components.errors import DatasetError
-from components.fsutil import atomic_write_text, file_digest
+from components.fsutil import atomic_write_json, atomic_write_text, file_digest, link_or_copy, staged_dir
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +72,11 @@ def stratified_split(
     return sorted(train, key=lambda r: (r[1], r[0])), sorted(val, key=lambda r: (r[1], r[0]))
 
 
-def split_dataset(dataset_dir: str | Path, params: SplitParams) -> SplitResult:
-    """Merge train.txt and val.txt, split them again, keep the originals as `.bak` (never overwritten)."""
-    root = Path(dataset_dir)
+SPLIT_RESULT = "split_result.json"
+
+
+def _read_rows(root: Path) -> tuple[list[Row], dict[str, str]]:
+    """The rows of train.txt and val.txt (each path once) and their file hashes; bad lines raise."""
     if not root.is_dir():
         raise DatasetError(f"{root}: dataset folder not found; pass the folder that holds label.txt")
     present = [root / list_file(s) for s in SPLITS if (root / list_file(s)).is_file()]
@@ -92,7 +97,25 @@ def split_dataset(dataset_dir: str | Path, params: SplitParams) -> SplitResult:
             rows[entry.norm_path] = (entry.path, entry.label)
             if (root / entry.norm_path).is_file():
                 content[entry.path] = file_digest(root / entry.norm_path)
-    train, val = stratified_split(list(rows.values()), params.train_percent, params.val_percent, params.seed, content)
+    return list(rows.values()), content
+
+
+def _result(train: list[Row], val: list[Row]) -> SplitResult:
+    return SplitResult(train=len(train), val=len(val), classes=len({label for _, label in train + val}))
+
+
+def _log(result: SplitResult, src: Path, dst: Path, params: SplitParams) -> None:
+    how = f"{params.train_percent}/{params.val_percent}, seed {params.seed}" if params.enable else "lists kept"
+    log.info(
+        "Split %s -> %s: %d train, %d val over %d classes (%s)", src, dst, result.train, result.val, result.classes, how
+    )
+
+
+def split_dataset(dataset_dir: str | Path, params: SplitParams) -> SplitResult:
+    """Merge train.txt and val.txt, split them again, keep the originals as `.bak` (never overwritten)."""
+    root = Path(dataset_dir)
+    rows, content = _read_rows(root)
+    train, val = stratified_split(rows, params.train_percent, params.val_percent, params.seed, content)
     # New lists go to temporary files first, so a failure leaves the dataset as it was.
     staged = {}
     for split, split_rows in zip(SPLITS, (train, val), strict=True):
@@ -102,15 +125,102 @@ def split_dataset(dataset_dir: str | Path, params: SplitParams) -> SplitResult:
         if current.exists() and not backup.exists():
             os.rename(current, backup)
         os.replace(staged[split], current)
-    result = SplitResult(train=len(train), val=len(val), classes=len({label for _, label in rows.values()}))
-    log.info(
-        "Split %s: %d train, %d val over %d classes (%d/%d, seed %d)",
-        root,
-        result.train,
-        result.val,
-        result.classes,
-        params.train_percent,
-        params.val_percent,
-        params.seed,
-    )
+    result = _result(train, val)
+    _log(result, root, root, dataclasses.replace(params, enable=True))
     return result
+
+
+def lists_digest(dataset_dir: str | Path) -> str:
+    """One hash over label.txt, train.txt and val.txt: what a split dataset was made from."""
+    root = Path(dataset_dir)
+    return ":".join(
+        file_digest(p) if p.is_file() else "-" for p in [root / LABEL_FILE, *(root / list_file(s) for s in SPLITS)]
+    )
+
+
+def split_into(dataset_dir: str | Path, output: str | Path, params: SplitParams, link: bool = True) -> SplitResult:
+    """Write the split dataset `output`: label.txt, train.txt, val.txt and the listed images (hard-linked).
+
+    With `params.enable` the lists are split again (seeded, stratified); without, the dataset's own
+    lists are kept. The source stays untouched, so a DVC-tracked dataset is never rewritten; the same
+    source and parameters give byte-identical lists and `split_result.json`.
+    """
+    root, out = Path(dataset_dir), Path(output)
+    if out.resolve() == root.resolve() or root.resolve() in out.resolve().parents:
+        raise DatasetError(f"split.output={output} lies inside dataset.dir={dataset_dir}; choose a folder outside it")
+    if not (root / LABEL_FILE).is_file():
+        raise DatasetError(f"{root / LABEL_FILE}: not found; a ClsDataset needs label.txt (`idx name` per line)")
+    rows, content = _read_rows(root)
+    if params.enable:
+        train, val = stratified_split(rows, params.train_percent, params.val_percent, params.seed, content)
+    else:
+        train, val = (
+            [(e.path, e.label) for e in read_list(root / list_file(s))] if (root / list_file(s)).is_file() else []
+            for s in SPLITS
+        )
+    missing = [path for path, _ in train + val if not (root / path).is_file()]
+    if missing:
+        raise DatasetError(
+            f"{root}: {len(missing)} listed images do not exist (e.g. {missing[0]}); run check-dataset for the lines"
+        )
+    result = _result(train, val)
+    with staged_dir(out, replace=True) as stage:
+        for path, _ in train + val:
+            link_or_copy(root / path, stage / path, link)
+        shutil.copyfile(root / LABEL_FILE, stage / LABEL_FILE)
+        for split, split_rows in zip(SPLITS, (train, val), strict=True):
+            write_list(stage / list_file(split), split_rows)
+        atomic_write_json(
+            stage / SPLIT_RESULT,
+            {
+                "dataset_path": str(dataset_dir),
+                "source_digest": lists_digest(root),
+                "resplit": params.enable,
+                **({k: getattr(params, k) for k in ("train_percent", "val_percent", "seed")} if params.enable else {}),
+                **dataclasses.asdict(result),
+            },
+        )
+    _log(result, root, out, params)
+    return result
+
+
+def split_step(params: Params) -> SplitResult | None:
+    """The pipeline's split step: into `split.output` once the dataset passes its check, else in place
+    when `split.enable` (as PaddleX's check_dataset), else nothing (train on `dataset.dir` as it is)."""
+    if params.split.output:
+        from components.check_dataset import ensure_checked
+
+        ensure_checked(params.dataset)
+        return split_into(params.dataset.dir, params.split.output, params.split, link=params.dataset.link)
+    if params.split.enable:
+        return split_dataset(params.dataset.dir, params.split)
+    return None
+
+
+def prepared_dataset(params: Params, check: bool = True) -> Path:
+    """The dataset that train, evaluate and export read: `split.output` when set, else `dataset.dir`.
+
+    With `check`, `dataset.dir` must pass check-dataset first. A split dataset must come from the current
+    lists of `dataset.dir`, so a stale split is never trained on.
+    """
+    if check:
+        from components.check_dataset import ensure_checked
+
+        ensure_checked(params.dataset)
+    if not params.split.output:
+        return Path(params.dataset.dir)
+    out = Path(params.split.output)
+    record = out / SPLIT_RESULT
+    if not record.is_file():
+        raise DatasetError(
+            f"{out}: no split dataset (split.output); run `sortflow split` first, or set split.output to empty "
+            "to train on dataset.dir as it is"
+        )
+    made = json.loads(record.read_text(encoding="utf-8"))
+    source = Path(params.dataset.dir)
+    if Path(made["dataset_path"]).resolve() != source.resolve() or made["source_digest"] != lists_digest(source):
+        raise DatasetError(
+            f"{out} was split from {made['dataset_path']} as it was before; {source} has changed since "
+            "(or is another dataset): run `sortflow split` again"
+        )
+    return out

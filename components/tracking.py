@@ -18,7 +18,7 @@ import yaml
 from components.cls_dataset import LABEL_FILE, SPLITS, list_file
 from components.config import MlflowParams, Params
 from components.dvc_data import dvc_file_for
-from components.errors import SortflowError
+from components.errors import ServiceError
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 LOGGED_SECTIONS = ("dataset", "split", "train")
@@ -40,7 +40,7 @@ def client(params: MlflowParams) -> tuple[Any, str]:
         try:
             socket.create_connection((parsed.hostname, parsed.port or 443), timeout=3).close()
         except OSError as exc:
-            raise SortflowError(
+            raise ServiceError(
                 f"MLflow tracking server {uri} cannot be reached ({exc}); start it or point mlflow.tracking_uri "
                 "(or MLFLOW_TRACKING_URI) at a running server"
             ) from exc

@@ -23,13 +23,13 @@ import torch
 import yaml
 from torch import nn
 
-from components.check_dataset import ensure_checked
 from components.config import Params
 from components.errors import ParamsError, SortflowError
 from components.evaluate import correct_at_k, load_checkpoint, predict_logits
 from components.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
 from components.loader import DataConfig, model_input, read_classes, split_images
 from components.models import ModelSpec, create_model, get_spec
+from components.split import prepared_dataset
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +223,7 @@ def _train_result(
 
 
 def train(params: Params) -> TrainResult:
-    """Train `train.model` on `dataset.dir`; write checkpoints and reports under `train.output`."""
+    """Train `train.model` on `split.output` (else `dataset.dir`); write checkpoints and reports to `train.output`."""
     dist = Dist.from_env()
     kind, gpu_ids = resolve_device(params.train.device)
     if dist.world > 1:
@@ -244,11 +244,11 @@ def train(params: Params) -> TrainResult:
 def _train(params: Params, dist: Dist, device: torch.device) -> TrainResult:
     t = params.train
     spec = get_spec(t.model)
-    root, out = Path(params.dataset.dir), Path(t.output)
-    failure = None
+    out = Path(t.output)
+    root, failure = Path(params.split.output or params.dataset.dir), None
     if dist.main:
         try:
-            ensure_checked(params.dataset)
+            root = prepared_dataset(params)
         except SortflowError as exc:
             failure = str(exc)
     if dist.world > 1:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,12 @@ from PIL import Image
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TRASHNET = SHARED_DATA / "trashnet-rgb-112.tar.gz"
 CLASSES = ("glass", "metal", "paper")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def overrides(*items: str) -> list[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,13 +10,7 @@ from pathlib import Path
 import pytest
 
 from components.cli import main
-from tests.helpers import TINY_TRAIN, cls_dataset, overrides
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.helpers import TINY_TRAIN, cls_dataset, free_port, overrides
 
 
 @dataclass

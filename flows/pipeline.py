@@ -1,0 +1,180 @@
+"""The pipeline as Prefect 3 flows. Each task is a thin wrapper over one component; no logic lives here.
+
+Flows: `training-pipeline` (pull, check, split, train, evaluate, export, register, publish), `data-check`
+(pull, check) and `promote-and-serve` (publish the champion, (re)load it in Triton). Every flow takes
+`overrides` ({"train.epochs": 3}: params.yaml keys, as `-o` and `dvc exp run -S`) and `params_file`.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
+
+from components.config import Params, load_params
+from components.errors import ServiceError, SortflowError
+
+
+def _transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry a step that touches a service only when a service failed, not on bad data or settings."""
+    try:
+        state.result()
+    except ServiceError:
+        return True
+    except SortflowError:
+        return False
+    except Exception:  # a library's own network or I/O error: worth another try
+        return True
+    return False
+
+
+# Steps run once per flow run and write files: Prefect's result caching would only skip real work.
+step = task(cache_policy=NO_CACHE, persist_result=False)
+service_step = task(
+    cache_policy=NO_CACHE, persist_result=False, retries=2, retry_delay_seconds=5, retry_condition_fn=_transient
+)
+
+
+def resolve_params(params_file: str | None, overrides: dict[str, Any] | None) -> Params:
+    """params.yaml plus the flow's overrides, validated before any step runs."""
+    return load_params(params_file, [f"{key}={value}" for key, value in (overrides or {}).items()])
+
+
+@service_step(name="pull-data")
+def pull_data(params: Params) -> str:
+    from components.dvc_data import pull
+
+    done = pull(params.dataset.dir)
+    get_run_logger().info(done)
+    return done
+
+
+@step(name="check-dataset")
+def check(params: Params) -> dict[str, Any]:
+    """check-dataset; its report becomes an artifact, and a failed check stops the flow."""
+    from components.check_dataset import check_dataset, format_report
+
+    report = check_dataset(params.dataset)
+    text = format_report(report)
+    create_markdown_artifact(f"## check-dataset: `{params.dataset.dir}`\n\n```\n{text}\n```\n", key="check-dataset")
+    docs = Path(params.dataset.output) / "check_dataset" / "data_docs" / "index.html"
+    if docs.is_file():
+        create_link_artifact(docs.resolve().as_uri(), "Great Expectations Data Docs", key="data-docs")
+    if not report.check_pass:
+        raise SortflowError(f"{params.dataset.dir} failed check-dataset, so the flow stops before training:\n{text}")
+    return report.result
+
+
+@step(name="split")
+def split(params: Params) -> dict[str, int] | None:
+    from dataclasses import asdict
+
+    from components.split import split_step
+
+    result = split_step(params)
+    return asdict(result) if result else None
+
+
+@step(name="train")
+def train(params: Params, params_file: str | None, overrides: dict[str, Any] | None) -> dict[str, Any]:
+    from components.train import resolve_device, torchrun_command
+    from components.train import train as train_model
+
+    _, gpu_ids = resolve_device(params.train.device)
+    if len(gpu_ids) > 1:
+        # One process per GPU: the same `sortflow train` command the CLI runs, under torchrun.
+        argv = ["train", *(["--params", params_file] if params_file else [])]
+        for key, value in (overrides or {}).items():
+            argv += ["-o", f"{key}={value}"]
+        command, env = torchrun_command(gpu_ids, argv)
+        if subprocess.run(command, env=env).returncode != 0:
+            raise SortflowError(f"distributed training failed; see {params.train.output}/train.log")
+        return {"output": params.train.output}
+    result = train_model(params)
+    return {"output": str(result.output), "best_top1": result.best_top1, "run_id": result.run_id}
+
+
+@step(name="evaluate")
+def evaluate(params: Params) -> dict[str, Any]:
+    from components.evaluate import evaluate as evaluate_model
+
+    return evaluate_model(params)
+
+
+@step(name="export")
+def export(params: Params) -> dict[str, Any]:
+    from components.export import export as export_model
+
+    return export_model(params)
+
+
+@service_step(name="register")
+def register(params: Params) -> dict[str, Any]:
+    from components.register import register as register_model
+
+    return register_model(params)
+
+
+@service_step(name="publish")
+def publish(params: Params) -> dict[str, Any]:
+    from components.publish import publish as publish_model
+
+    return publish_model(params)
+
+
+@service_step(name="serve")
+def serve(params: Params) -> dict[str, Any]:
+    from components import serve as triton
+
+    return triton.status(params) or triton.start(params)
+
+
+def _summary_artifact(params: Params, key: str) -> str:
+    from components.summary import pipeline_summary, summary_markdown
+
+    markdown = summary_markdown(pipeline_summary(params))
+    create_markdown_artifact(markdown, key=key, description="dataset, accuracy, promotion and the served model")
+    return markdown
+
+
+@flow(name="training-pipeline")
+def training_pipeline(overrides: dict[str, Any] | None = None, params_file: str | None = None) -> str:
+    """Pull the DVC data, check, split, train, evaluate, export, register and publish to Triton."""
+    params = resolve_params(params_file, overrides)
+    pull_data(params)
+    check(params)
+    split(params)
+    train(params, params_file, overrides)
+    evaluate(params)
+    export(params)
+    register(params)
+    publish(params)
+    return _summary_artifact(params, "training-pipeline-summary")
+
+
+@flow(name="data-check")
+def data_check(overrides: dict[str, Any] | None = None, params_file: str | None = None) -> dict[str, Any]:
+    """Pull the DVC data and run check-dataset (a failed check fails the run, with the report attached)."""
+    params = resolve_params(params_file, overrides)
+    pull_data(params)
+    return check(params)
+
+
+@flow(name="promote-and-serve")
+def promote_and_serve(
+    overrides: dict[str, Any] | None = None, params_file: str | None = None, start_server: bool = True
+) -> str:
+    """Publish the registry's champion into the Triton repository and (re)load it; start Triton if asked."""
+    params = resolve_params(params_file, overrides)
+    published = publish(params)
+    if start_server and not published["reloaded"]:
+        serve(params)
+    return _summary_artifact(params, "promote-and-serve-summary")
+
+
+FLOWS = {f.name: f for f in (training_pipeline, data_check, promote_and_serve)}

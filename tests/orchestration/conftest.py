@@ -1,0 +1,144 @@
+"""Temporary git copies of the project on tiny data, and a real local Prefect server."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from components.config import load_params
+from tests.helpers import TINY_TRAIN, cls_dataset, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY_PIPELINE = (
+    *TINY_TRAIN,
+    "train.epochs=1",
+    "train.pretrained=none",
+    "dataset.sample_num=2",
+    "export.parity_images=8",
+)
+
+
+def command_env(**extra: str) -> dict[str, str]:
+    """The environment of a user in the project: the venv's commands first on PATH, quiet tools."""
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "DVC_NO_ANALYTICS": "1",
+        "GX_ANALYTICS_ENABLED": "false",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "MPLBACKEND": "Agg",
+    }
+    env.pop("PREFECT_API_URL", None)
+    env.update(extra)
+    return env
+
+
+def sh(args: Sequence[str], cwd: Path, check: bool = True, timeout: float = 600, **env: str) -> str:
+    """Run a command in `cwd`; return stdout+stderr; fail the test with the output if it fails and `check`."""
+    run = subprocess.run(list(args), cwd=cwd, env=command_env(**env), capture_output=True, text=True, timeout=timeout)
+    output = run.stdout + run.stderr
+    if check:
+        assert run.returncode == 0, f"{' '.join(args)} exited with {run.returncode}:\n{output[-6000:]}"
+    return output
+
+
+def project_copy(dst: Path, *extra: str, data: bool = True) -> Path:
+    """The project's files (as git sees them) in a new git repository, on a tiny dataset and tiny params.
+
+    The dataset is tracked by DVC with a local-folder remote beside the copy (`../dvc-remote`); everything
+    is committed. Put each copy in its own folder.
+    """
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
+    for rel in filter(None, listed):
+        if rel.startswith(("data/", "tests/")) or rel in ("dvc.lock", "data.dvc") or not (ROOT / rel).is_file():
+            continue
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, dst / rel)
+    params = load_params(ROOT / "params.yaml", [*TINY_PIPELINE, *extra])
+    (dst / "params.yaml").write_text(yaml.safe_dump(params.to_dict(), sort_keys=False))
+    sh(["git", "init", "-q", "-b", "main"], dst)
+    sh(["git", "config", "user.email", "ci@sortflow.invalid"], dst)
+    sh(["git", "config", "user.name", "sortflow tests"], dst)
+    # Relative, so that copies made alike are byte-identical trees with the same commit hash.
+    sh(["dvc", "remote", "add", "-f", "-d", "local", "../dvc-remote"], dst)
+    if data:
+        cls_dataset(dst / "data", per_class=8, val_per_class=3)
+        sh(["dvc", "add", "-q", "data"], dst)
+    sh(["git", "add", "-A"], dst)
+    stamp = "2026-01-01T00:00:00+00:00"
+    sh(["git", "commit", "-q", "-m", "project copy on tiny data"], dst, GIT_AUTHOR_DATE=stamp, GIT_COMMITTER_DATE=stamp)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Prefect server (SQLite) on a free port; its API URL. Stopped, with its children, afterwards."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    log = (home / "server.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=command_env(PREFECT_HOME=str(home)),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert process.poll() is None, (home / "server.log").read_text()
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "Prefect server not ready:\n" + (home / "server.log").read_text()
+            time.sleep(0.5)
+        yield url
+    finally:
+        stop_group(process)
+        log.close()
+
+
+def stop_group(process: subprocess.Popen, grace: float = 20) -> None:
+    """SIGTERM a process started with start_new_session and everything it started; SIGKILL what is left."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(grace)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+@pytest.fixture(scope="session")
+def dvc_project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A project copy after one `dvc repro`, and what it printed."""
+    project = project_copy(tmp_path_factory.mktemp("dvc-path") / "project")
+    return project, sh(["dvc", "repro"], project)
+
+
+@pytest.fixture(scope="session")
+def flow_project(tmp_path_factory: pytest.TempPathFactory, prefect_server: str) -> tuple[Path, str]:
+    """A project copy after one `sortflow run` (training-pipeline) against the real Prefect server."""
+    project = project_copy(tmp_path_factory.mktemp("prefect-path") / "project")
+    return project, sh(["sortflow", "run"], project, PREFECT_API_URL=prefect_server)

@@ -1,0 +1,100 @@
+"""The DVC path: dvc.yaml against the code, then `dvc repro` and `dvc exp run` in a temporary git copy."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.config import valid_keys
+from tests.orchestration.conftest import ROOT, sh
+
+STAGES = ["check_dataset", "split", "train", "evaluate", "export", "register", "publish"]
+# Modules every command runs but whose changes cannot change a result (see the comment in dvc.yaml).
+NOT_DEPS = {"cli", "config", "errors"}
+
+
+def _imports(module: str) -> set[str]:
+    """`components` modules that `module` imports, at any depth, lazily or not."""
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for node in ast.walk(ast.parse((ROOT / "components" / f"{name}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("components"):
+                parts = node.module.split(".")
+                todo += [parts[1]] if len(parts) > 1 else [a.name for a in node.names]
+    return seen
+
+
+def test_stages_read_sections_of_params_and_depend_on_the_code_they_run() -> None:
+    pipeline = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    assert list(pipeline["stages"]) == STAGES
+    keys = set(valid_keys())
+    sections = {k.split(".")[0] for k in keys}
+    for name, stage in pipeline["stages"].items():
+        assert stage["cmd"] == f"sortflow {name.replace('_', '-')}", name
+        code = {Path(d).stem for d in stage["deps"] if d.startswith("components/") and d.endswith(".py")}
+        assert code == _imports(name) - NOT_DEPS, name
+        for key in stage["params"]:
+            assert key in keys or key in sections, f"{name}: {key} is not a params.yaml key"
+    assert "components/triton_models" in pipeline["stages"]["publish"]["deps"]
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_every_stage_then_nothing(dvc_project: tuple[Path, str]) -> None:
+    project, first = dvc_project
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in first
+    assert (project / "output/split/split_result.json").is_file()
+    result = json.loads((project / "output/evaluate/evaluate_result.json").read_text())
+    assert 0 <= result["metrics"]["val.top1"] <= 1
+    assert (project / "triton_repo/sortflow-classifier/1/model.onnx").is_file()
+    assert (project / "output/evaluate/predictions.csv").read_text().startswith("path,actual,predicted,score\n")
+
+    again = sh(["dvc", "repro"], project)
+    assert "Running stage" not in again
+    assert "Data and pipelines are up to date." in again
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    assert set(lock["stages"]) == set(STAGES)
+
+
+@pytest.mark.slow
+def test_dvc_experiment_reruns_train_and_after_only(dvc_project: tuple[Path, str]) -> None:
+    project, _ = dvc_project
+    sh(["git", "add", "dvc.lock"], project)
+    sh(["git", "commit", "-q", "-m", "dvc.lock after the first repro"], project)
+    metrics = sh(["dvc", "metrics", "show"], project)
+    assert "val.top1" in metrics
+    assert "check_pass" in metrics
+
+    exp = sh(["dvc", "exp", "run", "-S", "train.learning_rate=0.02"], project)
+    ran = set(re.findall(r"Running stage '(\w+)'", exp))
+    assert ran == {"train", "evaluate", "export", "register", "publish"}, exp
+
+    shown = sh(["dvc", "exp", "show", "--no-pager", "--md"], project)
+    assert "train.learning_rate" in shown
+    assert "0.02" in shown
+    diff = sh(["dvc", "params", "diff", "--md"], project)
+    assert re.search(r"train\.learning_rate\s*\|\s*0\.01\s*\|\s*0\.02", diff), diff
+    plots = sh(["dvc", "plots", "show", "-o", "plots"], project)
+    assert (project / "plots/index.html").is_file(), plots
+
+
+@pytest.mark.slow
+def test_bad_params_stop_the_dvc_pipeline_before_any_output(tmp_path: Path) -> None:
+    from tests.orchestration.conftest import project_copy
+
+    project = project_copy(tmp_path / "project")
+    text = (project / "params.yaml").read_text().replace("epochs: 1", "epochs: 0")
+    (project / "params.yaml").write_text(text)
+    out = sh(["dvc", "repro"], project, check=False)
+    assert "train.epochs must be 1 or more" in out
+    assert not (project / "output").exists()

@@ -1,0 +1,183 @@
+"""The Prefect path: flows on a real local Prefect server, scheduled deployments, and agreement with DVC."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from components.errors import ParamsError
+from components.publish import parse_config
+from tests.helpers import free_port
+from tests.orchestration.conftest import command_env, project_copy, sh, stop_group
+
+MODEL = "sortflow-classifier"
+
+
+def _artifacts(api: str, key: str) -> list[dict]:
+    response = httpx.post(f"{api}/artifacts/filter", json={"artifacts": {"key": {"any_": [key]}}}, timeout=10)
+    response.raise_for_status()
+    return response.json()
+
+
+@pytest.mark.slow
+def test_training_pipeline_flow_end_to_end(flow_project: tuple[Path, str], prefect_server: str) -> None:
+    project, printed = flow_project
+    assert "## sortflow pipeline" in printed
+    result = json.loads((project / "output/evaluate/evaluate_result.json").read_text())
+    assert f"val top-1 **{result['metrics']['val.top1']:.4f}**" in printed
+    assert (project / f"triton_repo/{MODEL}/1/model.onnx").is_file()
+    summary = _artifacts(prefect_server, "training-pipeline-summary")
+    assert summary and "version 1 is the first: champion" in summary[-1]["data"]
+    assert _artifacts(prefect_server, "check-dataset")
+    docs = _artifacts(prefect_server, "data-docs")
+    assert docs and docs[-1]["data"].startswith("[Great Expectations Data Docs](file://")
+
+
+@pytest.mark.slow
+def test_dvc_and_prefect_paths_agree(dvc_project: tuple[Path, str], flow_project: tuple[Path, str]) -> None:
+    """Same data, seed and params: same metrics, same model bytes, same Triton configs and labels.
+
+    Only the MLflow run id in the lineage parameters differs: each path is its own run.
+    """
+    (a, _), (b, _) = dvc_project, flow_project
+    for report in ("output/evaluate/evaluate_result.json", "output/export/export_result.json"):
+        left, right = json.loads((a / report).read_text()), json.loads((b / report).read_text())
+        assert left.get("metrics") == right.get("metrics")
+        assert left.get("val_top1") == right.get("val_top1")
+    assert (a / "output/split/train.txt").read_bytes() == (b / "output/split/train.txt").read_bytes()
+    for model in (MODEL, f"{MODEL}_preprocess", f"{MODEL}_bytes"):
+        left, right = (parse_config((p / "triton_repo" / model / "config.pbtxt").read_text(), model) for p in (a, b))
+        for config in (left, right):
+            if "mlflow_run_id" in config.parameters:
+                del config.parameters["mlflow_run_id"]
+        assert left == right, model
+    assert (a / f"triton_repo/{MODEL}/labels.txt").read_bytes() == (b / f"triton_repo/{MODEL}/labels.txt").read_bytes()
+    assert (a / f"triton_repo/{MODEL}/1/model.onnx").read_bytes() == (
+        b / f"triton_repo/{MODEL}/1/model.onnx"
+    ).read_bytes()
+
+
+@pytest.mark.slow
+def test_scheduled_deployments_register_and_a_triggered_run_completes(tmp_path: Path, prefect_server: str) -> None:
+    project = project_copy(tmp_path / "project", "deploy.timezone=Europe/Berlin")
+    log = (tmp_path / "deploy.log").open("w")
+    served = subprocess.Popen(
+        [str(Path(sys.executable).parent / "sortflow"), "deploy"],
+        cwd=project,
+        env=command_env(PREFECT_API_URL=prefect_server, PREFECT_RUNNER_POLL_FREQUENCY="2"),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deployments = {}
+        deadline = time.monotonic() + 120
+        while len(deployments) < 3:
+            assert served.poll() is None, (tmp_path / "deploy.log").read_text()
+            assert time.monotonic() < deadline, (tmp_path / "deploy.log").read_text()
+            for name in ("training-pipeline/nightly", "data-check/hourly", "promote-and-serve/manual"):
+                response = httpx.get(f"{prefect_server}/deployments/name/{name}", timeout=10)
+                if response.status_code == 200:
+                    deployments[name] = response.json()
+            time.sleep(1)
+        schedules = {
+            name: [(s["schedule"]["cron"], s["schedule"]["timezone"]) for s in d["schedules"]]
+            for name, d in deployments.items()
+        }
+        assert schedules["training-pipeline/nightly"] == [("0 2 * * *", "Europe/Berlin")]
+        assert schedules["data-check/hourly"] == [("0 * * * *", "Europe/Berlin")]
+        assert schedules["promote-and-serve/manual"] == []
+        assert deployments["training-pipeline/nightly"]["parameters"]["overrides"] == {}
+
+        triggered = sh(
+            ["prefect", "deployment", "run", "training-pipeline/nightly"], project, PREFECT_API_URL=prefect_server
+        )
+        run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", triggered).group(1)
+        deadline = time.monotonic() + 300
+        while True:
+            state = httpx.get(f"{prefect_server}/flow_runs/{run_id}", timeout=10).json()["state"]
+            if state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                break
+            assert time.monotonic() < deadline, (tmp_path / "deploy.log").read_text()
+            time.sleep(2)
+        assert state["type"] == "COMPLETED", (tmp_path / "deploy.log").read_text()[-5000:]
+        assert (project / f"triton_repo/{MODEL}/1/model.onnx").is_file()
+    finally:
+        stop_group(served)
+        log.close()
+
+
+def test_flow_rejects_bad_parameters_before_any_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.pipeline import training_pipeline
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ParamsError, match=r"train\.epochs must be 1 or more"):
+        training_pipeline.fn(overrides={"train.epochs": 0})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sortflow_run_checks_parameters_and_the_prefect_server_first(tmp_path: Path) -> None:
+    bad = subprocess.run(
+        ["sortflow", "run", "-o", "train.epochs=0"], cwd=tmp_path, env=command_env(), capture_output=True, text=True
+    )
+    assert bad.returncode == 2
+    assert "train.epochs must be 1 or more" in bad.stderr
+    url = f"http://127.0.0.1:{free_port()}/api"
+    down = subprocess.run(
+        ["sortflow", "run", "data-check"],
+        cwd=tmp_path,
+        env=command_env(PREFECT_API_URL=url),
+        capture_output=True,
+        text=True,
+    )
+    assert down.returncode == 2
+    assert f"PREFECT_API_URL={url} cannot be reached" in down.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_failed_data_check_stops_both_paths_with_the_report(tmp_path: Path, prefect_server: str) -> None:
+    project = project_copy(tmp_path / "project", data=False)
+    from tests.helpers import cls_dataset
+
+    data = cls_dataset(project / "data", per_class=8, val_per_class=3)
+    with (data / "val.txt").open("a") as f:
+        f.write("images/glass/missing.jpg 0\n")
+    sh(["dvc", "add", "-q", "data"], project)
+    line = len((data / "val.txt").read_text().splitlines())
+
+    dvc = sh(["dvc", "repro"], project, check=False)
+    assert "failed to reproduce 'check_dataset'" in dvc
+    assert f"val.txt:{line}" in dvc
+    assert not (project / "output/split").exists()
+
+    flow = sh(["sortflow", "run"], project, check=False, PREFECT_API_URL=prefect_server)
+    assert "failed check-dataset, so the flow stops before training" in flow
+    assert f"val.txt:{line}" in flow
+    assert not (project / "output/split").exists()
+    assert not (project / "output/train").exists()
+    assert any(f"val.txt:{line}" in a["data"] for a in _artifacts(prefect_server, "check-dataset"))
+
+
+def test_missing_dvc_remote_names_the_setting(tmp_path: Path) -> None:
+    from components.dvc_data import pull
+    from components.errors import ServiceError
+
+    project = project_copy(tmp_path / "project")
+    assert "nothing to pull" in pull(project / "data")
+    sh(["dvc", "push", "-q"], project)
+    sh(["rm", "-rf", "data", ".dvc/cache"], project)
+    assert "pulled" in pull(project / "data")
+    assert (project / "data/label.txt").is_file()
+
+    sh(["rm", "-rf", "data", ".dvc/cache"], project)
+    sh(["dvc", "remote", "modify", "local", "url", "../nowhere"], project)
+    with pytest.raises(ServiceError, match=r"remote 'local' \(url \.\./nowhere; change it with `dvc remote modify"):
+        pull(project / "data")
