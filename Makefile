@@ -18,22 +18,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# The main job on the bundled demo data: every step with params.yaml, then a real Triton server that
-# classifies a few images over gRPC and is stopped again.
+# The main job on the bundled demo data: the DVC pipeline (dvc.yaml: check, split, train, evaluate, export,
+# register, publish), then a real Triton server that classifies a few images over gRPC and is stopped again.
+# A second `make demo` reruns only what changed.
 DEMO_IMAGES := data/images/zero/zero_0000.bmp data/images/three/three_0003.bmp data/images/seven/seven_0007.bmp
+demo: export PATH := $(abspath $(BIN)):$(PATH)
 demo: $(STAMP)
-	@test -f data/label.txt || $(BIN)/sortflow dataset demo data
-	$(BIN)/sortflow check-dataset
-	$(BIN)/sortflow train
-	$(BIN)/sortflow evaluate
-	$(BIN)/sortflow export
-	$(BIN)/sortflow register
-	$(BIN)/sortflow publish
-	$(BIN)/sortflow serve
-	$(BIN)/sortflow predict --triton 127.0.0.1:8001 --topk 1 --save-path output/predict --input $(DEMO_IMAGES); \
-	  status=$$?; $(BIN)/sortflow serve --stop; exit $$status
-	@echo "Reports: output/check_dataset_result.json, output/train/, output/evaluate/evaluate_result.json,"
-	@echo "         output/export/export_result.json, output/register/register_result.json, output/predict/"
+	@test -f data/label.txt || sortflow dataset demo data
+	dvc repro
+	sortflow serve
+	sortflow predict --triton 127.0.0.1:8001 --topk 1 --save-path output/predict --input $(DEMO_IMAGES); \
+	  status=$$?; sortflow serve --stop; exit $$status
+	@sortflow summary
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

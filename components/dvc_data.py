@@ -51,11 +51,11 @@ def pull(folder: str | Path) -> str:
     status = _dvc(["status", "--json", dvc_file.name], cwd)
     if status.returncode == 0 and status.stdout.strip() in ("{}", ""):
         return f"{folder} matches {dvc_file.name} and the cache; nothing to pull"
-    run = _dvc(["pull", "--quiet", dvc_file.name], cwd)
+    run = _dvc(["pull", dvc_file.name], cwd)
     if run.returncode != 0:
-        detail = (run.stderr.strip() or run.stdout.strip()).splitlines()
+        said = [line for line in (run.stdout + run.stderr).splitlines() if line.startswith(("ERROR", "WARNING"))]
         raise ServiceError(
-            f"dvc pull {dvc_file.name} failed ({detail[-1] if detail else f'exit {run.returncode}'}); "
+            f"dvc pull {dvc_file.name} failed ({' '.join(said) or f'exit {run.returncode}'}); "
             f"the data comes from the {_remote(cwd)}"
         )
     return f"pulled {folder} from the {_remote(cwd)}"

@@ -131,10 +131,16 @@ def stop_group(process: subprocess.Popen, grace: float = 20) -> None:
 
 
 @pytest.fixture(scope="session")
-def dvc_project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """A project copy after one `dvc repro`, and what it printed."""
-    project = project_copy(tmp_path_factory.mktemp("dvc-path") / "project")
-    return project, sh(["dvc", "repro"], project)
+def dvc_project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, Path]:
+    """A project copy after one `dvc repro`, what it printed, and a copy of its results at that point
+    (`output/` and `triton_repo/`; later tests run experiments in the project)."""
+    root = tmp_path_factory.mktemp("dvc-path")
+    project = project_copy(root / "project")
+    printed = sh(["dvc", "repro"], project)
+    results = root / "results"
+    for name in ("output", "triton_repo"):
+        shutil.copytree(project / name, results / name, ignore=shutil.ignore_patterns("*.pt"))
+    return project, printed, results
 
 
 @pytest.fixture(scope="session")

@@ -49,8 +49,8 @@ def test_stages_read_sections_of_params_and_depend_on_the_code_they_run() -> Non
 
 
 @pytest.mark.slow
-def test_dvc_repro_runs_every_stage_then_nothing(dvc_project: tuple[Path, str]) -> None:
-    project, first = dvc_project
+def test_dvc_repro_runs_every_stage_then_nothing(dvc_project: tuple[Path, str, Path]) -> None:
+    project, first, _ = dvc_project
     for stage in STAGES:
         assert f"Running stage '{stage}'" in first
     assert (project / "output/split/split_result.json").is_file()
@@ -67,8 +67,8 @@ def test_dvc_repro_runs_every_stage_then_nothing(dvc_project: tuple[Path, str]) 
 
 
 @pytest.mark.slow
-def test_dvc_experiment_reruns_train_and_after_only(dvc_project: tuple[Path, str]) -> None:
-    project, _ = dvc_project
+def test_dvc_experiment_reruns_train_and_after_only(dvc_project: tuple[Path, str, Path]) -> None:
+    project, _, _ = dvc_project
     sh(["git", "add", "dvc.lock"], project)
     sh(["git", "commit", "-q", "-m", "dvc.lock after the first repro"], project)
     metrics = sh(["dvc", "metrics", "show"], project)

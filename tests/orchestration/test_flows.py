@@ -41,12 +41,12 @@ def test_training_pipeline_flow_end_to_end(flow_project: tuple[Path, str], prefe
 
 
 @pytest.mark.slow
-def test_dvc_and_prefect_paths_agree(dvc_project: tuple[Path, str], flow_project: tuple[Path, str]) -> None:
+def test_dvc_and_prefect_paths_agree(dvc_project: tuple[Path, str, Path], flow_project: tuple[Path, str]) -> None:
     """Same data, seed and params: same metrics, same model bytes, same Triton configs and labels.
 
     Only the MLflow run id in the lineage parameters differs: each path is its own run.
     """
-    (a, _), (b, _) = dvc_project, flow_project
+    (_, _, a), (b, _) = dvc_project, flow_project
     for report in ("output/evaluate/evaluate_result.json", "output/export/export_result.json"):
         left, right = json.loads((a / report).read_text()), json.loads((b / report).read_text())
         assert left.get("metrics") == right.get("metrics")
@@ -57,11 +57,35 @@ def test_dvc_and_prefect_paths_agree(dvc_project: tuple[Path, str], flow_project
         for config in (left, right):
             if "mlflow_run_id" in config.parameters:
                 del config.parameters["mlflow_run_id"]
-        assert left == right, model
+        assert str(left) == str(right), model
     assert (a / f"triton_repo/{MODEL}/labels.txt").read_bytes() == (b / f"triton_repo/{MODEL}/labels.txt").read_bytes()
     assert (a / f"triton_repo/{MODEL}/1/model.onnx").read_bytes() == (
         b / f"triton_repo/{MODEL}/1/model.onnx"
     ).read_bytes()
+
+
+@pytest.mark.slow
+def test_promote_and_serve_loads_the_champion_in_triton(flow_project: tuple[Path, str], prefect_server: str) -> None:
+    project, _ = flow_project
+    grpc = free_port()
+    ports = ["-o", f"serve.grpc_port={grpc}", "-o", f"serve.http_port={free_port()}"]
+    ports += ["-o", f"serve.metrics_port={free_port()}"]
+    try:
+        printed = sh(["sortflow", "run", "promote-and-serve", *ports], project, PREFECT_API_URL=prefect_server)
+        assert f"`{MODEL}` version 1" in printed
+        status = subprocess.run(
+            ["sortflow", "serve", "--status", *ports], cwd=project, env=command_env(), capture_output=True, text=True
+        )
+        state = json.loads(status.stdout)
+        assert set(state["models"]) == {MODEL, f"{MODEL}_preprocess", f"{MODEL}_bytes"}
+        predicted = sh(
+            ["sortflow", "predict", "--triton", f"127.0.0.1:{grpc}", "--input", "data/images/glass/glass_0.jpg"],
+            project,
+        )
+        assert "label_names" in predicted
+        assert _artifacts(prefect_server, "promote-and-serve-summary")
+    finally:
+        sh(["sortflow", "serve", "--stop", *ports], project, check=False)
 
 
 @pytest.mark.slow
@@ -142,6 +166,14 @@ def test_sortflow_run_checks_parameters_and_the_prefect_server_first(tmp_path: P
     assert list(tmp_path.iterdir()) == []
 
 
+def test_unreachable_mlflow_server_names_the_setting(run_cli) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    code, _, err = run_cli("compare", "-o", f"mlflow.tracking_uri={url}")
+    assert code == 2
+    assert f"MLflow tracking server {url} cannot be reached" in err
+    assert "mlflow.tracking_uri" in err
+
+
 @pytest.mark.slow
 def test_failed_data_check_stops_both_paths_with_the_report(tmp_path: Path, prefect_server: str) -> None:
     project = project_copy(tmp_path / "project", data=False)
@@ -165,6 +197,12 @@ def test_failed_data_check_stops_both_paths_with_the_report(tmp_path: Path, pref
     assert not (project / "output/train").exists()
     assert any(f"val.txt:{line}" in a["data"] for a in _artifacts(prefect_server, "check-dataset"))
 
+    # The same through Prefect's temporary local server (no PREFECT_API_URL).
+    alone = sh(["sortflow", "run", "data-check"], project, check=False, PREFECT_HOME=str(tmp_path / "prefect-home"))
+    assert "Starting temporary server" in alone
+    assert f"val.txt:{line}" in alone
+    assert "Finished in state Failed" in alone
+
 
 def test_missing_dvc_remote_names_the_setting(tmp_path: Path) -> None:
     from components.dvc_data import pull
@@ -179,5 +217,8 @@ def test_missing_dvc_remote_names_the_setting(tmp_path: Path) -> None:
 
     sh(["rm", "-rf", "data", ".dvc/cache"], project)
     sh(["dvc", "remote", "modify", "local", "url", "../nowhere"], project)
-    with pytest.raises(ServiceError, match=r"remote 'local' \(url \.\./nowhere; change it with `dvc remote modify"):
+    with pytest.raises(
+        ServiceError,
+        match=r"neither locally nor on remote.*remote 'local' \(url \S*/nowhere; change it with `dvc remote modify",
+    ):
         pull(project / "data")

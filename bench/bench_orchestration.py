@@ -1,0 +1,158 @@
+"""Orchestration overhead, side by side in one run, on three identical copies of the project.
+
+1. bare: the component steps called one after another in one Python process (imports included); their
+   summed time is the work itself.
+2. dvc: `dvc repro` (one `sortflow` process per stage), then the `dvc repro` no-op time (median of 5).
+3. prefect: `sortflow run` against a running local Prefect server, and with Prefect's temporary server.
+Overhead = wall time of the orchestrated run minus the bare steps' summed time. Data: the bundled demo
+digits (1,797 images), EfficientNet-Lite0 with its ImageNet weights, 64 px, 1 epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.helpers import free_port  # noqa: E402
+from tests.orchestration.conftest import command_env, sh, stop_group  # noqa: E402
+
+OVERRIDES = ["train.epochs=1", "export.parity_images=32"]
+
+
+def copy_project(dst: Path) -> Path:
+    """The project as git sees it, with the demo data built into it and the overrides in params.yaml."""
+    import yaml
+
+    from components.config import load_params
+
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
+    for rel in filter(None, listed):
+        if not rel.startswith(("data/", "tests/")) and (REPO / rel).is_file():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, dst / rel)
+    params = load_params(REPO / "params.yaml", OVERRIDES)
+    (dst / "params.yaml").write_text(yaml.safe_dump(params.to_dict(), sort_keys=False))
+    sh(["git", "init", "-q"], dst)
+    sh(["sortflow", "dataset", "demo", "data"], dst)
+    return dst
+
+
+def bare(project: Path) -> dict[str, float]:
+    """Each component step, timed, in one process started for the purpose."""
+    code = """
+import json, sys, time
+t0 = time.perf_counter()
+from components.config import load_params
+from components import dvc_data, check_dataset, split, train, evaluate, export, register, publish
+params = load_params("params.yaml")
+steps = {
+    "pull": lambda: dvc_data.pull(params.dataset.dir),
+    "check": lambda: check_dataset.check_dataset(params.dataset),
+    "split": lambda: split.split_step(params),
+    "train": lambda: train.train(params),
+    "evaluate": lambda: evaluate.evaluate(params),
+    "export": lambda: export.export(params),
+    "register": lambda: register.register(params),
+    "publish": lambda: publish.publish(params),
+}
+times = {"imports": time.perf_counter() - t0}
+for name, step in steps.items():
+    began = time.perf_counter()
+    step()
+    times[name] = time.perf_counter() - began
+print(json.dumps(times))
+"""
+    began = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=project, env=command_env(), capture_output=True, text=True, check=True
+    )
+    times = json.loads(out.stdout.strip().splitlines()[-1])
+    times["wall"] = time.perf_counter() - began
+    return times
+
+
+def timed(args: list[str], project: Path, **env: str) -> float:
+    began = time.perf_counter()
+    sh(args, project, **env)
+    return time.perf_counter() - began
+
+
+def prefect_server(home: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=command_env(PREFECT_HOME=str(home)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    import httpx
+
+    for _ in range(240):
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    raise RuntimeError("Prefect server did not start")
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="sortflow-bench-") as tmp:
+        root = Path(tmp)
+        projects = {name: copy_project(root / name / "project") for name in ("bare", "dvc", "server", "temporary")}
+        results = {"bare": bare(projects["bare"])}
+        steps = sum(v for k, v in results["bare"].items() if k not in ("wall", "imports"))
+        times = results["bare"]
+        print(f"bare: steps {steps:.1f} s, imports {times['imports']:.1f} s, wall {times['wall']:.1f} s")
+
+        dvc = timed(["dvc", "repro"], projects["dvc"])
+        noop = statistics.median(timed(["dvc", "repro"], projects["dvc"]) for _ in range(5))
+        print(f"dvc repro: {dvc:.1f} s (overhead {dvc - steps:.1f} s); no-op {noop:.2f} s")
+
+        server, url = prefect_server(root / "prefect-home")
+        try:
+            with_server = timed(["sortflow", "run"], projects["server"], PREFECT_API_URL=url)
+        finally:
+            stop_group(server)
+        print(f"sortflow run (running server): {with_server:.1f} s (overhead {with_server - steps:.1f} s)")
+        temporary = timed(["sortflow", "run"], projects["temporary"], PREFECT_HOME=str(root / "prefect-home-temporary"))
+        print(f"sortflow run (temporary server): {temporary:.1f} s (overhead {temporary - steps:.1f} s)")
+
+        report = {
+            "bare_steps_s": {k: round(v, 2) for k, v in results["bare"].items()},
+            "bare_steps_sum_s": round(steps, 2),
+            "dvc_repro_s": round(dvc, 2),
+            "dvc_overhead_s": round(dvc - steps, 2),
+            "dvc_noop_s": round(noop, 2),
+            "prefect_server_s": round(with_server, 2),
+            "prefect_server_overhead_s": round(with_server - steps, 2),
+            "prefect_temporary_s": round(temporary, 2),
+            "prefect_temporary_overhead_s": round(temporary - steps, 2),
+            "cpu_count": os.cpu_count(),
+        }
+        out = REPO / "bench" / "out" / "orchestration.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+        print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
