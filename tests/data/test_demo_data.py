@@ -58,7 +58,7 @@ def test_demo_passes_check_dataset(run_cli: Run, demo: Path) -> None:
 
 
 def test_committed_data_dvc_tracks_the_demo(demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """After a fresh clone and `sortflow dataset demo data/`, `dvc status` is clean."""
+    """After a fresh clone and `sortflow dataset demo data/`, `dvc status data.dvc` is clean."""
     from components.cli import main
 
     dvc_file = yaml.safe_load((REPO / "data.dvc").read_text())
@@ -71,7 +71,9 @@ def test_committed_data_dvc_tracks_the_demo(demo: Path, tmp_path: Path, monkeypa
     monkeypatch.chdir(clone)
     assert main(["dataset", "demo", "data"]) == 0
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
-    status = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], env=env, capture_output=True, text=True)
+    status = subprocess.run(
+        [sys.executable, "-m", "dvc", "status", "--json", "data.dvc"], env=env, capture_output=True, text=True
+    )
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout or "{}") == {}, status.stdout
     assert snapshot(clone / "data") == snapshot(demo)

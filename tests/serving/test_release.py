@@ -19,9 +19,15 @@ def load(release: Release, path: str) -> dict:
 
 
 def params(release: Release, *extra: str):
+    """The release's parameters as its commands resolve them: in its folder, which has no params.yaml."""
     from components.config import load_params
 
-    return load_params(None, [*release.args[1::2], *extra])
+    cwd = os.getcwd()
+    os.chdir(release.workdir)
+    try:
+        return load_params(None, [*release.args[1::2], *extra])
+    finally:
+        os.chdir(cwd)
 
 
 def val_pixels(release: Release) -> np.ndarray:
