@@ -118,7 +118,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from components.export import MODEL_FILE, export
+    from components.export import export
+    from components.model_io import MODEL_FILE
 
     params = _params(args)
     result = export(params)

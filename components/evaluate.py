@@ -98,9 +98,25 @@ def _confusion_png(matrix: np.ndarray, names: list[str], path: Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def class_metrics(
+    targets: np.ndarray, predicted: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Confusion matrix (rows: true class) and per-class precision, recall and F1 (0 where undefined).
+
+    The same figures as scikit-learn's with zero_division=0, without its 3 s import in every DVC stage.
+    """
+    matrix = np.zeros((k, k), dtype=np.int64)
+    np.add.at(matrix, (targets, predicted), 1)
+    hits = np.diag(matrix).astype(float)
+    precision = np.divide(hits, matrix.sum(0), out=np.zeros(k), where=matrix.sum(0) > 0)
+    recall = np.divide(hits, matrix.sum(1), out=np.zeros(k), where=matrix.sum(1) > 0)
+    both = precision + recall
+    f1 = np.divide(2 * precision * recall, both, out=np.zeros(k), where=both > 0)
+    return matrix, precision, recall, f1
+
+
 def evaluate(params: Params) -> dict[str, Any]:
     """Evaluate `evaluate.weight_path` on the val list of `dataset.dir`; write and log the results."""
-    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
     from torch.utils.data import DataLoader
 
     from components.loader import ClsImages, DataConfig, ImageStore, read_classes, read_split, transform
@@ -125,10 +141,8 @@ def evaluate(params: Params) -> dict[str, Any]:
     )
     n, k = len(targets), len(classes)
     predicted = logits.argmax(1).numpy()
-    precision, recall, f1, support = precision_recall_fscore_support(
-        targets.numpy(), predicted, labels=list(range(k)), zero_division=0
-    )
-    matrix = confusion_matrix(targets.numpy(), predicted, labels=list(range(k)))
+    matrix, precision, recall, f1 = class_metrics(targets.numpy(), predicted, k)
+    support = matrix.sum(1)
     top1, top5 = correct_at_k(logits, targets, 1) / n, correct_at_k(logits, targets, min(5, k)) / n
     out = Path(params.evaluate.output)
     result = {

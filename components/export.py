@@ -20,16 +20,11 @@ from components.config import Params
 from components.errors import SortflowError
 from components.evaluate import load_checkpoint, model_from_checkpoint
 from components.fsutil import atomic_write_json, staged_dir
+from components.model_io import INPUT_NAME, INT8_FILE, LABELS_FILE, MODEL_FILE, OUTPUT_NAME, RESULT_FILE
 from components.split import prepared_dataset
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "image"
-OUTPUT_NAME = "probabilities"
-MODEL_FILE = "model.onnx"
-INT8_FILE = "model.int8.onnx"
-LABELS_FILE = "labels.txt"
-RESULT_FILE = "export_result.json"
 OPSET = 17
 
 

@@ -25,6 +25,7 @@ from torchvision.transforms import InterpolationMode, v2
 from components.cls_dataset import LABEL_FILE, SPLITS, label_names, list_file, read_list
 from components.errors import DatasetError
 from components.images import decode_for_training
+from components.model_io import DataConfig
 
 log = logging.getLogger(__name__)
 
@@ -91,35 +92,6 @@ class ImageStore:
             return array
         offset, shape = self._spilled[index]
         return self._map[offset : offset + math.prod(shape)].reshape(shape)
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """The model's preprocessing (from its timm pretrained config) at the training resolution."""
-
-    image_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    crop_pct: float
-    interpolation: str
-    crop_scale_min: float = 0.08
-
-    @classmethod
-    def for_model(cls, timm_cfg: object, image_size: int, crop_scale_min: float = 0.08) -> DataConfig:
-        return cls(
-            image_size=image_size,
-            crop_scale_min=crop_scale_min,
-            mean=tuple(float(x) for x in timm_cfg.mean),
-            std=tuple(float(x) for x in timm_cfg.std),
-            crop_pct=float(timm_cfg.crop_pct or 0.875),
-            interpolation=str(timm_cfg.interpolation or "bicubic"),
-        )
-
-    @property
-    def resize_size(self) -> int:
-        # timm's floor(size / crop_pct); the epsilon keeps a crop_pct derived back from a resize size
-        # (size / resize, as a Triton client does) from landing one pixel short.
-        return math.floor(self.image_size / self.crop_pct + 1e-6)
 
 
 def transform(cfg: DataConfig, training: bool, normalize: bool = True) -> v2.Compose:

@@ -21,8 +21,8 @@ import yaml
 
 from components.cls_dataset import IMAGE_EXTENSIONS
 from components.errors import SortflowError
-from components.export import INPUT_NAME, LABELS_FILE, MODEL_FILE, OUTPUT_NAME, RESULT_FILE
 from components.fsutil import atomic_write_json
+from components.model_io import INPUT_NAME, LABELS_FILE, MODEL_FILE, OUTPUT_NAME, RESULT_FILE
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from typing import Any
 
 from components.config import Params
 from components.errors import SortflowError
-from components.export import INPUT_NAME, LABELS_FILE, MODEL_FILE, OUTPUT_NAME, RESULT_FILE
 from components.fsutil import atomic_write_text, staged_dir
+from components.model_io import INPUT_NAME, LABELS_FILE, MODEL_FILE, OUTPUT_NAME, RESULT_FILE
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +225,7 @@ def _model_info(
 ) -> ModelInfo:
     import onnx
 
-    from components.loader import DataConfig
+    from components.model_io import DataConfig
 
     graph = onnx.load(str(onnx_file), load_external_data=False).graph
     size = graph.input[0].type.tensor_type.shape.dim[-1].dim_value

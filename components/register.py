@@ -15,8 +15,8 @@ from typing import Any
 
 from components.config import Params
 from components.errors import SortflowError
-from components.export import INPUT_NAME, LABELS_FILE, MODEL_FILE, RESULT_FILE
 from components.fsutil import atomic_write_json, file_digest
+from components.model_io import INPUT_NAME, LABELS_FILE, MODEL_FILE, RESULT_FILE
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,8 @@ def champion_version(client: Any, name: str) -> Any | None:
 
 def _save_mlflow_model(export_dir: Path, result: dict[str, Any], dst: Path) -> None:
     """The ONNX flavor with a signature, an input example and the labels file."""
+    from importlib.metadata import version
+
     import mlflow.onnx
     import numpy as np
     import onnx
@@ -67,6 +69,8 @@ def _save_mlflow_model(export_dir: Path, result: dict[str, Any], dst: Path) -> N
         onnx_execution_providers=["CPUExecutionProvider"],
         extra_files=[str(export_dir / LABELS_FILE), str(export_dir / RESULT_FILE)],
         save_as_external_data=False,
+        # What serving the flavor needs, stated: MLflow would otherwise infer it in a subprocess (about 6 s).
+        pip_requirements=[f"{name}=={version(name)}" for name in ("onnx", "onnxruntime", "numpy")],
     )
 
 
