@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -138,6 +139,13 @@ def lists_digest(dataset_dir: str | Path) -> str:
     )
 
 
+def _images_digest(rows: list[Row], content: dict[str, str]) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for path, label in sorted(rows):
+        digest.update(f"{path}\t{label}\t{content[path]}\n".encode())
+    return digest.hexdigest()
+
+
 def split_into(dataset_dir: str | Path, output: str | Path, params: SplitParams, link: bool = True) -> SplitResult:
     """Write the split dataset `output`: label.txt, train.txt, val.txt and the listed images (hard-linked).
 
@@ -163,6 +171,8 @@ def split_into(dataset_dir: str | Path, output: str | Path, params: SplitParams,
         raise DatasetError(
             f"{root}: {len(missing)} listed images do not exist (e.g. {missing[0]}); run check-dataset for the lines"
         )
+    for path, _ in train + val:  # a path listed twice in another spelling was hashed once, under the first
+        content.setdefault(path, file_digest(root / path))
     result = _result(train, val)
     with staged_dir(out, replace=True) as stage:
         for path, _ in train + val:
@@ -175,6 +185,8 @@ def split_into(dataset_dir: str | Path, output: str | Path, params: SplitParams,
             {
                 "dataset_path": str(dataset_dir),
                 "source_digest": lists_digest(root),
+                # Changes with any listed image, so a DVC stage may depend on this file instead of every image.
+                "images_digest": _images_digest(train + val, content),
                 "resplit": params.enable,
                 **({k: getattr(params, k) for k in ("train_percent", "val_percent", "seed")} if params.enable else {}),
                 **dataclasses.asdict(result),
