@@ -421,6 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # The steps' own log lines also go to the Prefect run logs (UI and API), not only to this terminal.
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "components")
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")  # outside a run: terminal only
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
