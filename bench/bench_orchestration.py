@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -26,32 +25,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.helpers import free_port  # noqa: E402
-from tests.orchestration.conftest import command_env, sh, stop_group  # noqa: E402
+from tests.orchestration.conftest import command_env, project_copy, sh, stop_group  # noqa: E402
 
 OVERRIDES = ["train.epochs=1", "export.parity_images=32"]
 
 
 def copy_project(dst: Path) -> Path:
-    """The project as git sees it, with the demo data built into it and the overrides in params.yaml."""
-    import yaml
-
-    from components.config import load_params
-
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split("\0")
-    for rel in filter(None, listed):
-        if not rel.startswith(("data/", "tests/")) and (REPO / rel).is_file():
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / rel, dst / rel)
-    params = load_params(REPO / "params.yaml", OVERRIDES)
-    (dst / "params.yaml").write_text(yaml.safe_dump(params.to_dict(), sort_keys=False))
-    sh(["git", "init", "-q"], dst)
+    """A git copy of the project (see tests/orchestration) with the demo data and OVERRIDES in params.yaml."""
+    project_copy(dst, *OVERRIDES, data=False, base=())
     sh(["sortflow", "dataset", "demo", "data"], dst)
+    sh(["dvc", "add", "-q", "data"], dst)
     return dst
 
 

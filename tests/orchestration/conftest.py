@@ -54,8 +54,9 @@ def sh(args: Sequence[str], cwd: Path, check: bool = True, timeout: float = 600,
     return output
 
 
-def project_copy(dst: Path, *extra: str, data: bool = True) -> Path:
-    """The project's files (as git sees them) in a new git repository, on a tiny dataset and tiny params.
+def project_copy(dst: Path, *extra: str, data: bool = True, base: Sequence[str] = TINY_PIPELINE) -> Path:
+    """The project's files (as git sees them) in a new git repository, on a tiny dataset and tiny params
+    (params.yaml with the `base` and `extra` overrides written in).
 
     The dataset is tracked by DVC with a local-folder remote beside the copy (`../dvc-remote`); everything
     is committed. Put each copy in its own folder.
@@ -72,7 +73,7 @@ def project_copy(dst: Path, *extra: str, data: bool = True) -> Path:
             continue
         (dst / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / rel, dst / rel)
-    params = load_params(ROOT / "params.yaml", [*TINY_PIPELINE, *extra])
+    params = load_params(ROOT / "params.yaml", [*base, *extra])
     (dst / "params.yaml").write_text(yaml.safe_dump(params.to_dict(), sort_keys=False))
     sh(["git", "init", "-q", "-b", "main"], dst)
     sh(["git", "config", "user.email", "ci@sortflow.invalid"], dst)
