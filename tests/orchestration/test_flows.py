@@ -222,3 +222,22 @@ def test_missing_dvc_remote_names_the_setting(tmp_path: Path) -> None:
         match=r"neither locally nor on remote.*remote 'local' \(url \S*/nowhere; change it with `dvc remote modify",
     ):
         pull(project / "data")
+
+
+@pytest.mark.slow
+def test_champion_from_another_val_set_is_rescored_before_the_gate(flow_project: tuple[Path, str]) -> None:
+    """After a new split, the champion's old score is not comparable: register scores both models again on the
+    new val images the champion did not train on."""
+    project, _ = flow_project
+    sh(["sortflow", "split", "-o", "split.seed=7"], project)
+    sh(["sortflow", "export"], project)
+    sh(["sortflow", "register"], project)
+    result = json.loads((project / "output/register/register_result.json").read_text())
+    assert "current val images (the champion was scored on another val set" in result["decision"]
+    # The same weights as the champion, on the same images: the same score, so the gate lets it in.
+    assert result["previous_champion_top1"] == pytest.approx(result["compared_top1"])
+    assert result["promoted"] is True
+    sh(["sortflow", "register"], project)  # the same val set again: the tag is comparable, no re-scoring
+    again = json.loads((project / "output/register/register_result.json").read_text())
+    assert "another val set" not in again["decision"]
+    assert again["compared_top1"] == again["val_top1"]
