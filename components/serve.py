@@ -250,6 +250,8 @@ def _terminate(pid: int, grace: float = 15) -> None:
             os.waitpid(pid, os.WNOHANG)
     if _alive(pid):
         os.killpg(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)  # when the server is this process's child, reap it: no zombie is left
 
 
 def stop(params: Params) -> bool:
