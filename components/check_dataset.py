@@ -32,9 +32,16 @@ log = logging.getLogger(__name__)
 
 RESULT_FILE = "check_dataset_result.json"
 REPORT_DIR = "check_dataset"
+DATA_DOCS = "data_docs"  # under REPORT_DIR
 INT_PATTERN = r"^[+-]?\d+$"
 ESCAPE_PATTERNS = [r"(?:^|/)\.\.(?:/|$)", r"^/", r"^[A-Za-z]:"]
 EXAMPLES = 5
+
+
+def data_docs_index(params: DatasetParams) -> Path:
+    """The Great Expectations Data Docs page that check-dataset writes."""
+    return Path(params.output) / REPORT_DIR / DATA_DOCS / "index.html"
+
 
 IMAGE_COLUMNS = [
     "list_file",
@@ -395,7 +402,7 @@ def run_suite(manifest: Manifest, min_image_size: int, report_dir: Path) -> list
             "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
             "store_backend": {
                 "class_name": "TupleFilesystemStoreBackend",
-                "base_directory": str((report_dir / "data_docs").resolve()),
+                "base_directory": str((report_dir / DATA_DOCS).resolve()),
             },
         },
     )

@@ -88,17 +88,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import subprocess
+    from components.train import run_training
 
-    from components.train import resolve_device, torchrun_command, train
-
-    params = _params(args)
-    _, gpu_ids = resolve_device(params.train.device)
-    if len(gpu_ids) > 1 and "WORLD_SIZE" not in os.environ:
-        command, env = torchrun_command(gpu_ids, args.argv)
-        return subprocess.run(command, env=env).returncode
-    result = train(params)
-    if int(os.environ.get("RANK", 0)) == 0:
+    result = run_training(_params(args), args.argv)
+    if result is not None and int(os.environ.get("RANK", 0)) == 0:
         print(f"Trained {result.epochs} epochs: best val top-1 {result.best_top1:.4f}, last {result.last_top1:.4f}")
         print(f"Checkpoints and reports: {result.output} (MLflow run {result.run_id})")
     return 0
@@ -225,10 +218,9 @@ def cmd_get_pipeline_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _flow_overrides(args: argparse.Namespace) -> dict[str, str]:
-    """`-o` overrides as the flows' `overrides` parameter, after checking them here (fail before Prefect starts)."""
-    _params(args)
-    return dict(item.partition("=")[::2] for item in args.override)
+def _flow_overrides(args: argparse.Namespace) -> tuple[Params, dict[str, str]]:
+    """The parameters, checked here (before Prefect starts), and `-o` as the flows' `overrides` parameter."""
+    return _params(args), dict(item.partition("=")[::2] for item in args.override)
 
 
 def _prefect_api() -> str | None:
@@ -252,20 +244,17 @@ def _prefect_api() -> str | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    overrides = _flow_overrides(args)
+    _, overrides = _flow_overrides(args)
     _prefect_api()
     from flows.pipeline import FLOWS
 
-    if args.flow not in FLOWS:
-        raise SortflowError(f"unknown flow {args.flow!r}; choose one of: {', '.join(FLOWS)}")
     result = FLOWS[args.flow](overrides=overrides, params_file=args.params)
     print(result if isinstance(result, str) else json.dumps(result, indent=2, default=str))
     return 0
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    overrides = _flow_overrides(args)
-    params = _params(args)
+    params, overrides = _flow_overrides(args)
     if _prefect_api() is None:
         raise SortflowError(
             "sortflow deploy registers deployments with a Prefect server: start one (`prefect server start`) "
@@ -352,18 +341,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing folder")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("train", parents=[common], help="train a model on a checked dataset (MLflow tracked)")
-    p.set_defaults(func=cmd_train)
-    p = sub.add_parser("evaluate", parents=[common], help="top-1/top-5, per-class metrics, confusion matrix")
-    p.set_defaults(func=cmd_evaluate)
-    p = sub.add_parser(
-        "export", parents=[common], help="checkpoint -> ONNX (raw RGB in, probabilities out), parity-checked"
-    )
-    p.set_defaults(func=cmd_export)
-    p = sub.add_parser("register", parents=[common], help="ONNX model -> MLflow registry (champion/challenger)")
-    p.set_defaults(func=cmd_register)
-    p = sub.add_parser("publish", parents=[common], help="registry champion -> Triton model repository")
-    p.set_defaults(func=cmd_publish)
+    for name, func, text in (
+        ("train", cmd_train, "train a model on a checked dataset (MLflow tracked)"),
+        ("evaluate", cmd_evaluate, "top-1/top-5, per-class metrics, confusion matrix"),
+        ("export", cmd_export, "checkpoint -> ONNX (raw RGB in, probabilities out), parity-checked"),
+        ("register", cmd_register, "ONNX model -> MLflow registry (champion/challenger)"),
+        ("publish", cmd_publish, "registry champion -> Triton model repository"),
+    ):
+        sub.add_parser(name, parents=[common], help=text).set_defaults(func=func)
     p = sub.add_parser("serve", parents=[common], help="start a local Triton server over publish.repo")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--status", action="store_true", help="show the running server")
@@ -397,12 +382,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="flow to run (default training-pipeline)",
     )
     p.set_defaults(func=cmd_run)
-    p = sub.add_parser(
-        "deploy", parents=[common], help="register the scheduled Prefect deployments and run them (serve)"
-    )
-    p.set_defaults(func=cmd_deploy)
-    p = sub.add_parser("summary", parents=[common], help="what the last pipeline run produced, from its reports")
-    p.set_defaults(func=cmd_summary)
+    for name, func, text in (
+        ("deploy", cmd_deploy, "register the scheduled Prefect deployments and run them (serve)"),
+        ("summary", cmd_summary, "what the last pipeline run produced, from its reports"),
+    ):
+        sub.add_parser(name, parents=[common], help=text).set_defaults(func=func)
 
     p = sub.add_parser("params", parents=[common], help="print the resolved parameters")
     p.add_argument("--keys", action="store_true", help="list every section.key name instead")

@@ -181,11 +181,11 @@ def evaluate(params: Params) -> dict[str, Any]:
     _confusion_png(matrix, classes, out / "confusion_matrix.png")
     atomic_write_json(out / RESULT_FILE, result)
     log.info("Evaluated %s on %d val images: top-1 %.4f, top-5 %.4f", weights, n, top1, top5)
-    _log_to_mlflow(params, ckpt.get("mlflow_run_id"), result, out)
+    _log_to_mlflow(params, ckpt.get("mlflow_run_id"), result, out, root)
     return result
 
 
-def _log_to_mlflow(params: Params, run_id: str | None, result: dict[str, Any], out: Path) -> None:
+def _log_to_mlflow(params: Params, run_id: str | None, result: dict[str, Any], out: Path, root: Path) -> None:
     """Log to the training run of the checkpoint, or to a new run when the store does not have it."""
     from mlflow.entities import Metric
     from mlflow.exceptions import MlflowException
@@ -205,7 +205,7 @@ def _log_to_mlflow(params: Params, run_id: str | None, result: dict[str, Any], o
         run_id = None
     if run_id is None:
         run_id = client.create_run(
-            experiment_id, run_name=f"evaluate-{result['model_name']}", tags=tracking.lineage_tags(params)
+            experiment_id, run_name=f"evaluate-{result['model_name']}", tags=tracking.lineage_tags(params, root)
         ).info.run_id
         client.set_terminated(run_id, "FINISHED")
     now = int(time.time() * 1000)

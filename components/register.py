@@ -98,30 +98,31 @@ class Comparison:
     left_out: int
 
 
-def _top1(model: Path, root: Path, data_config: dict[str, Any], keep: list[int]) -> float:
-    import numpy as np
-
-    from components.export import onnx_probabilities, onnx_session, raw_images
-
-    images, targets = raw_images(root, "val", data_config)
-    predicted = onnx_probabilities(onnx_session(model), images[keep]).argmax(1)
-    return float(np.mean(predicted == targets[keep]))
-
-
-def compare_on_current_val(params: Params, champion: Any, export_dir: Path) -> Comparison | None:
+def compare_on_current_val(
+    params: Params, champion: Any, root: Path, exported: dict[str, Any], export_dir: Path
+) -> Comparison | None:
     """Score the champion, scored on another val set (another split, other data), again beside the new model.
 
     Val images the champion trained on (its registered train list) are left out for both, so neither gets
     credit for images it has seen. None when the champion predicts other classes or saw every val image.
     """
     import mlflow.artifacts as mlflow_artifacts
+    import numpy as np
 
     from components import tracking
     from components.cls_dataset import read_list
-    from components.split import prepared_dataset
+    from components.export import onnx_probabilities, onnx_session, raw_images
 
-    root = prepared_dataset(params, check=False)
-    exported = json.loads((export_dir / RESULT_FILE).read_text())
+    decoded: dict[str, tuple[Any, Any]] = {}  # both models usually share their preprocessing: decode once
+
+    def top1(model: Path, data_config: dict[str, Any], keep: list[int]) -> float:
+        key = json.dumps(data_config, sort_keys=True)
+        if key not in decoded:
+            decoded[key] = raw_images(root, "val", data_config)
+        images, targets = decoded[key]
+        predicted = onnx_probabilities(onnx_session(model), images[keep]).argmax(1)
+        return float(np.mean(predicted == targets[keep]))
+
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(
             mlflow_artifacts.download_artifacts(
@@ -136,13 +137,10 @@ def compare_on_current_val(params: Params, champion: Any, export_dir: Path) -> C
         keep = [i for i, e in enumerate(val) if e.norm_path not in seen]
         if not keep:
             return None
-        champion_config = json.loads(files[RESULT_FILE].read_text())["data_config"]
-        champion_top1 = _top1(files[MODEL_FILE], root, champion_config, keep)
-    new_top1 = (
-        exported["val_top1"]
-        if len(keep) == len(val)
-        else _top1(export_dir / MODEL_FILE, root, exported["data_config"], keep)
-    )
+        champion_top1 = top1(files[MODEL_FILE], json.loads(files[RESULT_FILE].read_text())["data_config"], keep)
+    # On the whole val set, the new model's score is the one export measured.
+    whole = len(keep) == len(val)
+    new_top1 = exported["val_top1"] if whole else top1(export_dir / MODEL_FILE, exported["data_config"], keep)
     comparison = Comparison(new_top1, champion_top1, len(keep), len(val) - len(keep))
     log.info("Champion version %s scored again on the current val set: %s", champion.version, comparison)
     return comparison
@@ -168,7 +166,7 @@ def register(params: Params) -> dict[str, Any]:
         run_id = None
     if run_id is None:  # trained against another store: keep the lineage in a run of this one
         run_id = client.create_run(
-            experiment_id, run_name=f"register-{exported['model_name']}", tags=tracking.lineage_tags(params)
+            experiment_id, run_name=f"register-{exported['model_name']}", tags=tracking.lineage_tags(params, root)
         ).info.run_id
         client.set_terminated(run_id, "FINISHED")
     # One artifact folder per distinct model file: registering again never overwrites an earlier version.
@@ -200,7 +198,7 @@ def register(params: Params) -> dict[str, Any]:
     if champion is not None and champion.tags.get("val_set_hash") == tags["val_set_hash"]:
         champion_top1 = float(champion.tags["val_top1"])
     elif champion is not None:
-        compared = compare_on_current_val(params, champion, export_dir)
+        compared = compare_on_current_val(params, champion, root, exported, export_dir)
         if compared is not None:
             new_top1, champion_top1 = compared.new_top1, compared.champion_top1
     promoted = champion_top1 is None or new_top1 >= champion_top1 + params.register.min_improvement

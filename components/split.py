@@ -105,8 +105,8 @@ def _result(train: list[Row], val: list[Row]) -> SplitResult:
     return SplitResult(train=len(train), val=len(val), classes=len({label for _, label in train + val}))
 
 
-def _log(result: SplitResult, src: Path, dst: Path, params: SplitParams) -> None:
-    how = f"{params.train_percent}/{params.val_percent}, seed {params.seed}" if params.enable else "lists kept"
+def _log(result: SplitResult, src: Path, dst: Path, params: SplitParams, resplit: bool) -> None:
+    how = f"{params.train_percent}/{params.val_percent}, seed {params.seed}" if resplit else "lists kept"
     log.info(
         "Split %s -> %s: %d train, %d val over %d classes (%s)", src, dst, result.train, result.val, result.classes, how
     )
@@ -127,7 +127,7 @@ def split_dataset(dataset_dir: str | Path, params: SplitParams) -> SplitResult:
             os.rename(current, backup)
         os.replace(staged[split], current)
     result = _result(train, val)
-    _log(result, root, root, dataclasses.replace(params, enable=True))
+    _log(result, root, root, params, resplit=True)
     return result
 
 
@@ -192,7 +192,7 @@ def split_into(dataset_dir: str | Path, output: str | Path, params: SplitParams,
                 **dataclasses.asdict(result),
             },
         )
-    _log(result, root, out, params)
+    _log(result, root, out, params, resplit=params.enable)
     return result
 
 

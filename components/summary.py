@@ -9,7 +9,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from components.check_dataset import RESULT_FILE, data_docs_index
 from components.config import Params
+from components.split import SPLIT_RESULT
 
 
 def _json(path: Path) -> dict[str, Any] | None:
@@ -25,18 +27,27 @@ def served_version(params: Params) -> int | None:
 
 def pipeline_summary(params: Params) -> dict[str, Any]:
     """Dataset counts, top-1/top-5, the promotion decision and the Triton model, from the step reports."""
-    out = Path(params.dataset.output)
-    check = _json(out / "check_dataset_result.json")
-    split = _json(Path(params.split.output) / "split_result.json") if params.split.output else None
-    evaluation = _json(Path(params.evaluate.output) / "evaluate_result.json")
-    registered = _json(Path(params.register.output) / "register_result.json")
-    docs = out / "check_dataset" / "data_docs" / "index.html"
-    summary: dict[str, Any] = {
+    reports = {
+        "check": Path(params.dataset.output) / RESULT_FILE,
+        "data_docs": data_docs_index(params.dataset),
+        "train": Path(params.train.output),
+        "evaluate": Path(params.evaluate.output) / "evaluate_result.json",
+        "register": Path(params.register.output) / "register_result.json",
+    }
+    check, evaluation, registered = (_json(reports[k]) for k in ("check", "evaluate", "register"))
+    split = _json(Path(params.split.output) / SPLIT_RESULT) if params.split.output else None
+    if split:
+        train_samples, val_samples = split["train"], split["val"]
+    elif check:
+        train_samples, val_samples = check["attributes"]["train_samples"], check["attributes"]["val_samples"]
+    else:
+        train_samples = val_samples = None
+    return {
         "dataset": params.dataset.dir,
         "check_pass": check["check_pass"] if check else None,
         "classes": check["attributes"]["num_classes"] if check else None,
-        "train_samples": None,
-        "val_samples": None,
+        "train_samples": train_samples,
+        "val_samples": val_samples,
         "top1": evaluation["metrics"]["val.top1"] if evaluation else None,
         "top5": evaluation["metrics"]["val.top5"] if evaluation else None,
         "model": evaluation["model_name"] if evaluation else params.train.model,
@@ -45,20 +56,8 @@ def pipeline_summary(params: Params) -> dict[str, Any]:
         "triton_model": params.register.model_name,
         "triton_version": served_version(params),
         "triton_repo": params.publish.repo,
-        "reports": {
-            "check": str(out / "check_dataset_result.json"),
-            "data_docs": str(docs) if docs.is_file() else None,
-            "train": params.train.output,
-            "evaluate": str(Path(params.evaluate.output) / "evaluate_result.json"),
-            "register": str(Path(params.register.output) / "register_result.json"),
-        },
+        "reports": {k: str(p) for k, p in reports.items() if p.exists()},
     }
-    if split:
-        summary["train_samples"], summary["val_samples"] = split["train"], split["val"]
-    elif check:
-        summary["train_samples"] = check["attributes"]["train_samples"]
-        summary["val_samples"] = check["attributes"]["val_samples"]
-    return summary
 
 
 def _fmt(value: Any, pattern: str = "{}") -> str:

@@ -75,12 +75,10 @@ def dataset_hash(dataset_dir: str | Path) -> str:
     return digest.hexdigest()
 
 
-def lineage_tags(params: Params) -> dict[str, str]:
-    """Git commit, the dataset's DVC hash (when it is DVC-tracked) and a hash of its lists."""
-    # The lists training read: the split dataset when there is one.
-    split = Path(params.split.output) if params.split.output else None
-    lists = split if split is not None and (split / LABEL_FILE).is_file() else params.dataset.dir
-    tags = {"sortflow.dataset_lists_hash": dataset_hash(lists), "sortflow.model": params.train.model}
+def lineage_tags(params: Params, data_dir: str | Path) -> dict[str, str]:
+    """Git commit, the dataset's DVC hash (when it is DVC-tracked) and a hash of the lists in `data_dir`
+    (the prepared dataset that training read)."""
+    tags = {"sortflow.dataset_lists_hash": dataset_hash(data_dir), "sortflow.model": params.train.model}
     commit = _git("rev-parse", "HEAD")
     if commit:
         tags["mlflow.source.git.commit"] = commit

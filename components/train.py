@@ -13,6 +13,7 @@ import io
 import logging
 import math
 import os
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -102,6 +103,17 @@ def torchrun_command(gpu_ids: list[int], argv: list[str]) -> tuple[list[str], di
         *argv,
     ]
     return command, {**os.environ, "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpu_ids))}
+
+
+def run_training(params: Params, argv: list[str]) -> TrainResult | None:
+    """Train here; with several GPUs, run `sortflow ARGV` under torchrun instead (None: its ranks trained)."""
+    _, gpu_ids = resolve_device(params.train.device)
+    if len(gpu_ids) <= 1 or "WORLD_SIZE" in os.environ:
+        return train(params)
+    command, env = torchrun_command(gpu_ids, argv)
+    if subprocess.run(command, env=env).returncode != 0:
+        raise SortflowError(f"distributed training failed; see {params.train.output}/train.log")
+    return None
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -316,7 +328,7 @@ def _train(params: Params, dist: Dist, device: torch.device) -> TrainResult:
             run = mlflow_client.create_run(
                 experiment_id,
                 run_name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-                tags=tracking.lineage_tags(params),
+                tags=tracking.lineage_tags(params, root),
             )
             run_id = run.info.run_id
             from mlflow.entities import Param

@@ -18,29 +18,30 @@ from flows.pipeline import data_check, promote_and_serve, training_pipeline
 
 def deployments(params: Params, params_file: str | None, overrides: dict[str, Any]) -> list[Any]:
     """The three deployments, parameterised with the same params file and overrides as this command."""
-    parameters = {"overrides": overrides, "params_file": params_file}
-    tz = params.deploy.timezone
+    d = params.deploy
     return [
-        training_pipeline.to_deployment(
-            name="nightly",
-            schedule=Cron(params.deploy.training_cron, timezone=tz),
-            parameters=parameters,
-            description="The whole pipeline on the current DVC data, then publish the champion to Triton.",
+        flow.to_deployment(
+            name=name,
+            schedule=Cron(cron, timezone=d.timezone) if cron else None,
+            parameters={"overrides": overrides, "params_file": params_file},
+            description=description,
             tags=["sortflow"],
-        ),
-        data_check.to_deployment(
-            name="hourly",
-            schedule=Cron(params.deploy.data_check_cron, timezone=tz),
-            parameters=parameters,
-            description="check-dataset on the current DVC data; fails with the report when a check fails.",
-            tags=["sortflow"],
-        ),
-        promote_and_serve.to_deployment(
-            name="manual",
-            parameters=parameters,
-            description="Publish the registry champion and (re)load it in Triton.",
-            tags=["sortflow"],
-        ),
+        )
+        for flow, name, cron, description in (
+            (
+                training_pipeline,
+                "nightly",
+                d.training_cron,
+                "The whole pipeline on the current DVC data, then publish the champion to Triton.",
+            ),
+            (
+                data_check,
+                "hourly",
+                d.data_check_cron,
+                "check-dataset on the current DVC data; fails with the report when a check fails.",
+            ),
+            (promote_and_serve, "manual", None, "Publish the registry champion and (re)load it in Triton."),
+        )
     ]
 
 

@@ -7,8 +7,6 @@ Flows: `training-pipeline` (pull, check, split, train, evaluate, export, registe
 
 from __future__ import annotations
 
-import subprocess
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
@@ -57,12 +55,12 @@ def pull_data(params: Params) -> str:
 @step(name="check-dataset")
 def check(params: Params) -> dict[str, Any]:
     """check-dataset; its report becomes an artifact, and a failed check stops the flow."""
-    from components.check_dataset import check_dataset, format_report
+    from components.check_dataset import check_dataset, data_docs_index, format_report
 
     report = check_dataset(params.dataset)
     text = format_report(report)
     create_markdown_artifact(f"## check-dataset: `{params.dataset.dir}`\n\n```\n{text}\n```\n", key="check-dataset")
-    docs = Path(params.dataset.output) / "check_dataset" / "data_docs" / "index.html"
+    docs = data_docs_index(params.dataset)
     if docs.is_file():
         create_link_artifact(docs.resolve().as_uri(), "Great Expectations Data Docs", key="data-docs")
     if not report.check_pass:
@@ -82,20 +80,15 @@ def split(params: Params) -> dict[str, int] | None:
 
 @step(name="train")
 def train(params: Params, params_file: str | None, overrides: dict[str, Any] | None) -> dict[str, Any]:
-    from components.train import resolve_device, torchrun_command
-    from components.train import train as train_model
+    from components.train import run_training
 
-    _, gpu_ids = resolve_device(params.train.device)
-    if len(gpu_ids) > 1:
-        # One process per GPU: the same `sortflow train` command the CLI runs, under torchrun.
-        argv = ["train", *(["--params", params_file] if params_file else [])]
-        for key, value in (overrides or {}).items():
-            argv += ["-o", f"{key}={value}"]
-        command, env = torchrun_command(gpu_ids, argv)
-        if subprocess.run(command, env=env).returncode != 0:
-            raise SortflowError(f"distributed training failed; see {params.train.output}/train.log")
+    # The command that several GPUs relaunch under torchrun: `sortflow train` with this flow's parameters.
+    argv = ["train", *(["--params", params_file] if params_file else [])]
+    for key, value in (overrides or {}).items():
+        argv += ["-o", f"{key}={value}"]
+    result = run_training(params, argv)
+    if result is None:
         return {"output": params.train.output}
-    result = train_model(params)
     return {"output": str(result.output), "best_top1": result.best_top1, "run_id": result.run_id}
 
 
