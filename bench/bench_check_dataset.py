@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from components.cls_dataset import list_file, read_list, write_labels, write_list  # noqa: E402
 from components.fsutil import file_digest  # noqa: E402
-from components.split import stratified_split  # noqa: E402
+from components.splitting import stratified_split  # noqa: E402
 
 TRASHNET = REPO.parent / "shared" / "data" / "trashnet-rgb-112.tar.gz"
 VARIANTS = (None, Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.FLIP_TOP_BOTTOM, Image.Transpose.ROTATE_180)

@@ -24,8 +24,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from components.config import Params  # noqa: E402
-from components.export import Deployable, export_onnx, onnx_session  # noqa: E402
+from components.deployable import Deployable, export_onnx  # noqa: E402
 from components.models import create_model, get_spec  # noqa: E402
+from components.onnx_io import onnx_session  # noqa: E402
 
 SIZE = 224
 
@@ -114,7 +115,8 @@ def triton(out: Path, onnx_file: Path, label: str, size: int) -> None:
     import tritonclient.grpc as grpcclient
 
     from components import serve
-    from components.publish import ModelInfo, write_repository
+    from components.publish import write_repository
+    from components.triton_config import ModelInfo
 
     def port() -> int:
         with socket.socket() as s:

@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import yaml
 
@@ -37,16 +38,14 @@ def _params(args: argparse.Namespace) -> Params:
 
 
 def _check(params: Params) -> int:
-    from components.check_dataset import check_dataset, format_report
-    from components.split import split_dataset
+    from components.check_dataset import check_step
+    from components.dataset_checks import format_report
 
-    # As PaddleX, check-dataset resplits in place; with split.output set, the split step does it instead.
-    if params.split.enable and not params.split.output:
-        split_dataset(params.dataset.dir, params.split)
+    outcome = check_step(params)
+    if outcome.resplit:
         print("Split dataset successfully !")
-    report = check_dataset(params.dataset)
-    print(format_report(report))
-    return 0 if report.check_pass else 1
+    print(format_report(outcome.report))
+    return 0 if outcome.report.check_pass else 1
 
 
 def cmd_check_dataset(args: argparse.Namespace) -> int:
@@ -58,6 +57,7 @@ def cmd_split(args: argparse.Namespace) -> int:
 
     params = _params(args)
     if not params.split.output:
+        # PaddleX style: no split dataset, so `split` means check-dataset with its in-place split switched on.
         params.split.enable = True
         return _check(params)
     result = split_step(params)
@@ -78,11 +78,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from components.demo_data import build_demo_dataset
-    from components.dvc_data import commit_if_unchanged
+    from components.demo_data import demo_step
 
-    result = build_demo_dataset(args.dst, force=args.force)
-    commit_if_unchanged(args.dst)
+    result = demo_step(args.dst, force=args.force)
     print(f"Demo dataset in {args.dst}: {result.classes} classes, {result.train} train, {result.val} val")
     return 0
 
@@ -141,11 +139,14 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 def cmd_publish(args: argparse.Namespace) -> int:
     from components.publish import publish
+    from components.serve import reload_if_running
 
-    result = publish(_params(args))
+    params = _params(args)
+    result = publish(params)
+    reloaded = reload_if_running(params, result["models"])
     print(
         f"Published {result['model_name']} version {result['version']} into {result['repo']}/ "
-        f"({', '.join(result['models'])})" + ("; reloaded in the running server" if result["reloaded"] else "")
+        f"({', '.join(result['models'])})" + ("; reloaded in the running server" if reloaded else "")
     )
     return 0
 
@@ -174,25 +175,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from components.predict import command_config, create_pipeline
 
-    from components.predict import IMAGENET, PipelineConfig, create_pipeline
-
-    params = _params(args)
-    config = (
-        PipelineConfig.load(args.config)
-        if args.config
-        else PipelineConfig(model_dir=params.export.output, triton_model=params.register.model_name)
-    )
-    if args.model:
-        config.model_dir = args.model
-    elif not args.config and not args.triton and not (Path(config.model_dir) / "model.onnx").is_file():
-        logging.getLogger("components").info("No model in %s: using ImageNet EfficientNet-Lite0", config.model_dir)
-        config.model_dir = IMAGENET
-    if args.topk:
-        config.topk = args.topk
-    if args.triton:
-        config.triton_url = args.triton
+    config = command_config(_params(args), args.config, args.model, args.topk, args.triton)
     failed = 0
     for result in create_pipeline(config).predict(args.input):
         if not result.ok:
@@ -312,13 +297,7 @@ def cmd_params(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = _common()
-    parser = argparse.ArgumentParser(
-        prog="sortflow", description="Image classification pipeline: dataset checks to Triton serving."
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _dataset_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("check-dataset", parents=[common], help="check a ClsDataset (PaddleX check_dataset)")
     p.add_argument("dir", nargs="?", help="dataset folder (sets dataset.dir)")
     p.set_defaults(func=cmd_check_dataset)
@@ -341,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing folder")
     p.set_defaults(func=cmd_demo)
 
+
+def _release_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     for name, func, text in (
         ("train", cmd_train, "train a model on a checked dataset (MLflow tracked)"),
         ("evaluate", cmd_evaluate, "top-1/top-5, per-class metrics, confusion matrix"),
@@ -367,12 +348,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--save-path", default=".", help="folder for pipeline.yaml")
     p.set_defaults(func=cmd_get_pipeline_config)
+
+
+def _tool_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("models", help="the model zoo: PaddleX names, timm names, sizes, ImageNet top-1")
     p.set_defaults(func=cmd_models)
     p = sub.add_parser("compare", parents=[common], help="recent training runs side by side")
     p.add_argument("--limit", type=int, default=10, help="how many recent runs (default 10)")
     p.set_defaults(func=cmd_compare)
-
     p = sub.add_parser("run", parents=[common], help="run a Prefect flow once, locally")
     p.add_argument(
         "flow",
@@ -387,10 +370,21 @@ def build_parser() -> argparse.ArgumentParser:
         ("summary", cmd_summary, "what the last pipeline run produced, from its reports"),
     ):
         sub.add_parser(name, parents=[common], help=text).set_defaults(func=func)
-
     p = sub.add_parser("params", parents=[common], help="print the resolved parameters")
     p.add_argument("--keys", action="store_true", help="list every section.key name instead")
     p.set_defaults(func=cmd_params)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `sortflow` command and its subcommands, each bound to its cmd_ function."""
+    common = _common()
+    parser = argparse.ArgumentParser(
+        prog="sortflow", description="Image classification pipeline: dataset checks to Triton serving."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _dataset_commands(sub, common)
+    _release_commands(sub, common)
+    _tool_commands(sub, common)
     return parser
 
 

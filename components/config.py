@@ -64,14 +64,14 @@ class TrainParams:
 
 @dataclass
 class EvaluateParams:
-    weight_path: str = "output/train/best.pt"
+    weight_path: str = ""  # empty: best.pt in train.output
     output: str = "output/evaluate"
     batch_size: int = 64
 
 
 @dataclass
 class ExportParams:
-    weight_path: str = "output/train/best.pt"
+    weight_path: str = ""  # empty: best.pt in train.output
     output: str = "output/export"
     parity_images: int = 64
     tolerance: float = 1e-4

@@ -9,7 +9,7 @@ from components.cls_dataset import LABEL_FILE, SPLITS, is_image_file, list_file,
 from components.config import SplitParams
 from components.errors import DatasetError
 from components.fsutil import file_digest, link_or_copy, staged_dir
-from components.split import SplitResult, stratified_split
+from components.splitting import SplitResult, stratified_split
 
 log = logging.getLogger(__name__)
 

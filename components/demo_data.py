@@ -14,9 +14,10 @@ import numpy as np
 from PIL import Image
 
 from components.cls_dataset import LABEL_FILE, SPLITS, list_file, write_labels, write_list
+from components.dvc_data import commit_if_unchanged
 from components.errors import DatasetError
 from components.fsutil import file_digest, staged_dir
-from components.split import SplitResult, stratified_split
+from components.splitting import SplitResult, stratified_split
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,8 @@ def digit_image(pixels: np.ndarray) -> bytes:
 
 
 def build_demo_dataset(dst: str | Path, force: bool = False) -> SplitResult:
+    """Write the demo dataset to `dst` whole (images, label.txt, train.txt, val.txt); DatasetError if it exists
+    and is not empty, unless `force`."""
     from sklearn.datasets import load_digits
 
     dst = Path(dst)
@@ -58,3 +61,11 @@ def build_demo_dataset(dst: str | Path, force: bool = False) -> SplitResult:
             write_list(stage / list_file(split), split_rows)
     log.info("Demo dataset in %s: %d train, %d val, %d classes", dst, len(train), len(val), len(CLASS_NAMES))
     return SplitResult(train=len(train), val=len(val), classes=len(CLASS_NAMES))
+
+
+def demo_step(dst: str | Path, force: bool = False) -> SplitResult:
+    """`sortflow dataset demo`: build the demo dataset, and put it in the DVC cache when `<dst>.dvc` records
+    exactly this content (so a fresh clone's `dvc status` is clean and `dvc push` works)."""
+    result = build_demo_dataset(dst, force=force)
+    commit_if_unchanged(dst)
+    return result

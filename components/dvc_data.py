@@ -87,3 +87,14 @@ def commit_if_unchanged(folder: str | Path) -> bool:
         return False
     log.info("%s matches %s and is in the DVC cache", folder, dvc_file.name)
     return True
+
+
+def dvc_md5(folder: str | Path) -> str | None:
+    """The content hash that `<folder>.dvc` records for the folder (DVC's md5 of its listing), if tracked."""
+    import yaml
+
+    dvc_file = dvc_file_for(folder)
+    if dvc_file is None:
+        return None
+    outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs") or [{}]
+    return outs[0].get("md5") or None

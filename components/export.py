@@ -1,106 +1,29 @@
 """export: a checkpoint to ONNX that takes raw RGB pixels, checked against torch, optionally also INT8.
 
-The graph's input is `image`, float32 [batch, 3, H, W], RGB pixel values 0-255, already resized and
-center-cropped as in evaluation (so any client can feed decoded pixels); normalization by the model's
-mean and std happens inside the graph. The output is `probabilities`, float32 [batch, num_classes].
+The model's contract (raw 0-255 RGB in, probabilities out) is in `deployable`; this step writes it,
+checks it against torch on real val images, measures its val accuracy and, if asked, quantizes it.
 """
 
 from __future__ import annotations
 
 import logging
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
+from components.checkpoints import load_checkpoint, weights_path
 from components.config import Params
+from components.deployable import OPSET, Deployable, deployable_from_checkpoint, export_onnx
 from components.errors import SortflowError
-from components.evaluate import load_checkpoint, model_from_checkpoint
 from components.fsutil import atomic_write_json, staged_dir
+from components.metrics import accuracy_at_k
 from components.model_io import INPUT_NAME, INT8_FILE, LABELS_FILE, MODEL_FILE, OUTPUT_NAME, RESULT_FILE
-from components.split import prepared_dataset
+from components.onnx_io import onnx_probabilities, onnx_session, raw_images
+from components.splitting import prepared_dataset
 
 log = logging.getLogger(__name__)
-
-OPSET = 17
-
-
-class Deployable(nn.Module):
-    """Raw 0-255 RGB in, class probabilities out: the model with its preprocessing and softmax."""
-
-    def __init__(self, model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
-        super().__init__()
-        self.model = model
-        self.register_buffer("scale", 1 / (255 * torch.tensor(std).view(1, 3, 1, 1)))
-        self.register_buffer("shift", -torch.tensor(mean).view(1, 3, 1, 1) / torch.tensor(std).view(1, 3, 1, 1))
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.model(image * self.scale + self.shift).softmax(dim=1)
-
-
-def deployable_from_checkpoint(ckpt: dict[str, Any]) -> Deployable:
-    cfg = ckpt["data_config"]
-    return Deployable(model_from_checkpoint(ckpt), tuple(cfg["mean"]), tuple(cfg["std"])).eval()
-
-
-def raw_images(
-    dataset_dir: Path, split: str, data_config: dict[str, Any], limit: int | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Images of a split as the exported model takes them (resized, cropped, 0-255 float), and labels."""
-    from components.images import load_rgb
-    from components.loader import DataConfig, read_split, transform
-
-    cfg = DataConfig(**data_config)
-    tf = transform(cfg, training=False, normalize=False)
-    samples = read_split(dataset_dir, split)[:limit]
-    images = [tf(torch.from_numpy(np.array(load_rgb(s.path))).permute(2, 0, 1)).numpy() for s in samples]
-    if not images:
-        raise SortflowError(f"{dataset_dir}/{split}.txt: no images to check the exported model on")
-    return np.stack(images).astype(np.float32), np.array([s.label for s in samples])
-
-
-def onnx_session(path: Path, device: str = "cpu") -> Any:
-    """An onnxruntime session on the CPU, or on CUDA for `gpu`/`gpu:N` (an error where CUDA is missing)."""
-    import onnxruntime as ort
-
-    if not device.startswith("gpu"):
-        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        raise SortflowError(
-            f"device={device}: this onnxruntime has no CUDA provider (install onnxruntime-gpu) or use device: cpu"
-        )
-    gpu = int(device.partition(":")[2] or 0)
-    return ort.InferenceSession(
-        str(path), providers=[("CUDAExecutionProvider", {"device_id": gpu}), "CPUExecutionProvider"]
-    )
-
-
-def onnx_probabilities(session: Any, images: np.ndarray, batch: int = 32) -> np.ndarray:
-    return np.concatenate(
-        [session.run([OUTPUT_NAME], {INPUT_NAME: images[i : i + batch]})[0] for i in range(0, len(images), batch)]
-    )
-
-
-def export_onnx(model: Deployable, size: int, path: Path) -> None:
-    import onnx
-
-    example = torch.rand(2, 3, size, size) * 255
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript-based exporter announces its deprecation
-        torch.onnx.export(
-            model,
-            (example,),
-            str(path),
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-            opset_version=OPSET,
-            dynamo=False,
-        )
-    onnx.checker.check_model(str(path))
 
 
 def check_parity(model: Deployable, images: np.ndarray, got: np.ndarray, tolerance: float) -> dict[str, Any]:
@@ -144,15 +67,10 @@ def _quantize(fp32: Path, int8: Path, calibration: np.ndarray) -> None:
     )
 
 
-def export(params: Params) -> dict[str, Any]:
-    """Write model.onnx, labels.txt and export_result.json under `export.output`, all or nothing."""
-    weights = Path(params.export.weight_path)
-    ckpt = load_checkpoint(weights)
-    model = deployable_from_checkpoint(ckpt)
+def _contract(weights: Path, ckpt: dict[str, Any]) -> dict[str, Any]:
+    """What export_result.json says of the model: its source, input, output, labels and preprocessing."""
     size = int(ckpt["data_config"]["image_size"])
-    root = prepared_dataset(params, check=False)
-    images, labels = raw_images(root, "val", ckpt["data_config"])
-    result: dict[str, Any] = {
+    return {
         "weight_path": str(weights),
         "model_name": ckpt["model_name"],
         "mlflow_run_id": ckpt.get("mlflow_run_id"),
@@ -169,27 +87,42 @@ def export(params: Params) -> dict[str, Any]:
         "labels": ckpt["label_names"],
         "data_config": ckpt["data_config"],
     }
+
+
+def _int8(stage: Path, root: Path, data_config: dict[str, Any], images: np.ndarray, labels: np.ndarray) -> dict:
+    """Write the INT8 model beside the FP32 one (calibrated on train images) and measure its val top-1."""
+    calibration, _ = raw_images(root, "train", data_config, limit=64)
+    _quantize(stage / MODEL_FILE, stage / INT8_FILE, calibration)
+    top1 = accuracy_at_k(onnx_probabilities(onnx_session(stage / INT8_FILE), images), labels, 1)
+    return {"file": INT8_FILE, "size_bytes": (stage / INT8_FILE).stat().st_size, "val_top1": top1}
+
+
+def export(params: Params) -> dict[str, Any]:
+    """Export the checkpoint `export.weight_path` (empty: best.pt in train.output) to ONNX.
+
+    Reads the checkpoint and the val images of the prepared dataset (split.output, else dataset.dir).
+    Writes `export.output` whole or not at all: model.onnx, labels.txt, export_result.json (contract,
+    parity with torch, val top-1/top-5) and, with `export.quantize`, model.int8.onnx. Raises
+    SortflowError when the ONNX model disagrees with torch beyond `export.tolerance`.
+    """
+    weights = weights_path(params.export.weight_path, params.train.output)
+    ckpt = load_checkpoint(weights, "export.weight_path")
+    model = deployable_from_checkpoint(ckpt)
+    root = prepared_dataset(params, check=False)
+    images, labels = raw_images(root, "val", ckpt["data_config"])
+    result = _contract(weights, ckpt)
     out = Path(params.export.output)
     with staged_dir(out, replace=True) as stage:
-        export_onnx(model, size, stage / MODEL_FILE)
+        export_onnx(model, int(ckpt["data_config"]["image_size"]), stage / MODEL_FILE)
         probabilities = onnx_probabilities(onnx_session(stage / MODEL_FILE), images)
         n = params.export.parity_images
         result["parity"] = check_parity(model, images[:n], probabilities[:n], params.export.tolerance)
-        fp32_top1 = float((probabilities.argmax(1) == labels).mean())
-        top5 = np.argsort(-probabilities, axis=1)[:, :5]
-        result["val_top1"] = fp32_top1
-        result["val_top5"] = float((top5 == labels[:, None]).any(axis=1).mean())
+        result["val_top1"] = accuracy_at_k(probabilities, labels, 1)
+        result["val_top5"] = accuracy_at_k(probabilities, labels, 5)
         result["size_bytes"] = (stage / MODEL_FILE).stat().st_size
         if params.export.quantize:
-            calibration, _ = raw_images(root, "train", ckpt["data_config"], limit=64)
-            _quantize(stage / MODEL_FILE, stage / INT8_FILE, calibration)
-            int8_top1 = float((onnx_probabilities(onnx_session(stage / INT8_FILE), images).argmax(1) == labels).mean())
-            result["int8"] = {
-                "file": INT8_FILE,
-                "size_bytes": (stage / INT8_FILE).stat().st_size,
-                "val_top1": int8_top1,
-                "top1_change": int8_top1 - fp32_top1,
-            }
+            result["int8"] = _int8(stage, root, ckpt["data_config"], images, labels)
+            result["int8"]["top1_change"] = result["int8"]["val_top1"] - result["val_top1"]
         (stage / LABELS_FILE).write_text("".join(f"{name}\n" for name in ckpt["label_names"]), encoding="utf-8")
         atomic_write_json(stage / RESULT_FILE, result)
     log.info(
@@ -198,6 +131,6 @@ def export(params: Params) -> dict[str, Any]:
         out / MODEL_FILE,
         result["parity"]["max_abs_diff"],
         result["parity"]["images"],
-        fp32_top1,
+        result["val_top1"],
     )
     return result

@@ -20,7 +20,8 @@ import numpy as np
 import yaml
 
 from components.cls_dataset import IMAGE_EXTENSIONS
-from components.errors import SortflowError
+from components.config import Params
+from components.errors import ServiceError, SortflowError
 from components.fsutil import atomic_write_json
 from components.model_io import INPUT_NAME, LABELS_FILE, MODEL_FILE, OUTPUT_NAME, RESULT_FILE
 
@@ -132,8 +133,8 @@ def _load(item: Any) -> tuple[str, Any]:
 
 class _LocalModel:
     def __init__(self, model_dir: Path, device: str) -> None:
-        from components.export import onnx_session
-        from components.register import EXTRA, artifact_files
+        from components.onnx_io import onnx_session
+        from components.registry import EXTRA, artifact_files
 
         # An export folder holds the three files side by side; a registry download keeps two in extra_files/.
         files = (
@@ -168,7 +169,7 @@ class _TritonModel:
         try:
             live = self.client.is_server_live(client_timeout=3)
         except Exception as exc:  # tritonclient raises its own error type for every connection failure
-            raise SortflowError(
+            raise ServiceError(
                 f"no Triton server answers at {url} ({exc}); start one with `sortflow serve` "
                 "or pass the right --triton HOST:PORT"
             ) from exc
@@ -277,7 +278,7 @@ def imagenet_model_dir() -> Path:
         return out
     import timm
 
-    from components.export import Deployable, export_onnx
+    from components.deployable import Deployable, export_onnx
     from components.fsutil import staged_dir
     from components.models import create_model, get_spec
 
@@ -312,3 +313,26 @@ def create_pipeline(config: str | Path | PipelineConfig | None = None, **overrid
     for key, value in overrides.items():
         setattr(cfg, key, value)
     return Pipeline(cfg)
+
+
+def command_config(
+    params: Params, config: str | None = None, model: str | None = None, topk: int = 0, triton: str | None = None
+) -> PipelineConfig:
+    """What `sortflow predict` runs: `config` (a pipeline.yaml) or the exported model of `export.output`, with
+    `model`, `topk` and `triton` on top. With none of config, model and triton, and nothing exported yet, it
+    falls back to EfficientNet-Lite0 with its offline ImageNet weights (the quick start)."""
+    cfg = (
+        PipelineConfig.load(config)
+        if config
+        else PipelineConfig(model_dir=params.export.output, triton_model=params.register.model_name)
+    )
+    if model:
+        cfg.model_dir = model
+    elif not config and not triton and not (Path(cfg.model_dir) / MODEL_FILE).is_file():
+        log.info("No model in %s: using ImageNet EfficientNet-Lite0", cfg.model_dir)
+        cfg.model_dir = IMAGENET
+    if topk:
+        cfg.topk = topk
+    if triton:
+        cfg.triton_url = triton
+    return cfg

@@ -1,9 +1,8 @@
 """publish: the registry's champion into a Triton model repository (`publish.repo`), atomically.
 
-Writes `<model>/config.pbtxt` (what a stock Triton serves directly: onnxruntime_onnx), `labels.txt` and
-`<version>/model.onnx`, plus `<model>_bytes`: an ensemble whose one input is the encoded image file and
-whose preprocessing (`<model>_preprocess`) is a python-backend model. Every config is parsed with
-Triton's own protobuf schema before it is written. A version folder is built aside and renamed into
+Writes the three models of `triton_config` (`<model>` with `labels.txt` and `<version>/model.onnx`,
+`<model>_preprocess` and the `<model>_bytes` ensemble). Every config is parsed with Triton's own
+protobuf schema before it is written. A version folder is built aside and renamed into
 place, so a running server never sees half a version.
 """
 
@@ -11,124 +10,30 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from components.config import Params
 from components.errors import SortflowError
 from components.fsutil import atomic_write_text, staged_dir
-from components.model_io import INPUT_NAME, LABELS_FILE, MODEL_FILE, OUTPUT_NAME, RESULT_FILE
+from components.model_io import LABELS_FILE, MODEL_FILE, RESULT_FILE
+from components.registry import champion_version, downloaded
+from components.triton_config import (
+    BYTES,
+    PREPROCESS,
+    ModelInfo,
+    check_labels,
+    classifier_config,
+    ensemble_config,
+    model_names,
+    parse_config,
+    preprocess_config,
+)
 
 log = logging.getLogger(__name__)
 
-PREPROCESS, BYTES = "_preprocess", "_bytes"
-BYTES_INPUT = "image_bytes"
 KEEP_VERSIONS = 2  # on disk, for a quick rollback; the server loads only the latest
 TEMPLATES = Path(__file__).parent / "triton_models"
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    name: str
-    version: int
-    image_size: int
-    resize_size: int
-    interpolation: str
-    labels: list[str]
-    lineage: dict[str, str]
-
-
-def check_labels(labels: list[str]) -> None:
-    """Triton's classification extension answers "score:index:label": a ':' or a newline breaks it."""
-    bad = [label for label in labels if ":" in label or "\n" in label or not label.strip()]
-    if bad:
-        raise SortflowError(
-            f"class names {bad!r} contain ':' or a line break (or are empty), which breaks Triton's classification "
-            "results (score:index:label); rename these classes in label.txt and train again"
-        )
-
-
-def _parameters(values: dict[str, str]) -> str:
-    return "\n".join(f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in sorted(values.items()))
-
-
-def classifier_config(info: ModelInfo, max_batch_size: int, kind: str, instances: int) -> str:
-    """The stock Triton config: onnxruntime_onnx, one NCHW image input, one FP32 vector output."""
-    size = info.image_size
-    return f"""name: "{info.name}"
-platform: "onnxruntime_onnx"
-max_batch_size: {max_batch_size}
-version_policy: {{ latest: {{ num_versions: 1 }} }}
-input [
-  {{ name: "{INPUT_NAME}" data_type: TYPE_FP32 format: FORMAT_NCHW dims: [ 3, {size}, {size} ] }}
-]
-output [
-  {{ name: "{OUTPUT_NAME}" data_type: TYPE_FP32 dims: [ {len(info.labels)} ] label_filename: "{LABELS_FILE}" }}
-]
-instance_group [ {{ count: {instances} kind: {kind} }} ]
-dynamic_batching {{ }}
-model_warmup [
-  {{
-    name: "zeros"
-    batch_size: 1
-    inputs {{ key: "{INPUT_NAME}" value: {{ data_type: TYPE_FP32 dims: [ 3, {size}, {size} ] zero_data: true }} }}
-  }}
-]
-{_parameters(info.lineage)}
-"""
-
-
-def preprocess_config(info: ModelInfo, max_batch_size: int) -> str:
-    size = info.image_size
-    return f"""name: "{info.name}{PREPROCESS}"
-backend: "python"
-max_batch_size: {max_batch_size}
-input [ {{ name: "{BYTES_INPUT}" data_type: TYPE_STRING dims: [ 1 ] }} ]
-output [ {{ name: "{INPUT_NAME}" data_type: TYPE_FP32 dims: [ 3, {size}, {size} ] }} ]
-instance_group [ {{ count: 1 kind: KIND_CPU }} ]
-dynamic_batching {{ }}
-{_parameters({"image_size": str(size), "resize_size": str(info.resize_size), "interpolation": info.interpolation})}
-"""
-
-
-def ensemble_config(info: ModelInfo, max_batch_size: int) -> str:
-    return f"""name: "{info.name}{BYTES}"
-platform: "ensemble"
-max_batch_size: {max_batch_size}
-input [ {{ name: "{BYTES_INPUT}" data_type: TYPE_STRING dims: [ 1 ] }} ]
-output [
-  {{ name: "{OUTPUT_NAME}" data_type: TYPE_FP32 dims: [ {len(info.labels)} ] label_filename: "{LABELS_FILE}" }}
-]
-ensemble_scheduling {{
-  step [
-    {{
-      model_name: "{info.name}{PREPROCESS}"
-      model_version: -1
-      input_map {{ key: "{BYTES_INPUT}" value: "{BYTES_INPUT}" }}
-      output_map {{ key: "{INPUT_NAME}" value: "pixels" }}
-    }},
-    {{
-      model_name: "{info.name}"
-      model_version: -1
-      input_map {{ key: "{INPUT_NAME}" value: "pixels" }}
-      output_map {{ key: "{OUTPUT_NAME}" value: "{OUTPUT_NAME}" }}
-    }}
-  ]
-}}
-"""
-
-
-def parse_config(text: str, where: str) -> Any:
-    """Parse with Triton's own schema; a config Triton would reject fails here, before it is written."""
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
-
-    try:
-        return text_format.Parse(text, model_config_pb2.ModelConfig())
-    except text_format.ParseError as exc:
-        raise SortflowError(f"{where}: not a valid Triton model config: {exc}") from exc
 
 
 def _write_config(path: Path, text: str) -> None:
@@ -163,61 +68,42 @@ def write_repository(repo: Path, info: ModelInfo, onnx_file: Path, params: Param
     _write_config(ens_dir / "config.pbtxt", ensemble_config(info, publish.max_batch_size))
     atomic_write_text(ens_dir / LABELS_FILE, "".join(f"{label}\n" for label in info.labels))
     (ens_dir / "1").mkdir(exist_ok=True)  # an ensemble has no files, but Triton wants its version folder
-    return [info.name, f"{info.name}{PREPROCESS}", f"{info.name}{BYTES}"]
+    return model_names(info.name)
 
 
 def publish(params: Params) -> dict[str, Any]:
-    """Write the current champion into `publish.repo`; reload it in a running `sortflow serve`."""
+    """Write the registry's champion of `register.model_name` into `publish.repo`.
+
+    Reads the champion's files from the MLflow registry. Writes `<model>/` (config.pbtxt, labels.txt and
+    the registry version's folder with model.onnx), `<model>_preprocess/` and `<model>_bytes/`, each
+    version folder renamed into place whole. A running server is not touched: the caller reloads it
+    (`serve.reload_if_running`). Raises SortflowError when there is no champion or its files are
+    unusable, ServiceError when the MLflow store does not answer.
+    """
     import json
 
-    import mlflow.artifacts as mlflow_artifacts
-
     from components import tracking
-    from components.register import artifact_files, champion_version
 
     client, _ = tracking.client(params.mlflow)
     name = params.register.model_name
     champion = champion_version(client, name)
     if champion is None:
         raise SortflowError(f"model {name!r} has no champion in the MLflow registry; run `sortflow register` first")
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            local = Path(
-                mlflow_artifacts.download_artifacts(
-                    artifact_uri=champion.source, dst_path=tmp, tracking_uri=tracking.tracking_uri(params.mlflow)
-                )
-            )
-        except Exception as exc:  # MLflow raises several types for a missing artifact
-            raise SortflowError(
-                f"registry version {champion.version} of {name!r}: its files at {champion.source} "
-                f"cannot be read ({exc}); register the model again"
-            ) from exc
-        files = artifact_files(local)
-        onnx_file, labels_file = files[MODEL_FILE], files[LABELS_FILE]
-        missing = [p.name for p in files.values() if not p.is_file()]
-        if missing:
-            raise SortflowError(
-                f"registry version {champion.version} of {name!r} lacks {', '.join(missing)} at "
-                f"{champion.source}; register the model again"
-            )
-        labels = labels_file.read_text(encoding="utf-8").splitlines()
+    repo = Path(params.publish.repo)
+    with downloaded(params.mlflow, champion) as files:
+        labels = files[LABELS_FILE].read_text(encoding="utf-8").splitlines()
         check_labels(labels)
         export = json.loads(files[RESULT_FILE].read_text())
-        info = _model_info(name, int(champion.version), onnx_file, labels, champion.tags, export)
-        repo = Path(params.publish.repo)
-        models = write_repository(repo, info, onnx_file, params)
+        info = _model_info(name, int(champion.version), files[MODEL_FILE], labels, champion.tags, export)
+        models = write_repository(repo, info, files[MODEL_FILE], params)
     log.info("Published %s version %s into %s", name, champion.version, repo)
-    result = {
+    return {
         "model_name": name,
         "version": int(champion.version),
         "repo": str(repo),
         "models": models,
         "val_top1": float(champion.tags.get("val_top1", "nan")),
     }
-    from components.serve import reload_if_running
-
-    result["reloaded"] = reload_if_running(params, models)
-    return result
 
 
 def _model_info(

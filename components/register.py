@@ -16,26 +16,17 @@ from pathlib import Path
 from typing import Any
 
 from components.config import Params
+from components.digests import val_set_digest
 from components.errors import SortflowError
 from components.fsutil import atomic_write_json, file_digest
 from components.model_io import INPUT_NAME, LABELS_FILE, MODEL_FILE, RESULT_FILE
+from components.registry import CHALLENGER, CHAMPION, TRAIN_LIST, champion_version, downloaded
 
 log = logging.getLogger(__name__)
 
-CHAMPION, CHALLENGER = "champion", "challenger"
 ARTIFACT_PREFIX = "onnx_model"
-EXTRA = "extra_files"  # where MLflow's save_model puts extra_files
-TRAIN_LIST = "train.txt"  # kept with each version, so a later gate knows which images it trained on
-
-
-def artifact_files(model_dir: Path) -> dict[str, Path]:
-    """model.onnx, labels.txt, export_result.json and train.txt of a downloaded registry version."""
-    return {
-        MODEL_FILE: model_dir / MODEL_FILE,
-        LABELS_FILE: model_dir / EXTRA / LABELS_FILE,
-        RESULT_FILE: model_dir / EXTRA / RESULT_FILE,
-        TRAIN_LIST: model_dir / EXTRA / TRAIN_LIST,
-    }
+# Scores are shares of the same images: a gap this small is float rounding (0.8 + 0.1 > 0.9), not a difference.
+EPSILON = 1e-9
 
 
 def params_hash(params: Params) -> str:
@@ -44,13 +35,57 @@ def params_hash(params: Params) -> str:
     return hashlib.blake2b(json.dumps(flat_params(params), sort_keys=True).encode(), digest_size=8).hexdigest()
 
 
-def champion_version(client: Any, name: str) -> Any | None:
-    from mlflow.exceptions import MlflowException
+@dataclass(frozen=True)
+class Comparison:
+    """Both models' top-1 on the same val images: the current ones, less those the champion trained on."""
 
-    try:
-        return client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        return None
+    new_top1: float
+    champion_top1: float
+    images: int
+    left_out: int
+
+
+@dataclass(frozen=True)
+class Decision:
+    promoted: bool
+    new_top1: float  # the new version's score that was compared
+    champion_top1: float | None  # the champion's, None when there was none to compare with
+    text: str
+
+
+def decide_promotion(
+    version: str,
+    new_top1: float,
+    min_improvement: float,
+    champion: str | None = None,
+    champion_top1: float | None = None,
+    comparison: Comparison | None = None,
+) -> Decision:
+    """The promotion gate. `champion`: the champion's version, if any. `champion_top1`: its score on the same
+    val set. `comparison`: both scored again on the current val images (the champion was scored on another
+    val set). A champion with neither cannot be compared, and the new version replaces it."""
+    if comparison is not None:
+        new_top1, champion_top1 = comparison.new_top1, comparison.champion_top1
+    if champion is None:
+        return Decision(True, new_top1, None, f"version {version} is the first: champion (val top-1 {new_top1:.4f})")
+    if champion_top1 is None:
+        text = (
+            f"version {version} replaces champion version {champion}: the champion was scored on another val "
+            "set, and it predicts other classes or trained on every current val image, so the two cannot be "
+            "compared: promoted to champion"
+        )
+        return Decision(True, new_top1, None, text)
+    promoted = new_top1 - champion_top1 >= min_improvement - EPSILON
+    where = ""
+    if comparison is not None:
+        where = f" on {comparison.images} current val images (the champion was scored on another val set"
+        where += f"; {comparison.left_out} it trained on left out)" if comparison.left_out else ")"
+    verb = "promoted to champion" if promoted else "not promoted; champion stays"
+    text = (
+        f"version {version} (val top-1 {new_top1:.4f}) vs champion version {champion} "
+        f"({champion_top1:.4f}){where} + min_improvement {min_improvement}: {verb}"
+    )
+    return Decision(promoted, new_top1, champion_top1, text)
 
 
 def _save_mlflow_model(export_dir: Path, result: dict[str, Any], dst: Path, train_list: Path) -> None:
@@ -78,24 +113,11 @@ def _save_mlflow_model(export_dir: Path, result: dict[str, Any], dst: Path, trai
     )
 
 
-def val_set_hash(root: Path) -> str:
-    """Which val images, with which labels and content: versions with the same hash have comparable scores."""
-    from components.cls_dataset import LABEL_FILE, list_file, read_list
+def _top1(model: Path, images: Any, targets: Any) -> float:
+    from components.metrics import accuracy_at_k
+    from components.onnx_io import onnx_probabilities, onnx_session
 
-    digest = hashlib.blake2b((root / LABEL_FILE).read_bytes(), digest_size=16)
-    for entry in read_list(root / list_file("val")):
-        digest.update(f"{entry.norm_path}\t{entry.label}\t{file_digest(root / entry.norm_path)}\n".encode())
-    return digest.hexdigest()
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """Both models' top-1 on the same val images: the current ones, less those the champion trained on."""
-
-    new_top1: float
-    champion_top1: float
-    images: int
-    left_out: int
+    return accuracy_at_k(onnx_probabilities(onnx_session(model), images), targets, 1)
 
 
 def compare_on_current_val(
@@ -106,136 +128,122 @@ def compare_on_current_val(
     Val images the champion trained on (its registered train list) are left out for both, so neither gets
     credit for images it has seen. None when the champion predicts other classes or saw every val image.
     """
-    import mlflow.artifacts as mlflow_artifacts
-    import numpy as np
-
-    from components import tracking
     from components.cls_dataset import read_list
-    from components.export import onnx_probabilities, onnx_session, raw_images
+    from components.onnx_io import raw_images
 
     decoded: dict[str, tuple[Any, Any]] = {}  # both models usually share their preprocessing: decode once
 
-    def top1(model: Path, data_config: dict[str, Any], keep: list[int]) -> float:
+    def val_images(data_config: dict[str, Any]) -> tuple[Any, Any]:
         key = json.dumps(data_config, sort_keys=True)
         if key not in decoded:
             decoded[key] = raw_images(root, "val", data_config)
-        images, targets = decoded[key]
-        predicted = onnx_probabilities(onnx_session(model), images[keep]).argmax(1)
-        return float(np.mean(predicted == targets[keep]))
+        return decoded[key]
 
-    with tempfile.TemporaryDirectory() as tmp:
-        local = Path(
-            mlflow_artifacts.download_artifacts(
-                artifact_uri=champion.source, dst_path=tmp, tracking_uri=tracking.tracking_uri(params.mlflow)
-            )
-        )
-        files = artifact_files(local)
+    val = read_list(root / "val.txt")
+    with downloaded(params.mlflow, champion) as files:
         if files[LABELS_FILE].read_text(encoding="utf-8").splitlines() != exported["labels"]:
             return None
         seen = {e.norm_path for e in read_list(files[TRAIN_LIST])} if files[TRAIN_LIST].is_file() else set()
-        val = read_list(root / "val.txt")
         keep = [i for i, e in enumerate(val) if e.norm_path not in seen]
         if not keep:
             return None
-        champion_top1 = top1(files[MODEL_FILE], json.loads(files[RESULT_FILE].read_text())["data_config"], keep)
+        images, targets = val_images(json.loads(files[RESULT_FILE].read_text())["data_config"])
+        champion_top1 = _top1(files[MODEL_FILE], images[keep], targets[keep])
     # On the whole val set, the new model's score is the one export measured.
-    whole = len(keep) == len(val)
-    new_top1 = exported["val_top1"] if whole else top1(export_dir / MODEL_FILE, exported["data_config"], keep)
+    if len(keep) == len(val):
+        new_top1 = exported["val_top1"]
+    else:
+        images, targets = val_images(exported["data_config"])
+        new_top1 = _top1(export_dir / MODEL_FILE, images[keep], targets[keep])
     comparison = Comparison(new_top1, champion_top1, len(keep), len(val) - len(keep))
     log.info("Champion version %s scored again on the current val set: %s", champion.version, comparison)
     return comparison
 
 
+def _new_version(params: Params, run: Any, exported: dict[str, Any], root: Path, val_hash: str) -> Any:
+    """Log the model to `run` (one artifact folder per distinct model file) and register it as a new version."""
+    from mlflow.exceptions import MlflowException
+
+    export_dir = Path(params.export.output)
+    artifact_path = f"{ARTIFACT_PREFIX}-{file_digest(export_dir / MODEL_FILE)[:12]}"
+    with tempfile.TemporaryDirectory() as tmp:
+        _save_mlflow_model(export_dir, exported, Path(tmp) / artifact_path, root / TRAIN_LIST)
+        run.client.log_artifacts(run.run_id, str(Path(tmp) / artifact_path), artifact_path=artifact_path)
+    name = params.register.model_name
+    try:
+        run.client.get_registered_model(name)
+    except MlflowException:
+        run.client.create_registered_model(name, description="sortflow image classifier (ONNX, raw RGB 0-255 in)")
+    lineage = run.tags()
+    tags = {
+        "mlflow_run_id": run.run_id,
+        "git_commit": lineage.get("mlflow.source.git.commit", "unknown"),
+        "dataset_dvc_md5": lineage.get("sortflow.dataset_dvc_md5", "untracked"),
+        "dataset_lists_hash": lineage.get("sortflow.dataset_lists_hash", "unknown"),
+        "params_hash": params_hash(params),
+        "val_top1": f"{exported['val_top1']:.6f}",
+        "val_top5": f"{exported['val_top5']:.6f}",
+        "model_name": exported["model_name"],
+        "val_set_hash": val_hash,
+    }
+    return run.client.create_model_version(name, f"runs:/{run.run_id}/{artifact_path}", run_id=run.run_id, tags=tags)
+
+
+def _decide(
+    params: Params, champion: Any, version: Any, val_hash: str, exported: dict[str, Any], root: Path
+) -> Decision:
+    """The gate against the current champion, scoring it again when it was scored on another val set."""
+    if champion is None:
+        return decide_promotion(version.version, exported["val_top1"], params.register.min_improvement)
+    if champion.tags.get("val_set_hash") == val_hash:
+        top1 = float(champion.tags["val_top1"])
+        return decide_promotion(
+            version.version, exported["val_top1"], params.register.min_improvement, champion.version, top1
+        )
+    compared = compare_on_current_val(params, champion, root, exported, Path(params.export.output))
+    return decide_promotion(
+        version.version, exported["val_top1"], params.register.min_improvement, champion.version, None, compared
+    )
+
+
 def register(params: Params) -> dict[str, Any]:
-    from components import tracking
-    from components.split import prepared_dataset
+    """Register the model in `export.output` as a new version of `register.model_name`, behind the gate.
+
+    Reads export.output (model.onnx, labels.txt, export_result.json) and the prepared dataset's lists.
+    Writes the version (alias challenger, and champion when promoted) to the MLflow registry, and
+    `register.output/register_result.json`. Raises SortflowError when nothing was exported, ServiceError
+    when the MLflow store does not answer.
+    """
+    from components.splitting import prepared_dataset
+    from components.tracking import ensure_run
 
     export_dir = Path(params.export.output)
     if not (export_dir / RESULT_FILE).is_file():
         raise SortflowError(f"{export_dir / RESULT_FILE} not found; run `sortflow export` first")
     exported = json.loads((export_dir / RESULT_FILE).read_text())
     root = prepared_dataset(params, check=False)
-    client, experiment_id = tracking.client(params.mlflow)
-    run_id = exported.get("mlflow_run_id")
-    from mlflow.exceptions import MlflowException
-
-    try:
-        if run_id:
-            client.get_run(run_id)
-    except MlflowException:
-        run_id = None
-    if run_id is None:  # trained against another store: keep the lineage in a run of this one
-        run_id = client.create_run(
-            experiment_id, run_name=f"register-{exported['model_name']}", tags=tracking.lineage_tags(params, root)
-        ).info.run_id
-        client.set_terminated(run_id, "FINISHED")
-    # One artifact folder per distinct model file: registering again never overwrites an earlier version.
-    artifact_path = f"{ARTIFACT_PREFIX}-{file_digest(export_dir / MODEL_FILE)[:12]}"
-    with tempfile.TemporaryDirectory() as tmp:
-        _save_mlflow_model(export_dir, exported, Path(tmp) / artifact_path, root / TRAIN_LIST)
-        client.log_artifacts(run_id, str(Path(tmp) / artifact_path), artifact_path=artifact_path)
+    run = ensure_run(params, exported.get("mlflow_run_id"), root, f"register-{exported['model_name']}")
     name = params.register.model_name
-    try:
-        client.get_registered_model(name)
-    except MlflowException:
-        client.create_registered_model(name, description="sortflow image classifier (ONNX, raw RGB 0-255 in)")
-    run = client.get_run(run_id)
-    tags = {
-        "mlflow_run_id": run_id,
-        "git_commit": run.data.tags.get("mlflow.source.git.commit", "unknown"),
-        "dataset_dvc_md5": run.data.tags.get("sortflow.dataset_dvc_md5", "untracked"),
-        "dataset_lists_hash": run.data.tags.get("sortflow.dataset_lists_hash", "unknown"),
-        "params_hash": params_hash(params),
-        "val_top1": f"{exported['val_top1']:.6f}",
-        "val_top5": f"{exported['val_top5']:.6f}",
-        "model_name": exported["model_name"],
-        "val_set_hash": val_set_hash(root),
-    }
-    version = client.create_model_version(name, f"runs:/{run_id}/{artifact_path}", run_id=run_id, tags=tags)
-    champion = champion_version(client, name)
-    new_top1 = exported["val_top1"]
-    champion_top1, compared = None, None
-    if champion is not None and champion.tags.get("val_set_hash") == tags["val_set_hash"]:
-        champion_top1 = float(champion.tags["val_top1"])
-    elif champion is not None:
-        compared = compare_on_current_val(params, champion, root, exported, export_dir)
-        if compared is not None:
-            new_top1, champion_top1 = compared.new_top1, compared.champion_top1
-    promoted = champion_top1 is None or new_top1 >= champion_top1 + params.register.min_improvement
-    client.set_registered_model_alias(name, CHALLENGER, version.version)
-    if promoted:
-        client.set_registered_model_alias(name, CHAMPION, version.version)
-    verb = "promoted to champion" if promoted else "not promoted; champion stays"
-    if champion is None:
-        decision = f"version {version.version} is the first: champion (val top-1 {new_top1:.4f})"
-    elif champion_top1 is None:
-        decision = (
-            f"version {version.version} replaces champion version {champion.version}: the champion was scored on "
-            "another val set, and it predicts other classes or trained on every current val image, so the two "
-            "cannot be compared: promoted to champion"
-        )
-    else:
-        where = ""
-        if compared is not None:
-            where = f" on {compared.images} current val images (the champion was scored on another val set"
-            where += f"; {compared.left_out} it trained on left out)" if compared.left_out else ")"
-        decision = (
-            f"version {version.version} (val top-1 {new_top1:.4f}) vs champion version {champion.version} "
-            f"({champion_top1:.4f}){where} + min_improvement {params.register.min_improvement}: {verb}"
-        )
-    client.set_model_version_tag(name, version.version, "promotion", decision)
-    client.set_tag(run_id, "sortflow.promotion", decision)
-    log.info("Registered %s: %s", name, decision)
+    val_hash = val_set_digest(root)
+    version = _new_version(params, run, exported, root, val_hash)
+    champion = champion_version(run.client, name)
+    decision = _decide(params, champion, version, val_hash, exported, root)
+    run.client.set_registered_model_alias(name, CHALLENGER, version.version)
+    if decision.promoted:
+        run.client.set_registered_model_alias(name, CHAMPION, version.version)
+    run.client.set_model_version_tag(name, version.version, "promotion", decision.text)
+    run.client.set_tag(run.run_id, "sortflow.promotion", decision.text)
+    log.info("Registered %s: %s", name, decision.text)
     result = {
         "model_name": name,
         "version": int(version.version),
-        "promoted": promoted,
+        "promoted": decision.promoted,
         "val_top1": exported["val_top1"],
-        "compared_top1": new_top1,
-        "champion_version": int(version.version if promoted else champion.version),
-        "previous_champion_top1": champion_top1,
-        "decision": decision,
-        "mlflow_run_id": run_id,
+        "compared_top1": decision.new_top1,
+        "champion_version": int(version.version if decision.promoted else champion.version),
+        "previous_champion_top1": decision.champion_top1,
+        "decision": decision.text,
+        "mlflow_run_id": run.run_id,
     }
     atomic_write_json(Path(params.register.output) / "register_result.json", result)
     return result

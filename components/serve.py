@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from components.config import Params
-from components.errors import SortflowError
+from components.errors import ServiceError, SortflowError
 from components.fsutil import atomic_write_json, staged_dir
+from components.triton_config import parse_config
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +84,6 @@ def find_server(params: Params) -> Server:
 def runtime_model(src: Path, dst: Path) -> None:
     """Copy one model folder; an onnxruntime_onnx model becomes a python-backend model running the ONNX file."""
     from google.protobuf import text_format
-
-    from components.publish import parse_config
 
     config = parse_config((src / "config.pbtxt").read_text(), str(src / "config.pbtxt"))
     onnx = config.platform == "onnxruntime_onnx"
@@ -146,9 +145,8 @@ def _ready(http_port: int, model: str) -> bool:
         return False
 
 
-def start(params: Params, timeout: float = 120) -> dict[str, Any]:
-    """Start Triton in the background and return once every model of the repository is ready."""
-    serve = params.serve
+def _models_to_serve(params: Params) -> list[str]:
+    """The models of `publish.repo`, once nothing stands in the way of starting a server for them."""
     running = status(params)
     if running:
         raise SortflowError(
@@ -160,22 +158,29 @@ def start(params: Params, timeout: float = 120) -> dict[str, Any]:
     if not models:
         raise SortflowError(f"{repo}: no models to serve; run `sortflow publish` first")
     for key in ("grpc_port", "http_port", "metrics_port"):
-        port = getattr(serve, key)
+        port = getattr(params.serve, key)
         if not _port_free(port):
             raise SortflowError(
                 f"port {port} (serve.{key}) is already in use on 127.0.0.1; stop what uses it or "
                 f"choose another: -o serve.{key}=..."
             )
-    work = _workdir(params)
-    work.mkdir(parents=True, exist_ok=True)
-    server = find_server(params)
-    served = repo.resolve()
-    if not server.serves_onnx:
-        served = (work / "runtime_repo").resolve()
-        shutil.rmtree(served, ignore_errors=True)
-        served.mkdir(parents=True)
-        for name in models:
-            runtime_model(repo / name, served / name)
+    return models
+
+
+def _served_repo(server: Server, repo: Path, models: list[str], work: Path) -> Path:
+    """`repo` itself for a stock Triton; else a runtime copy whose ONNX models run in the python backend."""
+    if server.serves_onnx:
+        return repo.resolve()
+    served = (work / "runtime_repo").resolve()
+    shutil.rmtree(served, ignore_errors=True)
+    served.mkdir(parents=True)
+    for name in models:
+        runtime_model(repo / name, served / name)
+    return served
+
+
+def _command(server: Server, served: Path, models: list[str], params: Params, work: Path) -> list[str]:
+    serve = params.serve
     command = [
         str(server.binary),
         f"--model-repository={served}",
@@ -193,11 +198,48 @@ def start(params: Params, timeout: float = 120) -> dict[str, Any]:
     if not server.serves_onnx:
         (work / "caches").mkdir(exist_ok=True)
         command.append(f"--cache-directory={(work / 'caches').resolve()}")
+    return command
+
+
+def _wait_ready(process: subprocess.Popen, models: list[str], http_port: int, log_path: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    pending = list(models)
+    while pending:
+        if process.poll() is not None:
+            raise SortflowError(
+                f"Triton exited with code {process.returncode} while starting; see {log_path}:\n" + _tail(log_path)
+            )
+        if time.monotonic() > deadline:
+            _terminate(process.pid)
+            raise ServiceError(f"models {pending} not ready after {timeout:.0f} s; see {log_path}:\n" + _tail(log_path))
+        pending = [m for m in pending if not _ready(http_port, m)]
+        time.sleep(0.2)
+
+
+def start(params: Params, timeout: float = 120) -> dict[str, Any]:
+    """Start Triton on 127.0.0.1 over `publish.repo` and return its state once every model is ready.
+
+    Writes `serve.workdir`: server.json (pid, ports, models), tritonserver.log and, for the bundled
+    server, the runtime repository. Raises SortflowError for a running server, a port in use, an empty
+    repository or a server that exits while starting; ServiceError when models are not ready in time.
+    """
+    serve = params.serve
+    models = _models_to_serve(params)
+    work = _workdir(params)
+    work.mkdir(parents=True, exist_ok=True)
+    server = find_server(params)
+    repo = Path(params.publish.repo)
+    served = _served_repo(server, repo, models, work)
     log_path = work / "tritonserver.log"
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
-            command, stdout=log_file, stderr=subprocess.STDOUT, env=server.env, start_new_session=True
+            _command(server, served, models, params, work),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=server.env,
+            start_new_session=True,
         )
+    _wait_ready(process, models, serve.http_port, log_path, timeout)
     state = {
         "pid": process.pid,
         "grpc_port": serve.grpc_port,
@@ -209,20 +251,6 @@ def start(params: Params, timeout: float = 120) -> dict[str, Any]:
         "log": str(log_path.resolve()),
         "stock_triton": server.serves_onnx,
     }
-    deadline = time.monotonic() + timeout
-    pending = list(models)
-    while pending:
-        if process.poll() is not None:
-            raise SortflowError(
-                f"Triton exited with code {process.returncode} while starting; see {log_path}:\n" + _tail(log_path)
-            )
-        if time.monotonic() > deadline:
-            _terminate(process.pid)
-            raise SortflowError(
-                f"models {pending} not ready after {timeout:.0f} s; see {log_path}:\n" + _tail(log_path)
-            )
-        pending = [m for m in pending if not _ready(serve.http_port, m)]
-        time.sleep(0.2)
     atomic_write_json(work / STATE_FILE, state)
     log.info(
         "Triton ready: gRPC 127.0.0.1:%d, HTTP %d, metrics %d; models %s",
@@ -268,8 +296,13 @@ def stop(params: Params) -> bool:
 
 
 def reload_if_running(params: Params, models: list[str]) -> bool:
-    """After a publish: refresh the running server's copy of these models and load them (no restart)."""
+    """After a publish: refresh the running server's copy of these models and load them (no restart).
+
+    False when no server started from this folder serves `publish.repo`. A server that does not answer
+    or fails to load a model is a ServiceError (a retry may help: the files are already in place).
+    """
     import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
 
     state = status(params)
     if state is None or Path(state["repo"]) != Path(params.publish.repo).resolve():
@@ -280,6 +313,12 @@ def reload_if_running(params: Params, models: list[str]) -> bool:
             runtime_model(repo / name, Path(state["served_repo"]) / name)
     client = httpclient.InferenceServerClient(f"127.0.0.1:{state['http_port']}")
     for name in models:
-        client.load_model(name)
+        try:
+            client.load_model(name)
+        except (InferenceServerException, OSError) as exc:
+            raise ServiceError(
+                f"the Triton server on 127.0.0.1:{state['http_port']} (pid {state['pid']}) did not load {name} "
+                f"({exc}); see {state['log']}, or restart it with `sortflow serve --stop` and `sortflow serve`"
+            ) from exc
     log.info("Loaded %s into the running server", ", ".join(models))
     return True

@@ -9,9 +9,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from components.check_dataset import RESULT_FILE, data_docs_index
 from components.config import Params
-from components.split import SPLIT_RESULT
+from components.dataset_checks import RESULT_FILE, data_docs_index
+from components.splitting import SPLIT_RESULT
 
 
 def _json(path: Path) -> dict[str, Any] | None:

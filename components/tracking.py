@@ -1,24 +1,30 @@
-"""MLflow tracking: where runs go, the lineage tags every run carries, and `sortflow compare`.
+"""MLflow tracking: where runs go, the lineage tags every run carries, the run of a training, the run that
+evaluate and register log to, and `sortflow compare`.
 
 Uses an explicit MlflowClient (no fluent active-run state), so components can log to a given run.
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
+import logging
 import os
 import socket
 import subprocess
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import yaml
-
-from components.cls_dataset import LABEL_FILE, SPLITS, list_file
 from components.config import MlflowParams, Params
-from components.dvc_data import dvc_file_for
+from components.digests import lists_digest
+from components.dvc_data import dvc_md5
 from components.errors import ServiceError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 LOGGED_SECTIONS = ("dataset", "split", "train")
@@ -67,28 +73,84 @@ def _git(*args: str) -> str | None:
     return run.stdout.strip() if run.returncode == 0 else None
 
 
-def dataset_hash(dataset_dir: str | Path) -> str:
-    """A hash of label.txt, train.txt and val.txt: which images, with which labels."""
-    digest = hashlib.blake2b(digest_size=16)
-    for name in (LABEL_FILE, *(list_file(s) for s in SPLITS)):
-        digest.update((Path(dataset_dir) / name).read_bytes())
-    return digest.hexdigest()
-
-
 def lineage_tags(params: Params, data_dir: str | Path) -> dict[str, str]:
     """Git commit, the dataset's DVC hash (when it is DVC-tracked) and a hash of the lists in `data_dir`
     (the prepared dataset that training read)."""
-    tags = {"sortflow.dataset_lists_hash": dataset_hash(data_dir), "sortflow.model": params.train.model}
+    tags = {"sortflow.dataset_lists_hash": lists_digest(data_dir), "sortflow.model": params.train.model}
     commit = _git("rev-parse", "HEAD")
     if commit:
         tags["mlflow.source.git.commit"] = commit
         tags["sortflow.git_dirty"] = str(bool(_git("status", "--porcelain", "--untracked-files=no")))
-    dvc_file = dvc_file_for(params.dataset.dir)
-    if dvc_file is not None:
-        outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs") or [{}]
-        if outs[0].get("md5"):
-            tags["sortflow.dataset_dvc_md5"] = outs[0]["md5"]
+    md5 = dvc_md5(params.dataset.dir)
+    if md5:
+        tags["sortflow.dataset_dvc_md5"] = md5
     return tags
+
+
+@dataclass(frozen=True)
+class Run:
+    """One MLflow run that a step logs to."""
+
+    client: Any
+    run_id: str
+
+    def log_metrics(self, values: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
+
+    def log_artifacts(self, paths: Iterable[Path], artifact_path: str | None = None) -> None:
+        for path in paths:
+            self.client.log_artifact(self.run_id, str(path), artifact_path=artifact_path)
+
+    def tags(self) -> dict[str, str]:
+        return self.client.get_run(self.run_id).data.tags
+
+
+def _new_run(mlflow_client: Any, experiment_id: str, params: Params, data_dir: str | Path, name: str) -> str:
+    """A run with the lineage tags of `data_dir` and every parameter logged."""
+    from mlflow.entities import Param
+
+    run_id = mlflow_client.create_run(experiment_id, run_name=name, tags=lineage_tags(params, data_dir)).info.run_id
+    mlflow_client.log_batch(run_id, params=[Param(k, v) for k, v in flat_params(params).items()])
+    return run_id
+
+
+def ensure_run(params: Params, run_id: str | None, data_dir: str | Path, name: str) -> Run:
+    """The run `run_id` (a checkpoint's training run) when this store has it; else a new, finished run with the
+    lineage of `data_dir`, so that a model trained against another store keeps its lineage in this one."""
+    from mlflow.exceptions import MlflowException
+
+    mlflow_client, experiment_id = client(params.mlflow)
+    if run_id:
+        try:
+            mlflow_client.get_run(run_id)
+            return Run(mlflow_client, run_id)
+        except MlflowException:
+            log.warning("MLflow run %s is not in %s; logging to a new run", run_id, tracking_uri(params.mlflow))
+    run_id = _new_run(mlflow_client, experiment_id, params, data_dir, name)
+    mlflow_client.set_terminated(run_id, "FINISHED")
+    return Run(mlflow_client, run_id)
+
+
+@contextlib.contextmanager
+def training_run(params: Params, data_dir: str | Path, name: str, run_id: str | None = None) -> Iterator[Run]:
+    """The MLflow run of a training: new (lineage tags, parameters), or `run_id` again when resuming.
+
+    It ends FINISHED when the block completes, KILLED on Ctrl-C and FAILED on any other error.
+    """
+    mlflow_client, experiment_id = client(params.mlflow)
+    if run_id is None:
+        run_id = _new_run(mlflow_client, experiment_id, params, data_dir, name)
+    else:
+        mlflow_client.update_run(run_id, status="RUNNING")
+    try:
+        yield Run(mlflow_client, run_id)
+    except BaseException:
+        mlflow_client.set_terminated(run_id, "KILLED" if sys.exc_info()[0] is KeyboardInterrupt else "FAILED")
+        raise
+    mlflow_client.set_terminated(run_id, "FINISHED")
 
 
 def compare_runs(params: MlflowParams, limit: int = 10) -> tuple[list[str], list[dict[str, str]]]:

@@ -8,6 +8,7 @@ Several devices run as torchrun processes (DDP); rank 0 alone writes files.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
@@ -16,7 +17,8 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,17 +26,17 @@ import torch
 import yaml
 from torch import nn
 
-from components.config import Params
+from components import tracking
+from components.checkpoints import BEST, LAST, check_resumable, load_checkpoint, save_checkpoint
+from components.config import Params, TrainParams
 from components.errors import ParamsError, SortflowError
-from components.evaluate import correct_at_k, load_checkpoint, predict_logits
 from components.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
 from components.loader import DataConfig, model_input, read_classes, split_images
+from components.metrics import correct_at_k, predict_logits
 from components.models import ModelSpec, create_model, get_spec
-from components.split import prepared_dataset
+from components.splitting import prepared_dataset
 
 log = logging.getLogger(__name__)
-
-LAST, BEST = "last.pt", "best.pt"
 
 
 @dataclass(frozen=True)
@@ -124,26 +126,6 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def check_compatible(ckpt: dict[str, Any], spec: ModelSpec, classes: list[str], path: Path) -> None:
-    if ckpt["timm_name"] != spec.timm_name:
-        raise SortflowError(
-            f"{path}: a checkpoint of {ckpt['model_name']} ({ckpt['timm_name']}), but train.model is "
-            f"{spec.name} ({spec.timm_name}); use the same model or another train.output"
-        )
-    if ckpt["label_names"] != classes:
-        raise SortflowError(
-            f"{path}: trained on {ckpt['num_classes']} classes ({', '.join(ckpt['label_names'][:5])}...), "
-            f"but label.txt has {len(classes)} ({', '.join(classes[:5])}...); use another train.output"
-        )
-
-
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write to a temporary file and rename, so an interrupted run always leaves a loadable checkpoint."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
 def _loader(dataset: Any, batch_size: int, seed: int, dist: Dist, workers: int, shuffle: bool) -> Any:
     from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
@@ -218,45 +200,37 @@ def _write_history(history: list[dict[str, float]], path: Path) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
-def _train_result(
-    spec: ModelSpec, classes: list[str], history: list[dict[str, float]], best: float, run_id: str | None, done: bool
-) -> dict[str, Any]:
-    last = history[-1]["val_top1"] if history else 0.0
+def _train_result(spec: ModelSpec, classes: list[str], fit: Any, done: bool) -> dict[str, Any]:
+    """train_result.json, in PaddleX's shape."""
+    last = fit.history[-1]["val_top1"] if fit.history else 0.0
     return {
         "model_name": spec.name,
         "label_dict": {str(i): name for i, name in enumerate(classes)},
         "train_log": "train.log",
         "config": "config.yaml",
-        "models": {"last": {"score": last, "path": LAST}, "best": {"score": best, "path": BEST}},
-        "history": history,
-        "mlflow_run_id": run_id,
+        "models": {"last": {"score": last, "path": LAST}, "best": {"score": fit.best, "path": BEST}},
+        "history": fit.history,
+        "mlflow_run_id": fit.run_id,
         "done_flag": done,
     }
 
 
-def train(params: Params) -> TrainResult:
-    """Train `train.model` on `split.output` (else `dataset.dir`); write checkpoints and reports to `train.output`."""
-    dist = Dist.from_env()
-    kind, gpu_ids = resolve_device(params.train.device)
-    if dist.world > 1:
-        torch.distributed.init_process_group("nccl" if kind == "cuda" else "gloo")
-    try:
-        return _train(
-            params,
-            dist,
-            torch.device("cuda", dist.local_rank if dist.world > 1 else gpu_ids[0])
-            if kind == "cuda"
-            else torch.device("cpu"),
-        )
-    finally:
-        if dist.world > 1:
-            torch.distributed.destroy_process_group()
+@dataclass
+class Fit:
+    """What training carries from epoch to epoch, and what a checkpoint restores."""
+
+    model: nn.Module
+    net: nn.Module  # the model, wrapped in DDP when several processes train
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    start: int = 1
+    best: float = -1.0
+    history: list[dict[str, float]] = field(default_factory=list)
+    run_id: str | None = None
 
 
-def _train(params: Params, dist: Dist, device: torch.device) -> TrainResult:
-    t = params.train
-    spec = get_spec(t.model)
-    out = Path(t.output)
+def _prepared_root(params: Params, dist: Dist) -> Path:
+    """The dataset to train on. Rank 0 checks it and every rank gets its verdict, so none waits forever."""
     root, failure = Path(params.split.output or params.dataset.dir), None
     if dist.main:
         try:
@@ -269,31 +243,39 @@ def _train(params: Params, dist: Dist, device: torch.device) -> TrainResult:
         failure = shared[0]
     if failure:
         raise SortflowError(failure)
+    return root
+
+
+def _classes(root: Path, t: TrainParams) -> list[str]:
     classes = read_classes(root)
     if t.num_classes and t.num_classes != len(classes):
         raise ParamsError(
             f"train.num_classes={t.num_classes}, but {root / 'label.txt'} has {len(classes)} classes; "
             "set train.num_classes=0 to take the number from label.txt"
         )
+    return classes
 
-    ckpt = None
-    if t.resume:
-        if not (out / LAST).is_file():
-            raise SortflowError(f"train.resume=true, but {out / LAST} does not exist; train without resume first")
-        ckpt = load_checkpoint(out / LAST)
-        check_compatible(ckpt, spec, classes, out / LAST)
 
-    torch.manual_seed(t.seed)
-    model = create_model(spec, len(classes), "none" if ckpt else t.pretrained)
-    if ckpt:
-        model.load_state_dict(ckpt["model"])
-    cfg = DataConfig.for_model(spec.timm_cfg(), t.image_size, t.crop_scale_min)
-    data = split_images(root, cfg, t.cache_mb)
+def _resume_checkpoint(t: TrainParams, spec: ModelSpec, classes: list[str]) -> dict[str, Any] | None:
+    """last.pt of `train.output` when `train.resume` is set (it must be of this model and these classes)."""
+    if not t.resume:
+        return None
+    path = Path(t.output) / LAST
+    if not path.is_file():
+        raise SortflowError(f"train.resume=true, but {path} does not exist; train without resume first")
+    ckpt = load_checkpoint(path)
+    check_resumable(ckpt, spec.timm_name, spec.name, classes, path)
+    return ckpt
+
+
+def _fit(
+    t: TrainParams, model: nn.Module, steps_per_epoch: int, dist: Dist, device: torch.device, ckpt: dict | None
+) -> Fit:
+    """The model on its device, the optimizer and the schedule, restored from `ckpt` when resuming."""
     model = model.to(device, memory_format=torch.channels_last)
     net: nn.Module = model
     if dist.world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
     # One parameter group, weight decay on every tensor, as PaddleX's Momentum with L2 regularization;
     # timm's optimizer factory (Nesterov, split groups) measured 7-10% slower per step on the CPU.
     if t.optimizer == "sgd":
@@ -302,163 +284,222 @@ def _train(params: Params, dist: Dist, device: torch.device) -> TrainResult:
         )
     else:
         optimizer = torch.optim.AdamW(model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
-    steps = len(_loader(data["train"], t.batch_size, t.seed, dist, 0, shuffle=True))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, t.warmup_epochs * steps, t.epochs * steps)
-    )
-    criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
-    amp = device.type == "cuda"
-    start, best, history, run_id = 1, -1.0, [], None
+    warmup, total = t.warmup_epochs * steps_per_epoch, t.epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, total))
+    fit = Fit(model, net, optimizer, scheduler)
     if ckpt:
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
-        start, best, history, run_id = ckpt["epoch"] + 1, ckpt["best_top1"], ckpt["history"], ckpt["mlflow_run_id"]
+        fit.start, fit.best, fit.history = ckpt["epoch"] + 1, ckpt["best_top1"], ckpt["history"]
+        fit.run_id = ckpt["mlflow_run_id"]
+    return fit
 
-    mlflow_client = handler = None
-    if dist.main:
-        out.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(out / "train.log")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logging.getLogger("components").addHandler(handler)
-        atomic_write_text(out / "config.yaml", yaml.safe_dump(params.to_dict(), sort_keys=False))
-        from components import tracking
 
-        mlflow_client, experiment_id = tracking.client(params.mlflow)
-        if run_id is None:
-            run = mlflow_client.create_run(
-                experiment_id,
-                run_name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-                tags=tracking.lineage_tags(params, root),
-            )
-            run_id = run.info.run_id
-            from mlflow.entities import Param
-
-            mlflow_client.log_batch(run_id, params=[Param(k, v) for k, v in tracking.flat_params(params).items()])
-        else:
-            mlflow_client.update_run(run_id, status="RUNNING")
-        log.info(
-            "Training %s (%s) on %s: %d train / %d val images, %d classes, %s x%d, MLflow run %s",
-            spec.name,
-            spec.timm_name,
-            root,
-            len(data["train"]),
-            len(data["val"]),
-            len(classes),
-            device.type,
-            dist.world,
-            run_id,
-        )
-
-    state: dict[str, Any] = {
-        "model_name": spec.name,
-        "timm_name": spec.timm_name,
-        "num_classes": len(classes),
-        "label_names": classes,
-        "data_config": asdict(cfg),
-        "mlflow_run_id": run_id,
+def _train_epoch(fit: Fit, data: Any, t: TrainParams, epoch: int, dist: Dist, device: torch.device) -> dict:
+    """One pass over the train images; reseeded from (train.seed, epoch) so a resumed run repeats it exactly."""
+    epoch_seed = t.seed * 1000 + epoch
+    torch.manual_seed(epoch_seed)  # augmentation and dropout draw from it
+    loader = _loader(data, t.batch_size, epoch_seed, dist, t.num_workers, shuffle=True)
+    if hasattr(loader.sampler, "set_epoch"):
+        loader.sampler.set_epoch(epoch)
+    criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
+    fit.net.train()
+    loss_sum = seen = 0.0
+    began = time.perf_counter()
+    with _progress(dist.main) as progress:
+        task = progress.add_task(f"epoch {epoch}/{t.epochs}", total=len(loader), loss=0.0, ips=0.0)
+        for images, labels in loader:
+            labels = labels.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                loss = criterion(fit.net(model_input(images, device)), labels)
+            fit.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            fit.optimizer.step()
+            fit.scheduler.step()
+            if not math.isfinite(loss.item()):
+                raise SortflowError(
+                    f"the training loss became {loss.item()} in epoch {epoch}; lower train.learning_rate "
+                    f"(now {t.learning_rate}) or raise train.batch_size (now {t.batch_size})"
+                )
+            loss_sum += loss.item() * len(labels)
+            seen += len(labels)
+            ips = seen * dist.world / (time.perf_counter() - began)
+            progress.update(task, advance=1, loss=loss_sum / seen, ips=ips)
+    seconds = time.perf_counter() - began
+    loss_sum, seen = _all_sum([loss_sum, seen], dist, device)
+    return {
+        "train_loss": loss_sum / max(seen, 1),
+        "lr": fit.optimizer.param_groups[0]["lr"],
+        "img_per_s": seen / seconds,
     }
+
+
+def _validate(fit: Fit, data: Any, t: TrainParams, num_classes: int, dist: Dist, device: torch.device) -> dict:
+    """Val loss, top-1 and top-5 over every val image (each rank scores its share; the sums are combined)."""
+    loader = _loader(data, t.batch_size, 0, dist, t.num_workers, shuffle=False)
+    logits, targets = predict_logits(fit.model, loader, device, device.type == "cuda")
+    scores, labels = logits.numpy(), targets.numpy()
+    loss = nn.functional.cross_entropy(logits, targets, reduction="sum").item() if len(targets) else 0.0
+    top1, top5, loss, n = _all_sum(
+        [
+            float(correct_at_k(scores, labels, 1)),
+            float(correct_at_k(scores, labels, min(5, num_classes))),
+            loss,
+            float(len(targets)),
+        ],
+        dist,
+        device,
+    )
+    return {"val_loss": loss / max(n, 1), "val_top1": top1 / max(n, 1), "val_top5": top5 / max(n, 1)}
+
+
+def _save_epoch(out: Path, state: dict[str, Any], fit: Fit, improved: bool, summary: dict[str, Any]) -> None:
+    """last.pt (and best.pt when val top-1 improved), metrics.csv and train_result.json after an epoch."""
+    checkpoint = {
+        **state,
+        "model": fit.model.state_dict(),
+        "optimizer": fit.optimizer.state_dict(),
+        "scheduler": fit.scheduler.state_dict(),
+        "epoch": fit.history[-1]["epoch"],
+        "best_top1": fit.best,
+        "history": fit.history,
+    }
+    save_checkpoint(out / LAST, checkpoint)
+    if improved:
+        save_checkpoint(out / BEST, checkpoint)
+    _write_history(fit.history, out / "metrics.csv")
+    atomic_write_json(out / "train_result.json", summary)
+
+
+@contextlib.contextmanager
+def _train_log(out: Path) -> Iterator[None]:
+    """The steps' log lines also go to `train.output/train.log` while training runs."""
+    out.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(out / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("components").addHandler(handler)
     try:
-        for epoch in range(start, t.epochs + 1):
-            epoch_seed = t.seed * 1000 + epoch
-            torch.manual_seed(epoch_seed)  # augmentation and dropout draw from it
-            loader = _loader(data["train"], t.batch_size, epoch_seed, dist, t.num_workers, shuffle=True)
-            if hasattr(loader.sampler, "set_epoch"):
-                loader.sampler.set_epoch(epoch)
-            net.train()
-            loss_sum = seen = 0.0
-            began = time.perf_counter()
-            with _progress(dist.main) as progress:
-                task = progress.add_task(f"epoch {epoch}/{t.epochs}", total=len(loader), loss=0.0, ips=0.0)
-                for images, labels in loader:
-                    images = model_input(images, device)
-                    labels = labels.to(device, non_blocking=True)
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                        loss = criterion(net(images), labels)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    scheduler.step()
-                    if not math.isfinite(loss.item()):
-                        raise SortflowError(
-                            f"the training loss became {loss.item()} in epoch {epoch}; lower train.learning_rate "
-                            f"(now {t.learning_rate}) or raise train.batch_size (now {t.batch_size})"
-                        )
-                    loss_sum += loss.item() * len(labels)
-                    seen += len(labels)
-                    ips = seen * dist.world / (time.perf_counter() - began)
-                    progress.update(task, advance=1, loss=loss_sum / seen, ips=ips)
-            train_seconds = time.perf_counter() - began
-            loss_sum, seen = _all_sum([loss_sum, seen], dist, device)
-
-            val_loader = _loader(data["val"], t.batch_size, 0, dist, t.num_workers, shuffle=False)
-            logits, targets = predict_logits(model, val_loader, device, amp)
-            k5 = min(5, len(classes))
-            val = _all_sum(
-                [
-                    float(correct_at_k(logits, targets, 1)),
-                    float(correct_at_k(logits, targets, k5)),
-                    nn.functional.cross_entropy(logits, targets, reduction="sum").item(),
-                    float(len(targets)),
-                ],
-                dist,
-                device,
-            )
-            row = {
-                "epoch": epoch,
-                "train_loss": loss_sum / max(seen, 1),
-                "lr": optimizer.param_groups[0]["lr"],
-                "val_loss": val[2] / max(val[3], 1),
-                "val_top1": val[0] / max(val[3], 1),
-                "val_top5": val[1] / max(val[3], 1),
-                "img_per_s": seen / train_seconds,
-                "seconds": time.perf_counter() - began,
-            }
-            history.append(row)
-            improved = row["val_top1"] > best
-            best = max(best, row["val_top1"])
-            if dist.main:
-                log.info(
-                    "epoch %d/%d: loss %.4f, val top-1 %.4f, top-5 %.4f, %.1f img/s, lr %.5f",
-                    epoch,
-                    t.epochs,
-                    row["train_loss"],
-                    row["val_top1"],
-                    row["val_top5"],
-                    row["img_per_s"],
-                    row["lr"],
-                )
-                checkpoint = {
-                    **state,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "epoch": epoch,
-                    "best_top1": best,
-                    "history": history,
-                }
-                save_checkpoint(out / LAST, checkpoint)
-                if improved:
-                    save_checkpoint(out / BEST, checkpoint)
-                _write_history(history, out / "metrics.csv")
-                atomic_write_json(out / "train_result.json", _train_result(spec, classes, history, best, run_id, False))
-                from mlflow.entities import Metric
-
-                now = int(time.time() * 1000)
-                mlflow_client.log_batch(
-                    run_id, metrics=[Metric(k, float(v), now, epoch) for k, v in row.items() if k != "epoch"]
-                )
-        if dist.main:
-            write_curves(history, out / "curves.png")
-            atomic_write_json(out / "train_result.json", _train_result(spec, classes, history, best, run_id, True))
-            for name in ("config.yaml", "train.log", "curves.png", "metrics.csv", "train_result.json"):
-                mlflow_client.log_artifact(run_id, str(out / name))
-            mlflow_client.set_terminated(run_id, "FINISHED")
-    except BaseException:
-        if mlflow_client is not None:
-            mlflow_client.set_terminated(run_id, "KILLED" if sys.exc_info()[0] is KeyboardInterrupt else "FAILED")
-        raise
+        yield
     finally:
-        if handler is not None:
-            logging.getLogger("components").removeHandler(handler)
-            handler.close()
-    return TrainResult(out, best, history[-1]["val_top1"] if history else 0.0, len(history), run_id)
+        logging.getLogger("components").removeHandler(handler)
+        handler.close()
+
+
+@contextlib.contextmanager
+def _rank0_outputs(params: Params, root: Path, spec: ModelSpec, fit: Fit, dist: Dist) -> Iterator[Any]:
+    """Rank 0's train.log, config.yaml and MLflow run (None on the other ranks, which write nothing)."""
+    if not dist.main:
+        yield None
+        return
+    out = Path(params.train.output)
+    with _train_log(out):
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(params.to_dict(), sort_keys=False))
+        name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        with tracking.training_run(params, root, name, fit.run_id) as run:
+            fit.run_id = run.run_id
+            yield run
+
+
+def train(params: Params) -> TrainResult:
+    """Train `train.model` on the prepared dataset (split.output, else dataset.dir), tracked in MLflow.
+
+    Reads the dataset (which must pass check-dataset) and, with `train.resume`, last.pt. Writes to
+    `train.output`: last.pt and best.pt after every epoch, metrics.csv, train_result.json, config.yaml,
+    train.log and curves.png; logs parameters, per-epoch metrics and these files to an MLflow run. Raises
+    SortflowError for a dataset that fails its check, a checkpoint that does not fit, or a loss that
+    becomes NaN; ParamsError for a device or class count that does not fit.
+    """
+    dist = Dist.from_env()
+    kind, gpu_ids = resolve_device(params.train.device)
+    if dist.world > 1:
+        torch.distributed.init_process_group("nccl" if kind == "cuda" else "gloo")
+    device = torch.device("cpu")
+    if kind == "cuda":
+        device = torch.device("cuda", dist.local_rank if dist.world > 1 else gpu_ids[0])
+    try:
+        return _train(params, dist, device)
+    finally:
+        if dist.world > 1:
+            torch.distributed.destroy_process_group()
+
+
+def _epoch(
+    fit: Fit, data: dict[str, Any], t: TrainParams, num_classes: int, epoch: int, dist: Dist, device: torch.device
+) -> dict:
+    """Train one epoch, then validate: the epoch's row of metrics.csv."""
+    began = time.perf_counter()
+    trained = _train_epoch(fit, data["train"], t, epoch, dist, device)
+    val = _validate(fit, data["val"], t, num_classes, dist, device)
+    return {
+        "epoch": epoch,
+        "train_loss": trained["train_loss"],
+        "lr": trained["lr"],
+        **val,
+        "img_per_s": trained["img_per_s"],
+        "seconds": time.perf_counter() - began,
+    }
+
+
+def _finish(out: Path, run: Any, fit: Fit, result: dict[str, Any]) -> None:
+    """After the last epoch: the curves, the final train_result.json, and the files as MLflow artifacts."""
+    write_curves(fit.history, out / "curves.png")
+    atomic_write_json(out / "train_result.json", result)
+    run.log_artifacts(
+        out / name for name in ("config.yaml", "train.log", "curves.png", "metrics.csv", "train_result.json")
+    )
+
+
+def _train(params: Params, dist: Dist, device: torch.device) -> TrainResult:
+    t, spec = params.train, get_spec(params.train.model)
+    out = Path(t.output)
+    root = _prepared_root(params, dist)
+    classes = _classes(root, t)
+    ckpt = _resume_checkpoint(t, spec, classes)
+    torch.manual_seed(t.seed)
+    model = create_model(spec, len(classes), "none" if ckpt else t.pretrained)
+    if ckpt:
+        model.load_state_dict(ckpt["model"])
+    cfg = DataConfig.for_model(spec.timm_cfg(), t.image_size, t.crop_scale_min)
+    data = split_images(root, cfg, t.cache_mb)
+    steps = len(_loader(data["train"], t.batch_size, t.seed, dist, 0, shuffle=True))
+    fit = _fit(t, model, steps, dist, device, ckpt)
+    with _rank0_outputs(params, root, spec, fit, dist) as run:
+        state = {
+            "model_name": spec.name,
+            "timm_name": spec.timm_name,
+            "num_classes": len(classes),
+            "label_names": classes,
+            "data_config": asdict(cfg),
+            "mlflow_run_id": fit.run_id,
+        }
+        if run is not None:
+            _log_start(spec, root, data, classes, device, dist, fit.run_id)
+        for epoch in range(fit.start, t.epochs + 1):
+            row = _epoch(fit, data, t, len(classes), epoch, dist, device)
+            fit.history.append(row)
+            improved, fit.best = row["val_top1"] > fit.best, max(fit.best, row["val_top1"])
+            if run is not None:
+                _log_epoch(row, t.epochs)
+                _save_epoch(out, state, fit, improved, _train_result(spec, classes, fit, done=False))
+                run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+        if run is not None:
+            _finish(out, run, fit, _train_result(spec, classes, fit, done=True))
+    last = fit.history[-1]["val_top1"] if fit.history else 0.0
+    return TrainResult(out, fit.best, last, len(fit.history), fit.run_id)
+
+
+def _log_start(
+    spec: ModelSpec, root: Path, data: dict, classes: list[str], device: torch.device, dist: Dist, run_id: str | None
+) -> None:
+    log.info(
+        "Training %s (%s) on %s: %d train / %d val images, %d classes, %s x%d, MLflow run %s",
+        *(spec.name, spec.timm_name, root, len(data["train"]), len(data["val"]), len(classes)),
+        *(device.type, dist.world, run_id),
+    )
+
+
+def _log_epoch(row: dict[str, float], epochs: int) -> None:
+    log.info(
+        "epoch %d/%d: loss %.4f, val top-1 %.4f, top-5 %.4f, %.1f img/s, lr %.5f",
+        *(row["epoch"], epochs, row["train_loss"], row["val_top1"], row["val_top5"], row["img_per_s"], row["lr"]),
+    )

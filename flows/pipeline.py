@@ -55,9 +55,11 @@ def pull_data(params: Params) -> str:
 @step(name="check-dataset")
 def check(params: Params) -> dict[str, Any]:
     """check-dataset; its report becomes an artifact, and a failed check stops the flow."""
-    from components.check_dataset import check_dataset, data_docs_index, format_report
+    from components.check_dataset import check_step
+    from components.dataset_checks import data_docs_index, format_report
 
-    report = check_dataset(params.dataset)
+    outcome = check_step(params)
+    report = outcome.report
     text = format_report(report)
     create_markdown_artifact(f"## check-dataset: `{params.dataset.dir}`\n\n```\n{text}\n```\n", key="check-dataset")
     docs = data_docs_index(params.dataset)
@@ -115,9 +117,12 @@ def register(params: Params) -> dict[str, Any]:
 
 @service_step(name="publish")
 def publish(params: Params) -> dict[str, Any]:
+    """Publish the champion, then load it into the running Triton server, if there is one."""
     from components.publish import publish as publish_model
+    from components.serve import reload_if_running
 
-    return publish_model(params)
+    published = publish_model(params)
+    return {**published, "reloaded": reload_if_running(params, published["models"])}
 
 
 @service_step(name="serve")

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from components.check_dataset import build_manifest, check_dataset
 from components.config import DatasetParams
+from components.dataset_checks import build_manifest, check_dataset
 from tests.helpers import snapshot, write_image
 
 Run = Callable[..., tuple[int, str, str]]
@@ -192,7 +192,11 @@ def test_warnings_do_not_fail(run_cli: Run, dataset: Path) -> None:
     conflict = next(c for c in result["checks"] if c["name"] == "no image content is listed under two labels")
     assert conflict["severity"] == "warning" and conflict["examples"][0].startswith("train.txt:")
     assert "images are at least 20 px on the short side (dataset.min_image_size)" in warned
-    assert "warning: every class has at least one val image" in out
+    # Each warning says what was found and what follows from it.
+    assert "warning: 1 class has no val image; add val images" in out
+    assert "warning: 1 image is not 8-bit RGB (mode L); training converts them (e.g. train.txt:" in out
+    assert "warning: 14 images are smaller than 20 px on the short side (16 px); training upscales them" in out
+    assert "warning: 2 pictures are also filed under another class; keep the line with the right label" in out
 
 
 def test_odd_image_modes_paths_with_spaces_and_backslashes(tmp_path: Path, dataset: Path) -> None:

@@ -12,7 +12,7 @@ import pytest
 from components.cls_dataset import read_list
 from components.config import SplitParams
 from components.errors import DatasetError
-from components.split import split_dataset, stratified_split
+from components.splitting import split_dataset, stratified_split
 from tests.helpers import cls_dataset, snapshot
 
 Run = Callable[..., tuple[int, str, str]]

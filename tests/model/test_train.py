@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import components.train as train_module
-from components.evaluate import load_checkpoint
+from components.checkpoints import load_checkpoint
 from tests.helpers import TINY_TRAIN, overrides
 
 Run = Callable[..., tuple[int, str, str]]
@@ -151,6 +151,21 @@ def test_refuses_a_dataset_that_fails_the_check(run_cli: Run, dataset: Path) -> 
     assert code == 2
     assert "failed check-dataset" in err and "every image decodes fully" in err and "train.txt:2" in err
     assert not Path("output/train").exists()
+
+
+def test_evaluate_and_export_follow_train_output_by_default(run_cli: Run, dataset: Path) -> None:
+    """An empty weight_path (the default) means best.pt in train.output, wherever that is."""
+    assert run_cli(*train_args(dataset, "-o", "train.output=elsewhere", "-o", "train.epochs=1"))[0] == 0
+    code, out, err = run_cli("evaluate", "-o", f"dataset.dir={dataset}", "-o", "train.output=elsewhere")
+    assert code == 0, err
+    assert "elsewhere/best.pt" in out
+    code, _, err = run_cli(
+        "export", "-o", f"dataset.dir={dataset}", "-o", "train.output=elsewhere", "-o", "export.parity_images=4"
+    )
+    assert code == 0, err
+    assert json.loads(Path("output/export/export_result.json").read_text())["weight_path"] == "elsewhere/best.pt"
+    code, _, err = run_cli("export", "-o", f"dataset.dir={dataset}", "-o", "train.output=nowhere")
+    assert code == 2 and "nowhere/best.pt: checkpoint not found; train first or set export.weight_path" in err
 
 
 def test_checkpoint_of_another_model_or_dataset_is_refused(run_cli: Run, dataset: Path, tmp_path: Path) -> None:

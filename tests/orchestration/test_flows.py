@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from components.errors import ParamsError
-from components.publish import parse_config
+from components.triton_config import parse_config
 from tests.helpers import free_port
 from tests.orchestration.conftest import command_env, project_copy, sh, stop_group
 

@@ -31,14 +31,14 @@ def params(release: Release, *extra: str):
 
 
 def val_pixels(release: Release) -> np.ndarray:
-    from components.export import raw_images
+    from components.onnx_io import raw_images
 
     images, _ = raw_images(release.dataset, "val", load(release, "output/export/export_result.json")["data_config"])
     return images
 
 
 def local_probabilities(release: Release, images: np.ndarray) -> np.ndarray:
-    from components.export import onnx_probabilities, onnx_session
+    from components.onnx_io import onnx_probabilities, onnx_session
 
     return onnx_probabilities(onnx_session(release.workdir / "output/export/model.onnx"), images)
 
@@ -131,7 +131,7 @@ def test_promotion_gate_keeps_a_worse_model_out(release: Release) -> None:
 
 
 def test_labels_that_break_the_classification_extension_are_rejected() -> None:
-    from components.publish import check_labels
+    from components.triton_config import check_labels
 
     check_labels(["glass", "metal"])
     for bad in (["a:b"], ["ok", "two\nlines"], [" "]):

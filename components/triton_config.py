@@ -1,0 +1,124 @@
+"""Triton model configs for a published classifier, and their parser (Triton's own protobuf schema).
+
+Three models per classifier: `<model>` (what a stock Triton serves directly: onnxruntime_onnx, an NCHW
+image in, probabilities out with labels for the classification extension), `<model>_preprocess` (a
+python-backend model that decodes an encoded image file) and `<model>_bytes` (the ensemble of the two).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from components.errors import SortflowError
+from components.model_io import INPUT_NAME, LABELS_FILE, OUTPUT_NAME
+
+PREPROCESS, BYTES = "_preprocess", "_bytes"
+BYTES_INPUT = "image_bytes"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: int
+    image_size: int
+    resize_size: int
+    interpolation: str
+    labels: list[str]
+    lineage: dict[str, str]
+
+
+def model_names(name: str) -> list[str]:
+    """The three Triton models of a classifier, in the order they must be loaded."""
+    return [name, f"{name}{PREPROCESS}", f"{name}{BYTES}"]
+
+
+def check_labels(labels: list[str]) -> None:
+    """Triton's classification extension answers "score:index:label": a ':' or a newline breaks it."""
+    bad = [label for label in labels if ":" in label or "\n" in label or not label.strip()]
+    if bad:
+        raise SortflowError(
+            f"class names {bad!r} contain ':' or a line break (or are empty), which breaks Triton's classification "
+            "results (score:index:label); rename these classes in label.txt and train again"
+        )
+
+
+def _parameters(values: dict[str, str]) -> str:
+    return "\n".join(f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in sorted(values.items()))
+
+
+def classifier_config(info: ModelInfo, max_batch_size: int, kind: str, instances: int) -> str:
+    """The stock Triton config: onnxruntime_onnx, one NCHW image input, one FP32 vector output."""
+    size = info.image_size
+    return f"""name: "{info.name}"
+platform: "onnxruntime_onnx"
+max_batch_size: {max_batch_size}
+version_policy: {{ latest: {{ num_versions: 1 }} }}
+input [
+  {{ name: "{INPUT_NAME}" data_type: TYPE_FP32 format: FORMAT_NCHW dims: [ 3, {size}, {size} ] }}
+]
+output [
+  {{ name: "{OUTPUT_NAME}" data_type: TYPE_FP32 dims: [ {len(info.labels)} ] label_filename: "{LABELS_FILE}" }}
+]
+instance_group [ {{ count: {instances} kind: {kind} }} ]
+dynamic_batching {{ }}
+model_warmup [
+  {{
+    name: "zeros"
+    batch_size: 1
+    inputs {{ key: "{INPUT_NAME}" value: {{ data_type: TYPE_FP32 dims: [ 3, {size}, {size} ] zero_data: true }} }}
+  }}
+]
+{_parameters(info.lineage)}
+"""
+
+
+def preprocess_config(info: ModelInfo, max_batch_size: int) -> str:
+    size = info.image_size
+    return f"""name: "{info.name}{PREPROCESS}"
+backend: "python"
+max_batch_size: {max_batch_size}
+input [ {{ name: "{BYTES_INPUT}" data_type: TYPE_STRING dims: [ 1 ] }} ]
+output [ {{ name: "{INPUT_NAME}" data_type: TYPE_FP32 dims: [ 3, {size}, {size} ] }} ]
+instance_group [ {{ count: 1 kind: KIND_CPU }} ]
+dynamic_batching {{ }}
+{_parameters({"image_size": str(size), "resize_size": str(info.resize_size), "interpolation": info.interpolation})}
+"""
+
+
+def ensemble_config(info: ModelInfo, max_batch_size: int) -> str:
+    return f"""name: "{info.name}{BYTES}"
+platform: "ensemble"
+max_batch_size: {max_batch_size}
+input [ {{ name: "{BYTES_INPUT}" data_type: TYPE_STRING dims: [ 1 ] }} ]
+output [
+  {{ name: "{OUTPUT_NAME}" data_type: TYPE_FP32 dims: [ {len(info.labels)} ] label_filename: "{LABELS_FILE}" }}
+]
+ensemble_scheduling {{
+  step [
+    {{
+      model_name: "{info.name}{PREPROCESS}"
+      model_version: -1
+      input_map {{ key: "{BYTES_INPUT}" value: "{BYTES_INPUT}" }}
+      output_map {{ key: "{INPUT_NAME}" value: "pixels" }}
+    }},
+    {{
+      model_name: "{info.name}"
+      model_version: -1
+      input_map {{ key: "{INPUT_NAME}" value: "pixels" }}
+      output_map {{ key: "{OUTPUT_NAME}" value: "{OUTPUT_NAME}" }}
+    }}
+  ]
+}}
+"""
+
+
+def parse_config(text: str, where: str) -> Any:
+    """Parse with Triton's own schema; a config Triton would reject fails here, before it is written."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    try:
+        return text_format.Parse(text, model_config_pb2.ModelConfig())
+    except text_format.ParseError as exc:
+        raise SortflowError(f"{where}: not a valid Triton model config: {exc}") from exc
