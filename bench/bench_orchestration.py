@@ -48,7 +48,7 @@ from components import dvc_data, check_dataset, split, train, evaluate, export, 
 params = load_params("params.yaml")
 steps = {
     "pull": lambda: dvc_data.pull(params.dataset.dir),
-    "check": lambda: check_dataset.check_dataset(params.dataset),
+    "check": lambda: check_dataset.check_step(params),
     "split": lambda: split.split_step(params),
     "train": lambda: train.train(params),
     "evaluate": lambda: evaluate.evaluate(params),

@@ -1,4 +1,7 @@
-"""sortflow's library: one module per pipeline step. `from components import create_pipeline` for prediction."""
+"""sortflow's library: one module per pipeline step over shared helpers (README: Layout).
+
+`from components import create_pipeline` for prediction.
+"""
 
 from typing import Any
 

@@ -1,4 +1,4 @@
-"""The `sortflow` command. Each subcommand resolves parameters, then calls one component."""
+"""The `sortflow` command. Each subcommand resolves parameters, calls one step function and prints its result."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Convert a one-folder-per-class dataset (ImageFolder) into PaddleX's ClsDataset format."""
+"""dataset convert: a one-folder-per-class dataset (ImageFolder) into PaddleX's ClsDataset format."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DVC around the datasets: a folder tracked by `<folder>.dvc` is versioned data."""
+"""DVC around the datasets: a folder tracked by `<folder>.dvc` is versioned data (pull, commit, its hash)."""
 
 from __future__ import annotations
 

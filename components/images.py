@@ -1,4 +1,4 @@
-"""Image decoding shared by the dataset checks and, later, training and prediction.
+"""Image decoding shared by the dataset checks, training, export, evaluation and prediction.
 
 This module imports only Pillow, so process-pool workers that import it start fast.
 """

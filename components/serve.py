@@ -4,7 +4,8 @@ With a `tritonserver` that has the onnxruntime backend (a Triton container), `pu
 it is. Otherwise the server bundled in the nvidia-pytriton wheel runs, which has only the python
 backend: it serves a generated runtime copy of the repository in which each ONNX model runs through
 onnxruntime in a python-backend model, with the same names, inputs, outputs, labels and batching.
-Models are loaded explicitly, so `publish` can load a new version without a restart.
+Models are loaded explicitly, so after a publish `reload_if_running` loads the new version without a
+restart.
 """
 
 from __future__ import annotations

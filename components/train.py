@@ -200,7 +200,7 @@ def _write_history(history: list[dict[str, float]], path: Path) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
-def _train_result(spec: ModelSpec, classes: list[str], fit: Any, done: bool) -> dict[str, Any]:
+def _train_result(spec: ModelSpec, classes: list[str], fit: Fit, done: bool) -> dict[str, Any]:
     """train_result.json, in PaddleX's shape."""
     last = fit.history[-1]["val_top1"] if fit.history else 0.0
     return {

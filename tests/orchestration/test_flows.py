@@ -65,6 +65,30 @@ def test_dvc_and_prefect_paths_agree(dvc_project: tuple[Path, str, Path], flow_p
 
 
 @pytest.mark.slow
+def test_cli_and_prefect_agree_when_splitting_in_place(tmp_path: Path, prefect_server: str) -> None:
+    """With split.output empty, both paths resplit dataset.dir in place, then check it (PaddleX's order), and
+    train on it: the same lists, the same backups, the same metrics and the same model bytes."""
+    in_place = ("split.output=", "split.enable=true", "split.seed=3")
+    cli, flow = (project_copy(tmp_path / name / "project", *in_place) for name in ("cli", "flow"))
+    original = (cli / "data/val.txt").read_bytes()
+    printed = sh(["sortflow", "check-dataset"], cli)
+    assert "Split dataset successfully !" in printed and "Check dataset passed !" in printed
+    for step in ("split", "train", "evaluate", "export"):
+        sh(["sortflow", step], cli)
+    sh(["sortflow", "run"], flow, PREFECT_API_URL=prefect_server)
+    assert (cli / "data/val.txt.bak").read_bytes() == original
+    assert (cli / "data/val.txt").read_bytes() != original
+    for name in ("train.txt", "val.txt", "train.txt.bak", "val.txt.bak"):
+        assert (cli / "data" / name).read_bytes() == (flow / "data" / name).read_bytes(), name
+    assert not (cli / "output/split").exists() and not (flow / "output/split").exists()
+    checked = [json.loads((p / "output/check_dataset_result.json").read_text()) for p in (cli, flow)]
+    assert checked[0]["attributes"] == checked[1]["attributes"] and checked[0]["check_pass"]
+    evaluated = [json.loads((p / "output/evaluate/evaluate_result.json").read_text()) for p in (cli, flow)]
+    assert evaluated[0]["metrics"] == evaluated[1]["metrics"]
+    assert (cli / "output/export/model.onnx").read_bytes() == (flow / "output/export/model.onnx").read_bytes()
+
+
+@pytest.mark.slow
 def test_promote_and_serve_loads_the_champion_in_triton(flow_project: tuple[Path, str], prefect_server: str) -> None:
     project, _ = flow_project
     grpc = free_port()

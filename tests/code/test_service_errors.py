@@ -1,0 +1,69 @@
+"""A service that does not answer is a ServiceError wherever it happens, and only that is retried by the flows;
+bad data and bad settings stay SortflowError. Each service here is a real port on 127.0.0.1 with nothing behind it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import types
+from pathlib import Path
+
+import pytest
+
+from components.config import MlflowParams, load_params
+from components.errors import DatasetError, ServiceError, SortflowError
+from tests.helpers import free_port
+
+
+def test_registry_download_from_a_store_that_does_not_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    from components.registry import downloaded
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    url = f"http://127.0.0.1:{free_port()}"
+    version = types.SimpleNamespace(version="1", name="m", source="mlflow-artifacts:/1/run/artifacts/onnx_model")
+    expected = rf"registry version 1 of 'm': the MLflow store {url} did not answer"
+    with pytest.raises(ServiceError, match=expected), downloaded(MlflowParams(tracking_uri=url), version):
+        pass
+
+
+def test_reload_in_a_triton_server_that_does_not_answer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server whose process lives but whose port answers nothing: the files are published, the load is not."""
+    from components.serve import STATE_FILE, reload_if_running
+
+    monkeypatch.chdir(tmp_path)
+    params = load_params(None, [f"serve.workdir={tmp_path}/serve", f"publish.repo={tmp_path}/repo"])
+    stand_in = subprocess.Popen(["sleep", "60"])
+    try:
+        state = {"pid": stand_in.pid, "http_port": free_port(), "repo": str((tmp_path / "repo").resolve())}
+        state.update(stock_triton=True, log=str(tmp_path / "serve/tritonserver.log"))
+        (tmp_path / "serve").mkdir()
+        (tmp_path / "serve" / STATE_FILE).write_text(json.dumps(state))
+        with pytest.raises(ServiceError, match=rf"Triton server on 127.0.0.1:{state['http_port']} .* did not load m"):
+            reload_if_running(params, ["m"])
+    finally:
+        stand_in.kill()
+        stand_in.wait()
+    assert reload_if_running(params, ["m"]) is False  # no server running: nothing to reload
+
+
+def test_predict_through_triton_that_does_not_answer() -> None:
+    from components.predict import create_pipeline
+
+    url = f"127.0.0.1:{free_port()}"
+    with pytest.raises(ServiceError, match=rf"no Triton server answers at {url}.*sortflow serve"):
+        create_pipeline(triton_url=url)
+
+
+def test_flows_retry_service_failures_only() -> None:
+    from flows.pipeline import _transient
+
+    def state(exc: Exception) -> types.SimpleNamespace:
+        def result() -> None:
+            raise exc
+
+        return types.SimpleNamespace(result=result)
+
+    assert _transient(None, None, state(ServiceError("MLflow did not answer")))
+    assert _transient(None, None, state(ConnectionResetError("a library's own network error")))
+    assert not _transient(None, None, state(SortflowError("bad settings")))
+    assert not _transient(None, None, state(DatasetError("bad data")))
