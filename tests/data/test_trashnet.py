@@ -40,4 +40,4 @@ def test_trashnet_converts_and_passes(run_cli: Run, tmp_path: Path) -> None:
     # glass389 = plastic332): reported as a warning, and the split keeps each pair on one side.
     conflict = next(c for c in result["checks"] if c["name"] == "no image content is listed under two labels")
     assert conflict["unexpected_count"] == 6 and not conflict["success"]
-    assert "warning: no image content is listed under two labels" in out
+    assert "warning: 6 pictures are also filed under another class; keep the line with the right label" in out
