@@ -85,6 +85,41 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_add_reviewed(args: argparse.Namespace) -> int:
+    from components.add_reviewed import add_reviewed
+
+    r = add_reviewed(_params(args), args.file)
+    print(
+        f"Added {r.added} reviewed images to the dataset; skipped {r.already_in_dataset} already in it, "
+        f"{r.unlabelled} rows without a label and {r.repeated} repeated rows"
+    )
+    if r.dvc_file:
+        print(f"New data version in {r.dvc_file}: commit it with git (git add {r.dvc_file}), then `dvc push`")
+    return 0
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    from components.monitor import DRIFT_EXIT, RESULT_FILE, format_result, monitor
+
+    params = _params(args)
+    result = monitor(params)
+    print(format_result(result))
+    print(f"Report: {params.monitor.output}/{RESULT_FILE} (Data Docs: {params.monitor.output}/data_docs/index.html)")
+    return DRIFT_EXIT if result["drift"] else 0
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    from components.review import review
+
+    result = review(_params(args))
+    print(
+        f"Review queue: {result['images']} images of {result['window_samples']} captured requests "
+        f"({', '.join(result['drifted']) or 'no drift'}): {result['queue']}, contact sheet {result['sheet']}"
+    )
+    print(f"Fill in the label column, then: sortflow dataset add-reviewed {result['queue']}")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from components.train import run_training
 
@@ -233,7 +268,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     _prefect_api()
     from flows.pipeline import FLOWS
 
-    result = FLOWS[args.flow](overrides=overrides, params_file=args.params)
+    extra = {"force": True} if args.force else {}
+    if extra and args.flow != "training-pipeline":
+        raise SortflowError("--force applies to the training-pipeline flow only")
+    result = FLOWS[args.flow](overrides=overrides, params_file=args.params, **extra)
     print(result if isinstance(result, str) else json.dumps(result, indent=2, default=str))
     return 0
 
@@ -315,6 +353,11 @@ def _dataset_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("src", help="folder with one sub-folder of images per class")
     p.add_argument("dst", help="new ClsDataset folder")
     p.set_defaults(func=cmd_convert)
+    p = dataset.add_parser(
+        "add-reviewed", parents=[common], help="labelled images from a review (CSV or Label Studio JSON) -> dataset"
+    )
+    p.add_argument("file", help="review.csv with its label column filled in, or a Label Studio JSON export")
+    p.set_defaults(func=cmd_add_reviewed)
     p = dataset.add_parser("demo", help="write the bundled demo dataset (handwritten digits)")
     p.add_argument("dst", help="folder to create, e.g. data/")
     p.add_argument("--force", action="store_true", help="replace an existing folder")
@@ -343,6 +386,11 @@ def _release_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="export folder, models:/<name>@<alias>, or imagenet (default: output/export)")
     p.add_argument("--config", help="pipeline.yaml from get-pipeline-config")
     p.set_defaults(func=cmd_predict)
+    for name, func, text in (
+        ("monitor", cmd_monitor, "captured traffic vs the served version's reference: drift exits with 3"),
+        ("review", cmd_review, "a labelling queue from captured traffic: CSV, contact sheet, Label Studio tasks"),
+    ):
+        sub.add_parser(name, parents=[common], help=text).set_defaults(func=func)
     p = sub.add_parser(
         "get-pipeline-config", parents=[common], help="write pipeline.yaml for predict / create_pipeline"
     )
@@ -361,9 +409,10 @@ def _tool_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         "flow",
         nargs="?",
         default="training-pipeline",
-        choices=["training-pipeline", "data-check", "promote-and-serve"],
+        choices=["training-pipeline", "data-check", "promote-and-serve", "monitor"],
         help="flow to run (default training-pipeline)",
     )
+    p.add_argument("--force", action="store_true", help="training-pipeline: train even when the data is unchanged")
     p.set_defaults(func=cmd_run)
     for name, func, text in (
         ("deploy", cmd_deploy, "register the scheduled Prefect deployments and run them (serve)"),

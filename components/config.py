@@ -99,6 +99,25 @@ class ServeParams:
     http_port: int = 8000
     metrics_port: int = 8002
     workdir: str = "output/serve"
+    capture_rate: float = 0.0
+    capture_dir: str = "output/capture"
+    capture_max_mb: int = 1024
+
+
+@dataclass
+class MonitorParams:
+    window_hours: float = 24.0
+    min_samples: int = 100
+    alpha: float = 0.01
+    low_confidence: float = 0.5
+    max_undecodable_share: float = 0.01
+    output: str = "output/monitor"
+
+
+@dataclass
+class ReviewParams:
+    size: int = 100
+    output: str = "output/review"
 
 
 @dataclass
@@ -111,6 +130,7 @@ class MlflowParams:
 class DeployParams:
     training_cron: str = "0 2 * * *"
     data_check_cron: str = "0 * * * *"
+    monitor_cron: str = "30 * * * *"
     timezone: str = "UTC"
 
 
@@ -124,6 +144,8 @@ class Params:
     register: RegisterParams = field(default_factory=RegisterParams)
     publish: PublishParams = field(default_factory=PublishParams)
     serve: ServeParams = field(default_factory=ServeParams)
+    monitor: MonitorParams = field(default_factory=MonitorParams)
+    review: ReviewParams = field(default_factory=ReviewParams)
     mlflow: MlflowParams = field(default_factory=MlflowParams)
     deploy: DeployParams = field(default_factory=DeployParams)
 
@@ -194,7 +216,24 @@ def _validate(params: Params) -> None:
         raise ParamsError(f"train.crop_scale_min must be in (0, 1], got {t.crop_scale_min}")
     if not 0 <= t.label_smoothing < 1:
         raise ParamsError(f"train.label_smoothing must be in [0, 1), got {t.label_smoothing}")
+    _validate_monitoring(params)
     _validate_deploy(params.deploy)
+
+
+def _validate_monitoring(params: Params) -> None:
+    s, m = params.serve, params.monitor
+    if not 0 <= s.capture_rate <= 1:
+        raise ParamsError(f"serve.capture_rate must be in [0, 1] (0 = off, 1 = every request), got {s.capture_rate}")
+    if s.capture_max_mb < 1:
+        raise ParamsError(f"serve.capture_max_mb must be 1 or more, got {s.capture_max_mb}")
+    for key in ("alpha", "low_confidence", "max_undecodable_share"):
+        if not 0 < getattr(m, key) < 1:
+            raise ParamsError(f"monitor.{key} must be between 0 and 1, got {getattr(m, key)}")
+    if m.window_hours <= 0 or m.min_samples < 1 or params.review.size < 1:
+        raise ParamsError(
+            "monitor.window_hours must be above 0 and monitor.min_samples and review.size 1 or more, got "
+            f"{m.window_hours}, {m.min_samples} and {params.review.size}"
+        )
 
 
 def _validate_deploy(d: DeployParams) -> None:
@@ -206,7 +245,7 @@ def _validate_deploy(d: DeployParams) -> None:
         raise ParamsError(
             f"deploy.timezone: {d.timezone!r} is not an IANA time zone such as UTC or Europe/Berlin"
         ) from exc
-    for key in ("training_cron", "data_check_cron"):
+    for key in ("training_cron", "data_check_cron", "monitor_cron"):
         if len(getattr(d, key).split()) != 5:
             raise ParamsError(
                 f"deploy.{key}: {getattr(d, key)!r} is not a cron expression (minute hour day month weekday)"

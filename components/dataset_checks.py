@@ -410,27 +410,6 @@ def _examples(result: dict[str, Any], column: str, rows: dict[tuple[str, int], d
     return examples
 
 
-def _context(report_dir: Path) -> Any:
-    """An ephemeral GX context whose Data Docs site is `report_dir/data_docs` (not a random temp folder)."""
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    import great_expectations as gx
-
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = {"globally": False}
-    context.add_data_docs_site(
-        site_name="sortflow",
-        site_config={
-            "class_name": "SiteBuilder",
-            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-            "store_backend": {
-                "class_name": "TupleFilesystemStoreBackend",
-                "base_directory": str((report_dir / DATA_DOCS).resolve()),
-            },
-        },
-    )
-    return context
-
-
 def _found(meta: dict[str, Any], result: dict[str, Any]) -> str:
     """What a failed warning found, e.g. `2527 images are not 8-bit RGB (mode L)`."""
     if "found" not in meta:
@@ -470,10 +449,9 @@ def _example_rows(manifest: Manifest) -> dict[tuple[str, int], dict[str, Any]]:
 
 def run_suite(manifest: Manifest, min_image_size: int, report_dir: Path) -> list[CheckResult]:
     """Validate the manifest with GX; write the suite, the validation result and Data Docs to report_dir."""
-    import great_expectations as gx
+    from components.gx_report import build_docs, gx_context, validate
 
-    context = _context(report_dir)
-    source = context.data_sources.add_pandas("manifest")
+    context = gx_context(report_dir / DATA_DOCS)
     tables = {"files": manifest.files, "labels": manifest.labels, "images": manifest.images}
     rows = _example_rows(manifest)
     checks: list[CheckResult] = []
@@ -481,26 +459,11 @@ def run_suite(manifest: Manifest, min_image_size: int, report_dir: Path) -> list
     for table, expectations in _expectations(manifest, min_image_size).items():
         if tables[table].empty:
             continue  # nothing to validate: the files table already reports the missing or empty list
-        batch = source.add_dataframe_asset(table).add_batch_definition_whole_dataframe(table)
-        suite = context.suites.add(gx.ExpectationSuite(name=f"sortflow_{table}"))
-        for expectation in expectations:
-            suite.add_expectation(expectation)
+        suite, validations = validate(context, table, tables[table], expectations, ["list_file", "line"])
         suites.append(suite)
-        definition = context.validation_definitions.add(gx.ValidationDefinition(name=table, data=batch, suite=suite))
-        checkpoint = context.checkpoints.add(
-            gx.Checkpoint(
-                name=f"check_{table}",
-                validation_definitions=[definition],
-                result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["list_file", "line"]},
-            )
-        )
-        run = checkpoint.run(batch_parameters={"dataframe": tables[table]})
-        for validation in run.run_results.values():
-            as_json = validation.to_json_dict()
-            validation_json.append(as_json)
-            checks += [_check_result(r, table, rows) for r in as_json["results"]]
-    # One Data Docs build for all three tables (an UpdateDataDocsAction per checkpoint builds it three times).
-    context.build_data_docs(site_names=["sortflow"])
+        validation_json += validations
+        checks += [_check_result(r, table, rows) for v in validations for r in v["results"]]
+    build_docs(context)
     atomic_write_json(report_dir / "expectation_suite.json", [s.to_json_dict() for s in suites])
     atomic_write_json(report_dir / "validation_result.json", validation_json)
     return checks

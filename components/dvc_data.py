@@ -98,3 +98,18 @@ def dvc_md5(folder: str | Path) -> str | None:
         return None
     outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs") or [{}]
     return outs[0].get("md5") or None
+
+
+def add(folder: str | Path) -> Path | None:
+    """`dvc add` a folder that `<folder>.dvc` already tracks, so the .dvc file records its new content.
+
+    Returns the .dvc file, or None when the folder is not tracked. A failing `dvc add` is a ServiceError
+    naming what DVC said (it is the DVC cache or repository that failed, not the data).
+    """
+    dvc_file = dvc_file_for(folder)
+    if dvc_file is None:
+        return None
+    run = _dvc(["add", "--quiet", Path(folder).resolve().name], dvc_file.parent)
+    if run.returncode != 0:
+        raise ServiceError(f"dvc add {Path(folder).name} failed: {(run.stderr or run.stdout).strip()}")
+    return dvc_file

@@ -18,9 +18,11 @@ from components.config import Params
 from components.deployable import OPSET, Deployable, deployable_from_checkpoint, export_onnx
 from components.errors import SortflowError
 from components.fsutil import atomic_write_json, staged_dir
+from components.loader import read_split
 from components.metrics import accuracy_at_k
-from components.model_io import INPUT_NAME, INT8_FILE, LABELS_FILE, MODEL_FILE, OUTPUT_NAME, RESULT_FILE
+from components.model_io import INPUT_NAME, INT8_FILE, LABELS_FILE, MODEL_FILE, OUTPUT_NAME, PROFILE_FILE, RESULT_FILE
 from components.onnx_io import onnx_probabilities, onnx_session, raw_images
+from components.profiles import reference_profile
 from components.splitting import prepared_dataset
 
 log = logging.getLogger(__name__)
@@ -102,7 +104,8 @@ def export(params: Params) -> dict[str, Any]:
 
     Reads the checkpoint and the val images of the prepared dataset (split.output, else dataset.dir).
     Writes `export.output` whole or not at all: model.onnx, labels.txt, export_result.json (contract,
-    parity with torch, val top-1/top-5) and, with `export.quantize`, model.int8.onnx. Raises
+    parity with torch, val top-1/top-5), reference_profile.json (what normal traffic looks like: the val
+    set's predicted classes, confidences and image statistics) and, with `export.quantize`, model.int8.onnx. Raises
     SortflowError when the ONNX model disagrees with torch beyond `export.tolerance`.
     """
     weights = weights_path(params.export.weight_path, params.train.output)
@@ -124,6 +127,9 @@ def export(params: Params) -> dict[str, Any]:
             result["int8"] = _int8(stage, root, ckpt["data_config"], images, labels)
             result["int8"]["top1_change"] = result["int8"]["val_top1"] - result["val_top1"]
         (stage / LABELS_FILE).write_text("".join(f"{name}\n" for name in ckpt["label_names"]), encoding="utf-8")
+        paths = [s.path for s in read_split(root, "val")]
+        atomic_write_json(stage / PROFILE_FILE, reference_profile(paths, probabilities, ckpt["label_names"]))
+        result["reference_profile"] = PROFILE_FILE
         atomic_write_json(stage / RESULT_FILE, result)
     log.info(
         "Exported %s to %s: parity max diff %.1e on %d images, val top-1 %.4f",

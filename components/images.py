@@ -6,6 +6,7 @@ This module imports only Pillow, so process-pool workers that import it start fa
 from __future__ import annotations
 
 import hashlib
+import io
 from typing import Any
 
 import numpy as np
@@ -78,3 +79,43 @@ def draw_lines(image: Image.Image, lines: list[str], min_side: int = 224) -> Ima
         draw.text((6, y), line, fill=(255, 255, 255), font=font)
         y = bottom + 6
     return image
+
+
+STAT_SIZE = 128  # statistics are computed at this size, so that sharpness compares across resolutions
+STATS = ("brightness", "contrast", "colourfulness", "sharpness", "aspect")
+
+
+def image_stats(source: str | bytes) -> dict[str, Any]:
+    """What the monitor compares between reference and live images: format, size, aspect ratio, brightness
+    and contrast (mean and std of luma, 0-255), colourfulness (Hasler and Suesstrunk; 0 for grayscale) and
+    sharpness (mean absolute Laplacian at STAT_SIZE px). `decoded` false, with the error, for a file that
+    is not an image."""
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+            fmt, (width, height) = im.format, im.size
+            im.draft("RGB", (STAT_SIZE, STAT_SIZE))  # JPEG: decode at a reduced size directly (DCT scaling)
+            im = ImageOps.exif_transpose(im)
+            if (im.width > im.height) != (width > height):  # the EXIF orientation turned it
+                width, height = height, width
+            rgb = im.convert("RGB")
+    except Exception as exc:  # every decoder failure means the same thing here: not a usable image
+        return {"decoded": False, "error": f"{type(exc).__name__}: {exc}"}
+    rgb.thumbnail((STAT_SIZE, STAT_SIZE))
+    a = np.asarray(rgb, dtype=np.float32)
+    luma = a @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    rg, yb = a[..., 0] - a[..., 1], 0.5 * (a[..., 0] + a[..., 1]) - a[..., 2]
+    colourful = float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
+    inner = luma[1:-1, 1:-1]
+    laplacian = 4 * inner - luma[:-2, 1:-1] - luma[2:, 1:-1] - luma[1:-1, :-2] - luma[1:-1, 2:]
+    return {
+        "decoded": True,
+        "format": fmt,
+        "width": width,
+        "height": height,
+        "aspect": width / height,
+        "brightness": float(luma.mean()),
+        "contrast": float(luma.std()),
+        "colourfulness": colourful,
+        "sharpness": float(np.abs(laplacian).mean()) if laplacian.size else 0.0,
+        "grayscale": colourful < 1.0,
+    }

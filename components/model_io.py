@@ -14,6 +14,7 @@ MODEL_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 LABELS_FILE = "labels.txt"
 RESULT_FILE = "export_result.json"
+PROFILE_FILE = "reference_profile.json"  # what normal traffic looks like for this model (profiles.py)
 
 
 @dataclass(frozen=True)

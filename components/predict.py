@@ -134,16 +134,12 @@ def _load(item: Any) -> tuple[str, Any]:
 class _LocalModel:
     def __init__(self, model_dir: Path, device: str) -> None:
         from components.onnx_io import onnx_session
-        from components.registry import EXTRA, artifact_files
+        from components.registry import EXTRA, REQUIRED, artifact_files
 
-        # An export folder holds the three files side by side; a registry download keeps two in extra_files/.
-        files = (
-            artifact_files(model_dir)
-            if (model_dir / EXTRA).is_dir()
-            else {name: model_dir / name for name in (MODEL_FILE, LABELS_FILE, RESULT_FILE)}
-        )
-        for name, path in files.items():
-            if not path.is_file():
+        # An export folder holds the files side by side; a registry download keeps all but the model in extra_files/.
+        files = artifact_files(model_dir) if (model_dir / EXTRA).is_dir() else {n: model_dir / n for n in REQUIRED}
+        for name in REQUIRED:
+            if not files[name].is_file():
                 raise SortflowError(f"{model_dir}: no {name}; run `sortflow export` or pass another model")
         self.session = onnx_session(files[MODEL_FILE], device)
         self.labels = files[LABELS_FILE].read_text(encoding="utf-8").splitlines()

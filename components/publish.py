@@ -1,9 +1,9 @@
 """publish: the registry's champion into a Triton model repository (`publish.repo`), atomically.
 
-Writes the three models of `triton_config` (`<model>` with `labels.txt` and `<version>/model.onnx`,
-`<model>_preprocess` and the `<model>_bytes` ensemble). Every config is parsed with Triton's own
-protobuf schema before it is written. A version folder is built aside and renamed into
-place, so a running server never sees half a version.
+Writes the models of `triton_config`: `<model>` with `labels.txt` and `<version>/model.onnx` (and the
+version's reference profile beside it, for the monitor), and `<model>_bytes`, the encoded-image endpoint.
+Every config is parsed with Triton's own protobuf schema before it is written. A version folder is built
+aside and renamed into place, so a running server never sees half a version.
 """
 
 from __future__ import annotations
@@ -16,24 +16,25 @@ from typing import Any
 from components.config import Params
 from components.errors import SortflowError
 from components.fsutil import atomic_write_text, staged_dir
-from components.model_io import LABELS_FILE, MODEL_FILE, RESULT_FILE
-from components.registry import champion_version, downloaded
+from components.model_io import LABELS_FILE, MODEL_FILE, PROFILE_FILE, RESULT_FILE
+from components.registry import REFERENCE_PROFILE, champion_version, downloaded
 from components.triton_config import (
     BYTES,
-    PREPROCESS,
+    RETIRED,
+    Capture,
     ModelInfo,
+    bytes_config,
     check_labels,
     classifier_config,
-    ensemble_config,
     model_names,
     parse_config,
-    preprocess_config,
 )
 
 log = logging.getLogger(__name__)
 
 KEEP_VERSIONS = 2  # on disk, for a quick rollback; the server loads only the latest
 TEMPLATES = Path(__file__).parent / "triton_models"
+BYTES_MODEL_FILES = {"model.py": "classify_bytes.py", "preprocess.py": "preprocess.py", "capture.py": "capture.py"}
 
 
 def _write_config(path: Path, text: str) -> None:
@@ -51,23 +52,24 @@ def _place_version(model_dir: Path, version: int, files: dict[str, Path]) -> Non
         shutil.rmtree(model_dir / str(stale))
 
 
-def write_repository(repo: Path, info: ModelInfo, onnx_file: Path, params: Params) -> list[str]:
-    """The three models of one classifier; returns their names."""
-    publish = params.publish
+def write_repository(
+    repo: Path, info: ModelInfo, onnx_file: Path, params: Params, profile: Path | None = None
+) -> list[str]:
+    """The models of one classifier (and its reference profile beside the ONNX file); returns their names."""
+    publish, serve = params.publish, params.serve
     kind = "KIND_GPU" if publish.instance_kind.lower() == "gpu" else "KIND_CPU"
     model_dir = repo / info.name
     _write_config(model_dir / "config.pbtxt", classifier_config(info, publish.max_batch_size, kind, publish.instances))
     atomic_write_text(model_dir / LABELS_FILE, "".join(f"{label}\n" for label in info.labels))
-    _place_version(model_dir, info.version, {MODEL_FILE: onnx_file})
+    _place_version(model_dir, info.version, {MODEL_FILE: onnx_file, **({PROFILE_FILE: profile} if profile else {})})
 
-    pre_dir = repo / f"{info.name}{PREPROCESS}"
-    _write_config(pre_dir / "config.pbtxt", preprocess_config(info, publish.max_batch_size))
-    _place_version(pre_dir, 1, {"model.py": TEMPLATES / "preprocess.py"})
-
-    ens_dir = repo / f"{info.name}{BYTES}"
-    _write_config(ens_dir / "config.pbtxt", ensemble_config(info, publish.max_batch_size))
-    atomic_write_text(ens_dir / LABELS_FILE, "".join(f"{label}\n" for label in info.labels))
-    (ens_dir / "1").mkdir(exist_ok=True)  # an ensemble has no files, but Triton wants its version folder
+    bytes_dir = repo / f"{info.name}{BYTES}"
+    capture = Capture(serve.capture_rate, serve.capture_dir, serve.capture_max_mb)
+    _write_config(bytes_dir / "config.pbtxt", bytes_config(info, publish.max_batch_size, capture))
+    atomic_write_text(bytes_dir / LABELS_FILE, "".join(f"{label}\n" for label in info.labels))
+    _place_version(bytes_dir, 1, {name: TEMPLATES / src for name, src in BYTES_MODEL_FILES.items()})
+    for retired in RETIRED:  # an earlier release's model that nothing calls any more
+        shutil.rmtree(repo / f"{info.name}{retired}", ignore_errors=True)
     return model_names(info.name)
 
 
@@ -75,10 +77,10 @@ def publish(params: Params) -> dict[str, Any]:
     """Write the registry's champion of `register.model_name` into `publish.repo`.
 
     Reads the champion's files from the MLflow registry. Writes `<model>/` (config.pbtxt, labels.txt and
-    the registry version's folder with model.onnx), `<model>_preprocess/` and `<model>_bytes/`, each
-    version folder renamed into place whole. A running server is not touched: the caller reloads it
-    (`serve.reload_if_running`). Raises SortflowError when there is no champion or its files are
-    unusable, ServiceError when the MLflow store does not answer.
+    the registry version's folder with model.onnx and reference_profile.json) and `<model>_bytes/` (with
+    the capture settings of `serve.capture_*`), each version folder renamed into place whole. A running
+    server is not touched: the caller reloads it (`serve.reload_if_running`). Raises SortflowError when
+    there is no champion or its files are unusable, ServiceError when the MLflow store does not answer.
     """
     import json
 
@@ -95,7 +97,8 @@ def publish(params: Params) -> dict[str, Any]:
         check_labels(labels)
         export = json.loads(files[RESULT_FILE].read_text())
         info = _model_info(name, int(champion.version), files[MODEL_FILE], labels, champion.tags, export)
-        models = write_repository(repo, info, files[MODEL_FILE], params)
+        profile = files[REFERENCE_PROFILE] if files[REFERENCE_PROFILE].is_file() else None
+        models = write_repository(repo, info, files[MODEL_FILE], params, profile)
     log.info("Published %s version %s into %s", name, champion.version, repo)
     return {
         "model_name": name,

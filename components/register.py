@@ -19,7 +19,7 @@ from components.config import Params
 from components.digests import val_set_digest
 from components.errors import SortflowError
 from components.fsutil import atomic_write_json, file_digest
-from components.model_io import INPUT_NAME, LABELS_FILE, MODEL_FILE, RESULT_FILE
+from components.model_io import INPUT_NAME, LABELS_FILE, MODEL_FILE, PROFILE_FILE, RESULT_FILE
 from components.registry import CHALLENGER, CHAMPION, TRAIN_LIST, champion_version, downloaded
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,8 @@ def decide_promotion(
 
 
 def _save_mlflow_model(export_dir: Path, result: dict[str, Any], dst: Path, train_list: Path) -> None:
-    """The ONNX flavor with a signature, an input example, the labels, the export report and the train list."""
+    """The ONNX flavor with a signature, an input example, the labels, the export report, the train list and the
+    reference profile."""
     from importlib.metadata import version
 
     import mlflow.onnx
@@ -106,7 +107,11 @@ def _save_mlflow_model(export_dir: Path, result: dict[str, Any], dst: Path, trai
         signature=infer_signature({INPUT_NAME: example}, output),
         input_example={INPUT_NAME: example},
         onnx_execution_providers=["CPUExecutionProvider"],
-        extra_files=[str(export_dir / LABELS_FILE), str(export_dir / RESULT_FILE), str(train_list)],
+        extra_files=[
+            str(p)
+            for p in (export_dir / LABELS_FILE, export_dir / RESULT_FILE, train_list, export_dir / PROFILE_FILE)
+            if p.is_file()
+        ],
         save_as_external_data=False,
         # What serving the flavor needs, stated: MLflow would otherwise infer it in a subprocess (about 6 s).
         pip_requirements=[f"{name}=={version(name)}" for name in ("onnx", "onnxruntime", "numpy")],

@@ -1,7 +1,7 @@
 """The MLflow model registry as sortflow uses it: the files of a version, its aliases, and its download.
 
-A registered version is MLflow's ONNX flavor with `extra_files`: labels.txt, export_result.json and the
-train.txt it was trained on (versions registered before that lack train.txt).
+A registered version is MLflow's ONNX flavor with `extra_files`: labels.txt, export_result.json, the
+train.txt it was trained on and its reference profile (versions registered before these lack them).
 """
 
 from __future__ import annotations
@@ -13,23 +13,25 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from components.config import MlflowParams
+from components.config import MlflowParams, Params
 from components.errors import ServiceError, SortflowError
-from components.model_io import LABELS_FILE, MODEL_FILE, RESULT_FILE
+from components.model_io import LABELS_FILE, MODEL_FILE, PROFILE_FILE, RESULT_FILE
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 EXTRA = "extra_files"  # where MLflow's save_model puts extra_files
 TRAIN_LIST = "train.txt"  # kept with each version, so a later gate knows which images it trained on
+REFERENCE_PROFILE = PROFILE_FILE  # what normal traffic looks like for the version (earlier versions lack it)
 REQUIRED = (MODEL_FILE, LABELS_FILE, RESULT_FILE)
 
 
 def artifact_files(model_dir: Path) -> dict[str, Path]:
-    """model.onnx, labels.txt, export_result.json and train.txt of a downloaded registry version."""
+    """model.onnx, labels.txt, export_result.json, train.txt and the reference profile of a downloaded version."""
     return {
         MODEL_FILE: model_dir / MODEL_FILE,
         LABELS_FILE: model_dir / EXTRA / LABELS_FILE,
         RESULT_FILE: model_dir / EXTRA / RESULT_FILE,
         TRAIN_LIST: model_dir / EXTRA / TRAIN_LIST,
+        REFERENCE_PROFILE: model_dir / EXTRA / REFERENCE_PROFILE,
     }
 
 
@@ -76,3 +78,29 @@ def downloaded(params: MlflowParams, version: Any) -> Iterator[dict[str, Path]]:
         if missing:
             raise SortflowError(f"{where} lacks {', '.join(missing)} at {version.source}; register the model again")
         yield files
+
+
+def training_needed(params: Params) -> tuple[bool, str]:
+    """Whether `dataset.dir` holds data the champion was not trained on: its DVC hash against the champion's
+    lineage tag. True (with the reason) when there is no champion or the dataset is not tracked by DVC."""
+    from components import tracking
+    from components.dvc_data import dvc_md5
+
+    folder, name = params.dataset.dir, params.register.model_name
+    md5 = dvc_md5(folder)
+    if md5 is None:
+        return True, f"{folder} is not tracked by DVC, so it cannot tell what is new: training"
+    client, _ = tracking.client(params.mlflow)
+    champion = champion_version(client, name)
+    if champion is None:
+        return True, f"{name!r} has no champion yet: training"
+    trained_on = champion.tags.get("dataset_dvc_md5", "untracked")
+    if trained_on == md5:
+        return False, (
+            f"nothing new to train on: {folder} is DVC version {md5[:12]}, the data champion version "
+            f"{champion.version} was trained on"
+        )
+    return (
+        True,
+        f"{folder} changed since champion version {champion.version} was trained ({trained_on[:12]} -> {md5[:12]})",
+    )

@@ -29,7 +29,7 @@ from typing import Any
 from components.config import Params
 from components.errors import ServiceError, SortflowError
 from components.fsutil import atomic_write_json, staged_dir
-from components.triton_config import parse_config
+from components.triton_config import BYTES, parse_config
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +104,8 @@ def runtime_model(src: Path, dst: Path) -> None:
 
 def _models(repo: Path) -> list[str]:
     names = sorted(p.name for p in repo.iterdir() if (p / "config.pbtxt").is_file()) if repo.is_dir() else []
-    # Ensembles last: their steps must be loaded first.
-    return sorted(names, key=lambda n: "ensemble" in (repo / n / "config.pbtxt").read_text())
+    # The encoded-image models last: they call the classifiers.
+    return sorted(names, key=lambda n: n.endswith(BYTES))
 
 
 def _port_free(port: int) -> bool:

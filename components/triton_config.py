@@ -1,8 +1,9 @@
 """Triton model configs for a published classifier, and their parser (Triton's own protobuf schema).
 
-Three models per classifier: `<model>` (what a stock Triton serves directly: onnxruntime_onnx, an NCHW
-image in, probabilities out with labels for the classification extension), `<model>_preprocess` (a
-python-backend model that decodes an encoded image file) and `<model>_bytes` (the ensemble of the two).
+Two models per classifier: `<model>` (what a stock Triton serves directly: onnxruntime_onnx, an NCHW
+image in, probabilities out with labels for the classification extension) and `<model>_bytes` (a
+python-backend model that takes encoded image files, decodes them as evaluation does, calls `<model>`
+through BLS and, when asked, captures the traffic for monitoring).
 """
 
 from __future__ import annotations
@@ -13,8 +14,18 @@ from typing import Any
 from components.errors import SortflowError
 from components.model_io import INPUT_NAME, LABELS_FILE, OUTPUT_NAME
 
-PREPROCESS, BYTES = "_preprocess", "_bytes"
+BYTES = "_bytes"
 BYTES_INPUT = "image_bytes"
+RETIRED = ("_preprocess",)  # models of earlier releases that publish removes (the bytes model decodes itself)
+
+
+@dataclass(frozen=True)
+class Capture:
+    """Traffic capture of the bytes model (serve.capture_*): rate 0 is off."""
+
+    rate: float
+    folder: str
+    max_mb: int
 
 
 @dataclass(frozen=True)
@@ -29,8 +40,8 @@ class ModelInfo:
 
 
 def model_names(name: str) -> list[str]:
-    """The three Triton models of a classifier, in the order they must be loaded."""
-    return [name, f"{name}{PREPROCESS}", f"{name}{BYTES}"]
+    """The Triton models of a classifier, in the order they must be loaded."""
+    return [name, f"{name}{BYTES}"]
 
 
 def check_labels(labels: list[str]) -> None:
@@ -73,43 +84,28 @@ model_warmup [
 """
 
 
-def preprocess_config(info: ModelInfo, max_batch_size: int) -> str:
-    size = info.image_size
-    return f"""name: "{info.name}{PREPROCESS}"
-backend: "python"
-max_batch_size: {max_batch_size}
-input [ {{ name: "{BYTES_INPUT}" data_type: TYPE_STRING dims: [ 1 ] }} ]
-output [ {{ name: "{INPUT_NAME}" data_type: TYPE_FP32 dims: [ 3, {size}, {size} ] }} ]
-instance_group [ {{ count: 1 kind: KIND_CPU }} ]
-dynamic_batching {{ }}
-{_parameters({"image_size": str(size), "resize_size": str(info.resize_size), "interpolation": info.interpolation})}
-"""
-
-
-def ensemble_config(info: ModelInfo, max_batch_size: int) -> str:
+def bytes_config(info: ModelInfo, max_batch_size: int, capture: Capture) -> str:
+    """The encoded-image endpoint: one BYTES input (a file per item), the classifier's labelled output."""
+    values = {
+        "classifier": info.name,
+        "registry_version": str(info.version),
+        "image_size": str(info.image_size),
+        "resize_size": str(info.resize_size),
+        "interpolation": info.interpolation,
+        "capture_rate": f"{capture.rate:g}",
+        "capture_dir": capture.folder,
+        "capture_max_mb": str(capture.max_mb),
+    }
     return f"""name: "{info.name}{BYTES}"
-platform: "ensemble"
+backend: "python"
 max_batch_size: {max_batch_size}
 input [ {{ name: "{BYTES_INPUT}" data_type: TYPE_STRING dims: [ 1 ] }} ]
 output [
   {{ name: "{OUTPUT_NAME}" data_type: TYPE_FP32 dims: [ {len(info.labels)} ] label_filename: "{LABELS_FILE}" }}
 ]
-ensemble_scheduling {{
-  step [
-    {{
-      model_name: "{info.name}{PREPROCESS}"
-      model_version: -1
-      input_map {{ key: "{BYTES_INPUT}" value: "{BYTES_INPUT}" }}
-      output_map {{ key: "{INPUT_NAME}" value: "pixels" }}
-    }},
-    {{
-      model_name: "{info.name}"
-      model_version: -1
-      input_map {{ key: "{INPUT_NAME}" value: "pixels" }}
-      output_map {{ key: "{OUTPUT_NAME}" value: "{OUTPUT_NAME}" }}
-    }}
-  ]
-}}
+instance_group [ {{ count: 1 kind: KIND_CPU }} ]
+dynamic_batching {{ }}
+{_parameters(values)}
 """
 
 

@@ -1,8 +1,10 @@
 """The pipeline as Prefect 3 flows. Each task is a thin wrapper over one component; no logic lives here.
 
-Flows: `training-pipeline` (pull, check, split, train, evaluate, export, register, publish), `data-check`
-(pull, check) and `promote-and-serve` (publish the champion, (re)load it in Triton). Every flow takes
-`overrides` ({"train.epochs": 3}: params.yaml keys, as `-o` and `dvc exp run -S`) and `params_file`.
+Flows: `training-pipeline` (when the data changed, or with `force`: pull, check, split, train, evaluate,
+export, register, publish), `data-check` (pull, check), `promote-and-serve` (publish the champion, (re)load
+it in Triton) and `monitor` (captured traffic against the reference; drift emits the Prefect event
+`sortflow.monitor.drift`). Every flow takes `overrides` ({"train.epochs": 3}: params.yaml keys, as `-o`
+and `dvc exp run -S`) and `params_file`.
 """
 
 from __future__ import annotations
@@ -41,6 +43,16 @@ service_step = task(
 def resolve_params(params_file: str | None, overrides: dict[str, Any] | None) -> Params:
     """params.yaml plus the flow's overrides, validated before any step runs."""
     return load_params(params_file, [f"{key}={value}" for key, value in (overrides or {}).items()])
+
+
+@service_step(name="new-data")
+def new_data(params: Params) -> tuple[bool, str]:
+    """Whether the dataset's DVC version differs from the one the champion was trained on."""
+    from components.registry import training_needed
+
+    needed, reason = training_needed(params)
+    get_run_logger().info(reason)
+    return needed, reason
 
 
 @service_step(name="pull-data")
@@ -141,9 +153,15 @@ def _summary_artifact(params: Params, key: str) -> str:
 
 
 @flow(name="training-pipeline")
-def training_pipeline(overrides: dict[str, Any] | None = None, params_file: str | None = None) -> str:
-    """Pull the DVC data, check, split, train, evaluate, export, register and publish to Triton."""
+def training_pipeline(
+    overrides: dict[str, Any] | None = None, params_file: str | None = None, force: bool = False
+) -> str:
+    """When the data changed since the champion was trained (or with `force`): pull the DVC data, check,
+    split, train, evaluate, export, register and publish to Triton. Otherwise it ends at once."""
     params = resolve_params(params_file, overrides)
+    needed, reason = new_data(params)
+    if not needed and not force:
+        return reason
     pull_data(params)
     check(params)
     split(params)
@@ -175,4 +193,38 @@ def promote_and_serve(
     return _summary_artifact(params, "promote-and-serve-summary")
 
 
-FLOWS = {f.name: f for f in (training_pipeline, data_check, promote_and_serve)}
+@service_step(name="monitor-window")
+def monitor_window(params: Params) -> dict[str, Any]:
+    from components.monitor import monitor
+
+    return monitor(params)
+
+
+@flow(name="monitor")
+def monitor(overrides: dict[str, Any] | None = None, params_file: str | None = None) -> Any:
+    """Check the captured window for drift; the run's message says "drift" or "no drift", with a report artifact.
+
+    Drift also emits the event `sortflow.monitor.drift` (resource `sortflow.model.<name>`), for an automation.
+    """
+    from prefect.events import emit_event
+    from prefect.states import Completed
+
+    from components.monitor import format_result
+
+    params = resolve_params(params_file, overrides)
+    result = monitor_window(params)
+    text = format_result(result)
+    create_markdown_artifact(f"## monitor: {result['verdict']}\n\n```\n{text}\n```\n", key="monitor")
+    if result["drift"]:
+        emit_event(
+            event="sortflow.monitor.drift",
+            resource={
+                "prefect.resource.id": f"sortflow.model.{result['model']}",
+                "sortflow.version": result["version"],
+            },
+            payload={"verdict": result["verdict"], "checks": [c["check"] for c in result["checks"] if c["drift"]]},
+        )
+    return Completed(message=result["verdict"], data=result)
+
+
+FLOWS = {f.name: f for f in (training_pipeline, data_check, promote_and_serve, monitor)}

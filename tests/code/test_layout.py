@@ -25,6 +25,9 @@ STEPS = {
     "serve",
     "predict",
     "summary",
+    "monitor",
+    "review",
+    "add_reviewed",
 }
 ENTRY = {"cli"}
 

@@ -30,7 +30,8 @@ def _imports(module: str) -> set[str]:
         for node in ast.walk(ast.parse((ROOT / "components" / f"{name}.py").read_text())):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("components"):
                 parts = node.module.split(".")
-                todo += [parts[1]] if len(parts) > 1 else [a.name for a in node.names]
+                found = [parts[1]] if len(parts) > 1 else [a.name for a in node.names]
+                todo += [m for m in found if m != "triton_models"]  # a folder: the publish stage's dep as a whole
     return seen
 
 

@@ -53,7 +53,7 @@ def test_dvc_and_prefect_paths_agree(dvc_project: tuple[Path, str, Path], flow_p
         assert left.get("metrics") == right.get("metrics")
         assert left.get("val_top1") == right.get("val_top1")
     assert (a / "output/split/train.txt").read_bytes() == (b / "output/split/train.txt").read_bytes()
-    for model in (MODEL, f"{MODEL}_preprocess", f"{MODEL}_bytes"):
+    for model in (MODEL, f"{MODEL}_bytes"):
         left, right = (parse_config((p / "triton_repo" / model / "config.pbtxt").read_text(), model) for p in (a, b))
         for config in (left, right):
             if "mlflow_run_id" in config.parameters:
@@ -108,7 +108,7 @@ def test_promote_and_serve_loads_the_champion_in_triton(flow_project: tuple[Path
             ["sortflow", "serve", "--status", *ports], cwd=project, env=command_env(), capture_output=True, text=True
         )
         state = json.loads(status.stdout)
-        assert set(state["models"]) == {MODEL, f"{MODEL}_preprocess", f"{MODEL}_bytes"}
+        assert set(state["models"]) == {MODEL, f"{MODEL}_bytes"}
         predicted = sh(
             ["sortflow", "predict", "--triton", f"127.0.0.1:{grpc}", "--input", "data/images/glass/glass_0.jpg"],
             project,

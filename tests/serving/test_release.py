@@ -107,11 +107,18 @@ def test_config_parses_with_tritons_schema(release: Release) -> None:
     assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
     assert config.parameters["registry_version"].string_value == "1"
     assert len(config.parameters["mlflow_run_id"].string_value) == 32
-    ensemble = text_format.Parse(
+    encoded = text_format.Parse(
         (repo / "sortflow-classifier_bytes/config.pbtxt").read_text(), model_config_pb2.ModelConfig()
     )
-    assert ensemble.platform == "ensemble" and ensemble.input[0].data_type == model_config_pb2.TYPE_STRING
+    assert encoded.backend == "python" and encoded.input[0].data_type == model_config_pb2.TYPE_STRING
+    assert encoded.output[0].label_filename == "labels.txt"
+    assert encoded.parameters["classifier"].string_value == "sortflow-classifier"
+    assert encoded.parameters["capture_rate"].string_value == "0"  # capture is off unless asked for
+    assert {p.name for p in (repo / "sortflow-classifier_bytes/1").iterdir()} >= {"model.py", "preprocess.py", "capture.py"}
     assert (repo / "sortflow-classifier/1/model.onnx").is_file()
+    profile = json.loads((repo / "sortflow-classifier/1/reference_profile.json").read_text())
+    assert profile["labels"] == ["glass", "metal", "paper"] and profile["images"] == 9
+    assert len(profile["confidence"]) == 9 and len(profile["stats"]["brightness"]) == 9
     assert (repo / "sortflow-classifier/labels.txt").read_text().splitlines() == ["glass", "metal", "paper"]
 
 
@@ -188,7 +195,7 @@ def test_classification_extension_returns_our_labels(release: Release, server: d
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
-def test_bytes_ensemble_classifies_encoded_files(release: Release, server: dict, fmt: str, tmp_path: Path) -> None:
+def test_bytes_model_classifies_encoded_files(release: Release, server: dict, fmt: str, tmp_path: Path) -> None:
     import tritonclient.grpc as grpcclient
     from PIL import Image
 

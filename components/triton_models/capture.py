@@ -1,0 +1,148 @@
+"""Traffic capture for the encoded-image endpoint: sampled requests written to a bounded folder, off the request path.
+
+Layout of the capture folder (`serve.capture_dir`):
+    images/<sha[:2]>/<sha>.<ext>    each distinct image file once (sha: BLAKE2b-128 of its bytes)
+    records/<YYYYMMDD-HH>.jsonl     one JSON line per sampled request (UTC hour of the request)
+
+A record: time (Unix seconds), model, version, sha, ext, bytes, decoded (false: the image did not decode,
+with its error) and top: [[class index, probability], ...] (the five highest, best first).
+
+The request thread only samples and queues; a background thread hashes and writes. A full queue, a full
+disk, a missing folder or any write error drops the sample and counts it; the first failure is logged.
+Past `max_bytes` the least recently seen images go first, then the oldest record files. Imports only the
+standard library, so it runs in any Triton python backend.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import random
+import threading
+import time
+from pathlib import Path
+
+IMAGES, RECORDS = "images", "records"
+TOP_K = 5
+QUEUE_SIZE = 512
+MAGIC = (
+    (b"\xff\xd8\xff", "jpg"),
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"GIF8", "gif"),
+    (b"BM", "bmp"),
+    (b"II*\x00", "tif"),
+    (b"MM\x00*", "tif"),
+)
+
+
+def sniff_ext(data: bytes) -> str:
+    """The file extension for an encoded image, from its first bytes (WebP: RIFF....WEBP)."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return next((ext for magic, ext in MAGIC if data.startswith(magic)), "bin")
+
+
+def content_hash(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def image_path(root: Path, sha: str, ext: str) -> Path:
+    return root / IMAGES / sha[:2] / f"{sha}.{ext}"
+
+
+def record_file(root: Path, when: float) -> Path:
+    return root / RECORDS / f"{time.strftime('%Y%m%d-%H', time.gmtime(when))}.jsonl"
+
+
+def top_k(probabilities: list[float]) -> list[list[float]]:
+    order = sorted(range(len(probabilities)), key=lambda i: -probabilities[i])[:TOP_K]
+    return [[i, round(float(probabilities[i]), 6)] for i in order]
+
+
+class Capture:
+    """Samples requests at `rate` and writes them to `root` in a background thread."""
+
+    def __init__(self, root: str, rate: float, max_bytes: int, model: str, version: str) -> None:
+        self.root, self.rate, self.max_bytes = Path(root), rate, max_bytes
+        self.model, self.version = model, version
+        self.captured = self.dropped = 0
+        self.failure: str | None = None  # the first failure, for the server log (read and cleared by the model)
+        self._failed = False
+        self._lock = threading.Lock()
+        self._queue: queue.Queue = queue.Queue(QUEUE_SIZE)
+        self._used = None  # bytes in the folder, counted on the first write
+        if rate > 0:
+            try:
+                (self.root / IMAGES).mkdir(parents=True, exist_ok=True)
+                (self.root / RECORDS).mkdir(exist_ok=True)
+            except OSError as exc:
+                self._fail(exc)
+            threading.Thread(target=self._run, name="sortflow-capture", daemon=True).start()
+
+    def submit(self, data: bytes, probabilities: list[float] | None, error: str | None = None) -> None:
+        """Sample one request: never blocks, never raises."""
+        if self.rate <= 0 or random.random() >= self.rate:
+            return
+        try:
+            self._queue.put_nowait((time.time(), data, probabilities, error))
+        except queue.Full:
+            self._count("dropped")
+
+    def _count(self, outcome: str) -> None:
+        with self._lock:
+            setattr(self, outcome, getattr(self, outcome) + 1)
+
+    def _fail(self, exc: BaseException) -> None:
+        self._count("dropped")
+        if not self._failed:
+            self._failed = True
+            self.failure = f"sortflow capture: sample dropped ({exc}); later failures are counted, not logged"
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                self._write(*item)
+                self._count("captured")
+            except Exception as exc:  # whatever went wrong, the sample goes and serving goes on
+                self._fail(exc)
+
+    def _write(self, when: float, data: bytes, probabilities: list[float] | None, error: str | None) -> None:
+        sha, ext = content_hash(data), sniff_ext(data)
+        path = image_path(self.root, sha, ext)
+        if path.exists():
+            os.utime(path)  # recently seen: evicted last
+        else:
+            path.parent.mkdir(exist_ok=True)  # not parents: a removed capture folder is not silently recreated
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+            self._grow(len(data))
+        record = {"time": round(when, 3), "model": self.model, "version": self.version, "sha": sha, "ext": ext}
+        record.update(bytes=len(data), decoded=error is None)
+        record.update({"top": top_k(probabilities)} if probabilities is not None else {"error": error})
+        line = json.dumps(record, separators=(",", ":")) + "\n"
+        with open(record_file(self.root, when), "a", encoding="utf-8") as f:
+            f.write(line)
+        self._grow(len(line))
+
+    def _grow(self, size: int) -> None:
+        if self._used is None:
+            self._used = sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
+        self._used += size
+        if self._used > self.max_bytes:
+            self._evict()
+
+    def _evict(self) -> None:
+        """Down to 90% of the budget: least recently seen images first, then the oldest record files."""
+        target = int(self.max_bytes * 0.9)
+        images = sorted((p.stat().st_mtime, p) for p in (self.root / IMAGES).rglob("*.*") if p.is_file())
+        records = sorted((p.name, p) for p in (self.root / RECORDS).glob("*.jsonl"))
+        for _, path in [*images, *records[:-1]]:  # the record file being written stays
+            if self._used <= target:
+                break
+            size = path.stat().st_size
+            path.unlink()
+            self._used -= size

@@ -1,0 +1,110 @@
+"""Triton python-backend model `<model>_bytes`: encoded image files (JPEG/PNG bytes) in, class probabilities out.
+
+Each file is decoded and resized as sortflow evaluates (`preprocess.py`), the pixels of all the requests
+of a dynamic batch go to the classifier `<model>` in one BLS call, and, with capture on, the requests are
+sampled into the capture folder (`capture.py`): the bytes, the served version and the top-k
+probabilities, or the decoding error. Its parameters come from config.pbtxt.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from capture import Capture
+from preprocess import preprocess
+
+INPUT, PIXELS, OUTPUT = "image_bytes", "image", "probabilities"
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        import triton_python_backend_utils as pb_utils
+
+        config = json.loads(args["model_config"])
+        p = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        self.size, self.resize, self.interpolation = int(p["image_size"]), int(p["resize_size"]), p["interpolation"]
+        self.classifier = p["classifier"]
+        self.capture = Capture(
+            p.get("capture_dir", ""),
+            float(p.get("capture_rate", "0")),
+            int(float(p.get("capture_max_mb", "1024")) * 1024 * 1024),
+            self.classifier,
+            p.get("registry_version", ""),
+        )
+        family = pb_utils.MetricFamily(
+            name="sortflow_capture_samples_total",
+            description="Requests sampled by sortflow's traffic capture, by outcome",
+            kind=pb_utils.MetricFamily.COUNTER,
+        )
+        self.family = family  # metrics must not outlive their family
+        self.metrics = {
+            outcome: family.Metric(labels={"model": self.classifier, "outcome": outcome})
+            for outcome in ("captured", "dropped")
+        }
+        self.reported = {"captured": 0, "dropped": 0}
+
+    def _decode(self, encoded: np.ndarray) -> np.ndarray:
+        return np.stack([preprocess(bytes(item[0]), self.size, self.resize, self.interpolation) for item in encoded])
+
+    def _classify(self, pixels: np.ndarray) -> np.ndarray:
+        import triton_python_backend_utils as pb_utils
+
+        request = pb_utils.InferenceRequest(
+            model_name=self.classifier,
+            requested_output_names=[OUTPUT],
+            inputs=[pb_utils.Tensor(PIXELS, pixels.astype(np.float32))],
+        )
+        response = request.exec()
+        if response.has_error():
+            raise RuntimeError(f"{self.classifier}: {response.error().message()}")
+        return pb_utils.get_output_tensor_by_name(response, OUTPUT).as_numpy()
+
+    def execute(self, requests: list) -> list:
+        import triton_python_backend_utils as pb_utils
+
+        encoded = [pb_utils.get_input_tensor_by_name(r, INPUT).as_numpy() for r in requests]
+        pixels: list[np.ndarray | None] = []
+        errors: list[str | None] = []
+        for batch in encoded:
+            try:
+                pixels.append(self._decode(batch))
+                errors.append(None)
+            except Exception as exc:  # a file that is not an image fails its own request, not the server
+                pixels.append(None)
+                errors.append(f"cannot decode image: {exc}")
+        decoded = [p for p in pixels if p is not None]
+        try:
+            scores = self._classify(np.concatenate(decoded)) if decoded else np.empty((0, 0), np.float32)
+        except Exception as exc:  # the classifier failed: every request of the batch answers with its error
+            return [pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))) for _ in requests]
+        probabilities = iter(np.split(scores, np.cumsum([len(p) for p in decoded])[:-1]))
+        responses = []
+        for batch, error in zip(encoded, errors, strict=True):
+            if error is not None:
+                for item in batch:
+                    self.capture.submit(bytes(item[0]), None, error)
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(error)))
+                continue
+            out = next(probabilities)
+            for item, row in zip(batch, out, strict=True):
+                self.capture.submit(bytes(item[0]), row.tolist())
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(OUTPUT, out)]))
+        self._report()
+        return responses
+
+    def _report(self) -> None:
+        """Custom metrics on the metrics port, and the capture's first failure in the server log.
+
+        Both from the request thread: the capture thread only counts (the backend's calls are not for threads).
+        """
+        import triton_python_backend_utils as pb_utils
+
+        if self.capture.failure is not None:
+            pb_utils.Logger.log_warn(self.capture.failure)
+            self.capture.failure = None
+        for outcome in ("captured", "dropped"):
+            now = getattr(self.capture, outcome)
+            if now > self.reported[outcome]:
+                self.metrics[outcome].increment(now - self.reported[outcome])
+                self.reported[outcome] = now

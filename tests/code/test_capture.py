@@ -1,0 +1,92 @@
+"""Traffic capture off the request path: images once per content, records per hour, a bounded folder, and
+failures that drop and count samples instead of raising; then the folder read back, bad records counted."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from components.capture_store import read_window
+from components.errors import SortflowError
+from components.triton_models.capture import IMAGES, RECORDS, Capture, sniff_ext
+
+JPEG = b"\xff\xd8\xff\xe0" + b"x" * 1000
+
+
+def _drain(capture: Capture, expected: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while capture.captured + capture.dropped < expected:
+        assert time.monotonic() < deadline, (capture.captured, capture.dropped)
+        time.sleep(0.01)
+
+
+def test_each_image_is_stored_once_and_each_request_recorded(tmp_path: Path) -> None:
+    capture = Capture(str(tmp_path / "cap"), 1.0, 10 * 1024 * 1024, "m", "3")
+    capture.submit(JPEG, [0.1, 0.7, 0.2])
+    capture.submit(JPEG, [0.1, 0.7, 0.2])
+    capture.submit(b"garbage", None, "cannot decode image: nope")
+    _drain(capture, 3)
+    assert capture.captured == 3 and capture.dropped == 0 and capture.failure is None
+    images = sorted(p.suffix for p in (tmp_path / "cap" / IMAGES).rglob("*.*"))
+    assert images == [".bin", ".jpg"]
+    window = read_window(tmp_path / "cap", hours=1)
+    assert [s.decoded for s in window.samples] == [True, True, False]
+    first = window.samples[0]
+    assert (first.model, first.version, first.label, first.confidence) == ("m", "3", 1, 0.7)
+    assert first.path.read_bytes() == JPEG and window.samples[2].error == "cannot decode image: nope"
+
+
+def test_sampling_rate_and_formats() -> None:
+    capture = Capture("/nonexistent-unused", 0.0, 1024, "m", "1")
+    capture.submit(JPEG, [1.0])
+    assert capture.captured == capture.dropped == 0  # rate 0: off, nothing queued, no thread
+    assert [sniff_ext(b) for b in (JPEG, b"\x89PNG\r\n\x1a\nxx", b"RIFF1234WEBPxx", b"BMxx", b"??")] == [
+        "jpg",
+        "png",
+        "webp",
+        "bmp",
+        "bin",
+    ]
+
+
+def test_folder_stays_under_its_budget_oldest_images_first(tmp_path: Path) -> None:
+    capture = Capture(str(tmp_path / "cap"), 1.0, 20_000, "m", "1")
+    for i in range(40):
+        capture.submit(JPEG + bytes([i]) * 1000, [1.0])
+        _drain(capture, i + 1)
+    size = sum(p.stat().st_size for p in (tmp_path / "cap").rglob("*") if p.is_file())
+    assert size <= 20_000
+    kept = {p.read_bytes()[-1] for p in (tmp_path / "cap" / IMAGES).rglob("*.jpg")}
+    assert kept and min(kept) > 20 and 39 in kept  # the newest stay, the oldest went
+    assert len(read_window(tmp_path / "cap", hours=1).samples) == 40  # records of evicted images remain
+
+
+def test_a_folder_that_goes_away_drops_and_counts_and_logs_once(tmp_path: Path) -> None:
+    capture = Capture(str(tmp_path / "cap"), 1.0, 10**6, "m", "1")
+    for path in [*sorted((tmp_path / "cap").rglob("*"), reverse=True), tmp_path / "cap"]:
+        path.rmdir()
+    for i in range(3):
+        capture.submit(JPEG + bytes([i]), [1.0])  # never raises
+    _drain(capture, 3)
+    assert capture.dropped == 3 and capture.captured == 0
+    assert "sortflow capture: sample dropped" in capture.failure and "counted, not logged" in capture.failure
+    assert not (tmp_path / "cap").exists()  # not silently recreated
+
+
+def test_reading_a_missing_empty_or_corrupt_capture_folder(tmp_path: Path) -> None:
+    with pytest.raises(SortflowError, match=r"no captured traffic \(serve.capture_dir\); turn capture on"):
+        read_window(tmp_path / "nothing", hours=1)
+    (tmp_path / "cap" / RECORDS).mkdir(parents=True)
+    assert read_window(tmp_path / "cap", hours=1).samples == []
+    hour = time.strftime("%Y%m%d-%H", time.gmtime())
+    good = {"time": time.time(), "model": "m", "version": "1", "sha": "ab" * 16, "ext": "jpg", "decoded": True}
+    lines = [json.dumps({**good, "top": [[0, 0.9]]}), '{"time": 1, "trunc', json.dumps(good), "[]"]
+    (tmp_path / "cap" / RECORDS / f"{hour}.jsonl").write_text("\n".join(lines) + "\n")
+    window = read_window(tmp_path / "cap", hours=1)
+    assert len(window.samples) == 1 and window.skipped == 3
+    assert window.skipped_example.endswith(
+        f"{hour}.jsonl:2 (Unterminated string starting at: line 1 column 13 (char 12))"
+    )

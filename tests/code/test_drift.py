@@ -1,0 +1,78 @@
+"""The drift statistics on synthetic inputs with known answers, and the image statistics they compare."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image, ImageEnhance, ImageFilter
+
+from components import drift
+from components.images import image_stats
+
+
+def test_class_mix_matches_scipy_and_sees_a_dominant_class() -> None:
+    from scipy.stats import chisquare
+
+    reference = [0] * 50 + [1] * 30 + [2] * 20
+    same = [0] * 100 + [1] * 60 + [2] * 40
+    stat, p = drift.class_mix(same, reference, 3)
+    expected = (np.array([50, 30, 20]) + 0.5) / 101.5 * 200
+    assert (stat, p) == pytest.approx(tuple(chisquare([100, 60, 40], expected)))
+    assert p > 0.9
+    _, p_dominant = drift.class_mix([2] * 160 + [0] * 40, reference, 3)
+    assert p_dominant < 1e-10
+    # A class the reference never predicted still has a finite expectation: no division by zero.
+    _, p_new = drift.class_mix([3] * 5 + [0] * 95, reference, 4)
+    assert 0 <= p_new < 1e-6
+
+
+def test_two_sample_separates_shifted_distributions_only() -> None:
+    rng = np.random.default_rng(0)
+    reference = rng.normal(120, 30, 500)
+    _, p_same = drift.two_sample(rng.normal(120, 30, 200), reference)
+    stat, p_dark = drift.two_sample(rng.normal(70, 30, 200), reference)
+    assert p_same > 0.01 and p_dark < 1e-12 and stat > 0.5
+    assert drift.two_sample([], reference) == (0.0, 1.0)
+
+
+def test_share_above_is_a_one_sided_binomial_test() -> None:
+    from scipy.stats import binomtest
+
+    share, p = drift.share_above(30, 100, 0.1)
+    assert share == 0.3 and p == pytest.approx(binomtest(30, 100, 0.1, alternative="greater").pvalue)
+    assert drift.share_above(5, 100, 0.1)[1] > 0.9  # below the reference is not drift
+    assert drift.share_above(0, 0, 0.1) == (0.0, 1.0)
+    assert drift.share_above(5, 100, 0.0)[1] < 0.001  # a reference share of 0 still allows a test
+
+
+def test_findings_hold_each_test_to_its_share_of_alpha() -> None:
+    found = drift.findings({"a": (1.0, 0.004, ""), "b": (1.0, 0.006, ""), "c": (1.0, 0.5, "")}, alpha=0.015)
+    assert [f.threshold for f in found] == pytest.approx([0.005] * 3)
+    assert [f.drift for f in found] == [True, False, False]
+
+
+def _jpeg(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def test_image_stats_see_darker_grayscale_and_blurred_photos() -> None:
+    from skimage import data
+
+    photo = Image.fromarray(data.astronaut())
+    base = image_stats(_jpeg(photo))
+    assert base["decoded"] and base["format"] == "JPEG" and (base["width"], base["height"]) == (512, 512)
+    assert base["colourfulness"] > 20 and not base["grayscale"]
+    dark = image_stats(_jpeg(ImageEnhance.Brightness(photo).enhance(0.5)))
+    assert dark["brightness"] < 0.6 * base["brightness"]
+    gray = image_stats(_jpeg(photo.convert("L")))
+    assert gray["grayscale"] and gray["colourfulness"] < 1
+    blurred = image_stats(_jpeg(photo.filter(ImageFilter.GaussianBlur(4))))
+    assert blurred["sharpness"] < 0.5 * base["sharpness"]
+    wide = image_stats(_jpeg(photo.resize((400, 100))))
+    assert wide["aspect"] == pytest.approx(4.0)
+    broken = image_stats(b"not an image")
+    assert broken["decoded"] is False and "UnidentifiedImageError" in broken["error"]
