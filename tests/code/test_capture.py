@@ -90,3 +90,18 @@ def test_reading_a_missing_empty_or_corrupt_capture_folder(tmp_path: Path) -> No
     assert window.skipped_example.endswith(
         f"{hour}.jsonl:2 (Unterminated string starting at: line 1 column 13 (char 12))"
     )
+
+
+def test_monitor_without_enough_captured_traffic_says_what_to_do(run_cli, tmp_path: Path) -> None:
+    code, _, err = run_cli("monitor", "-o", f"serve.capture_dir={tmp_path / 'none'}")
+    assert code == 2 and "no captured traffic (serve.capture_dir)" in err and "Traceback" not in err
+    capture = Capture(str(tmp_path / "cap"), 1.0, 10**6, "m", "1")
+    for i in range(3):
+        capture.submit(JPEG + bytes([i]), [0.2, 0.8])
+    _drain(capture, 3)
+    code, _, err = run_cli("monitor", "-o", f"serve.capture_dir={tmp_path / 'cap'}")
+    assert code == 2 and "only 3 captured requests of version 1 in the last 24 h; monitor.min_samples is 100" in err
+    empty = tmp_path / "empty"
+    (empty / RECORDS).mkdir(parents=True)
+    code, _, err = run_cli("monitor", "-o", f"serve.capture_dir={empty}")
+    assert code == 2 and "no captured requests in the last 24 h" in err

@@ -114,7 +114,8 @@ def test_config_parses_with_tritons_schema(release: Release) -> None:
     assert encoded.output[0].label_filename == "labels.txt"
     assert encoded.parameters["classifier"].string_value == "sortflow-classifier"
     assert encoded.parameters["capture_rate"].string_value == "0"  # capture is off unless asked for
-    assert {p.name for p in (repo / "sortflow-classifier_bytes/1").iterdir()} >= {"model.py", "preprocess.py", "capture.py"}
+    files = {p.name for p in (repo / "sortflow-classifier_bytes/1").iterdir()}
+    assert files >= {"model.py", "preprocess.py", "capture.py"}
     assert (repo / "sortflow-classifier/1/model.onnx").is_file()
     profile = json.loads((repo / "sortflow-classifier/1/reference_profile.json").read_text())
     assert profile["labels"] == ["glass", "metal", "paper"] and profile["images"] == 9

@@ -1,0 +1,166 @@
+"""The loop from served traffic back to training, for real: a Triton server capturing requests, the monitor,
+the review queue in a browser, labels back into the DVC-tracked dataset, and a retraining that only happens
+when the data changed, served without a restart."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image, ImageEnhance
+
+from tests.helpers import free_port
+from tests.orchestration.conftest import command_env, project_copy, sh
+
+MODEL = "sortflow-classifier"
+# Capture every request; a window of 20 requests is enough for these tiny tests; every new version is promoted.
+LOOP = ("serve.capture_rate=1", "monitor.min_samples=20", "register.min_improvement=-1", "review.size=40")
+REPEAT = 5  # each val image is sent this many times
+
+
+def browser() -> str:
+    found = shutil.which("chromium-headless-shell") or shutil.which("chromium")
+    assert found, "headless Chromium is missing: `make test` installs it (apt-get install chromium-headless-shell)"
+    return found
+
+
+def send(http_port: int, files: list[bytes]) -> None:
+    """Each encoded file to the bytes endpoint, one request each, as a camera would."""
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}")
+    for data in files:
+        tensor = httpclient.InferInput("image_bytes", [1, 1], "BYTES")
+        tensor.set_data_from_numpy(np.array([[data]], dtype=object))
+        client.infer(f"{MODEL}_bytes", [tensor])
+
+
+def darker(path: Path) -> bytes:
+    buffer = io.BytesIO()
+    ImageEnhance.Brightness(Image.open(path).convert("RGB")).enhance(0.35).save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def monitor(project: Path, *extra: str) -> tuple[int, str, dict]:
+    run = subprocess.run(
+        [str(Path(sys.executable).parent / "sortflow"), "monitor", *extra],
+        cwd=project,
+        env=command_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return (
+        run.returncode,
+        run.stdout + run.stderr,
+        json.loads((project / "output/monitor/monitor_result.json").read_text()),
+    )
+
+
+def window_since(start: float) -> str:
+    return f"monitor.window_hours={(time.time() - start + 2) / 3600:.6f}"
+
+
+def check_contact_sheet(sheet: Path, images: int, tmp_path: Path) -> None:
+    """Open the contact sheet in headless Chromium: a screenshot, and every thumbnail loaded."""
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--window-size=1200,900"]
+    shot = tmp_path / "sheet.png"
+    subprocess.run([browser(), *flags, f"--screenshot={shot}", sheet.as_uri()], capture_output=True, timeout=120)
+    with Image.open(shot) as image:
+        assert image.size == (1200, 900) and len(image.convert("RGB").getcolors(1 << 20)) > 50  # not a blank page
+    dom = subprocess.run(
+        [browser(), *flags, "--dump-dom", sheet.as_uri()], capture_output=True, text=True, timeout=120
+    ).stdout
+    assert f'data-thumbnails="{images}"' in dom, dom[-2000:]
+
+
+@pytest.mark.slow
+def test_loop_from_served_traffic_back_to_training(tmp_path: Path, prefect_server: str) -> None:
+    ports = {key: free_port() for key in ("grpc_port", "http_port", "metrics_port")}
+    project = project_copy(tmp_path / "project", *LOOP, *(f"serve.{k}={v}" for k, v in ports.items()))
+    first = sh(["sortflow", "run"], project, PREFECT_API_URL=prefect_server)
+    assert "has no champion yet: training" in first
+    val = [
+        (project / "output/split" / line.rsplit(" ", 1)[0])
+        for line in (project / "output/split/val.txt").read_text().splitlines()
+    ]
+    labels = (project / "output/split/label.txt").read_text().split()[1::2]
+    truth = {
+        p.name: labels[int(line.rsplit(" ", 1)[1])]
+        for p, line in zip(val, (project / "output/split/val.txt").read_text().splitlines(), strict=True)
+    }
+    sh(["sortflow", "serve"], project)
+    try:
+        # Ordinary traffic: the val images themselves. No drift.
+        send(ports["http_port"], [p.read_bytes() for p in val] * REPEAT)
+        code, printed, result = monitor(project)
+        assert code == 0, printed
+        assert result["verdict"] == "no drift" and result["window"]["samples"] == len(val) * REPEAT
+        assert result["triton"]["sortflow_capture_samples_total"][f"{MODEL}:captured"] >= len(val) * REPEAT - 1
+
+        # Darker photos (a new camera): drift, exit 3, and the brightness test says so.
+        start = time.time()
+        shifted = {p.name: darker(p) for p in val}
+        send(ports["http_port"], list(shifted.values()) * REPEAT)
+        code, printed, result = monitor(project, "-o", window_since(start))
+        assert code == 3, printed
+        assert (
+            "drift in" in result["verdict"] and next(c for c in result["checks"] if c["check"] == "brightness")["drift"]
+        )
+        assert (project / "output/monitor/monitor.png").is_file() and (
+            project / "output/monitor/data_docs/index.html"
+        ).is_file()
+
+        # The review queue: each shifted image once, in a contact sheet that a browser shows.
+        sh(["sortflow", "review", "-o", window_since(start)], project)
+        queue = project / "output/review/review.csv"
+        rows = list(csv.DictReader(queue.open()))
+        assert len(rows) == len(val) and all(r["label"] == "" for r in rows)
+        check_contact_sheet(project / "output/review/index.html", len(val), tmp_path)
+        tasks = json.loads((project / "output/review/label_studio_tasks.json").read_text())
+        assert len(tasks) == len(val) and tasks[0]["predictions"][0]["result"][0]["value"]["choices"]
+
+        # A person labels them (here: the ground truth), and they become a new data version.
+        by_hash = {hashlib.blake2b(data, digest_size=16).hexdigest(): truth[name] for name, data in shifted.items()}
+        for row in rows:
+            row["label"] = by_hash[Path(row["file"]).stem]
+        with queue.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        before = yaml.safe_load((project / "data.dvc").read_text())["outs"][0]["md5"]
+        added = sh(["sortflow", "dataset", "add-reviewed", str(queue)], project)
+        assert f"Added {len(val)} reviewed images" in added
+        assert yaml.safe_load((project / "data.dvc").read_text())["outs"][0]["md5"] != before
+
+        # The data changed: the pipeline trains, registers, publishes, and the running server loads the new version.
+        second = sh(["sortflow", "run"], project, PREFECT_API_URL=prefect_server)
+        assert "changed since champion version 1 was trained" in second
+        assert json.loads((project / "output/register/register_result.json").read_text())["version"] == 2
+        ready = f"http://127.0.0.1:{ports['http_port']}/v2/models/{MODEL}/versions/2/ready"
+        assert urllib.request.urlopen(ready, timeout=10).status == 200
+        send(ports["http_port"], [val[0].read_bytes()])
+        time.sleep(1)
+        record = json.loads(
+            sorted((project / "output/capture/records").glob("*.jsonl"))[-1].read_text().splitlines()[-1]
+        )
+        assert record["version"] == "2"
+
+        # Unchanged data: the next run ends at once.
+        began = time.monotonic()
+        third = sh(["sortflow", "run"], project, PREFECT_API_URL=prefect_server)
+        assert "nothing new to train on" in third and time.monotonic() - began < 60
+        assert json.loads((project / "output/register/register_result.json").read_text())["version"] == 2
+    finally:
+        sh(["sortflow", "serve", "--stop"], project, check=False)
