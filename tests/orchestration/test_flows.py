@@ -134,10 +134,15 @@ def test_scheduled_deployments_register_and_a_triggered_run_completes(tmp_path: 
     try:
         deployments = {}
         deadline = time.monotonic() + 120
-        while len(deployments) < 3:
+        while len(deployments) < 4:
             assert served.poll() is None, (tmp_path / "deploy.log").read_text()
             assert time.monotonic() < deadline, (tmp_path / "deploy.log").read_text()
-            for name in ("training-pipeline/nightly", "data-check/hourly", "promote-and-serve/manual"):
+            for name in (
+                "training-pipeline/nightly",
+                "data-check/hourly",
+                "monitor/hourly",
+                "promote-and-serve/manual",
+            ):
                 response = httpx.get(f"{prefect_server}/deployments/name/{name}", timeout=10)
                 if response.status_code == 200:
                     deployments[name] = response.json()
@@ -148,6 +153,7 @@ def test_scheduled_deployments_register_and_a_triggered_run_completes(tmp_path: 
         }
         assert schedules["training-pipeline/nightly"] == [("0 2 * * *", "Europe/Berlin")]
         assert schedules["data-check/hourly"] == [("0 * * * *", "Europe/Berlin")]
+        assert schedules["monitor/hourly"] == [("30 * * * *", "Europe/Berlin")]
         assert schedules["promote-and-serve/manual"] == []
         assert deployments["training-pipeline/nightly"]["parameters"]["overrides"] == {}
 
