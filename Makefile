@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_check_dataset.py
 	$(BIN)/python bench/bench_train.py
 	$(BIN)/python bench/bench_serving.py
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python bench/bench_monitor.py
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python bench/bench_orchestration.py
 
 clean:

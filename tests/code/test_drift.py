@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -76,3 +77,17 @@ def test_image_stats_see_darker_grayscale_and_blurred_photos() -> None:
     assert wide["aspect"] == pytest.approx(4.0)
     broken = image_stats(b"not an image")
     assert broken["decoded"] is False and "UnidentifiedImageError" in broken["error"]
+
+
+def test_profile_statistics_equal_live_ones_for_the_same_images(tmp_path) -> None:
+    """Constant statistics (every photo 4:3) must compare equal, not as two separated distributions."""
+    from components.profiles import reference_profile
+
+    paths = []
+    for i in range(30):
+        path = tmp_path / f"{i}.jpg"
+        Image.fromarray(np.full((30, 40, 3), 8 * i, np.uint8)).save(path)
+        paths.append(str(path))
+    profile = reference_profile(paths, np.eye(3)[[i % 3 for i in range(30)]], ["a", "b", "c"])
+    live = [image_stats(Path(path).read_bytes())["aspect"] for path in paths]
+    assert drift.two_sample(live, profile["stats"]["aspect"])[1] == 1.0

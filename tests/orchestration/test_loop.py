@@ -15,6 +15,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import yaml
@@ -72,6 +73,18 @@ def window_since(start: float) -> str:
     return f"monitor.window_hours={(time.time() - start + 2) / 3600:.6f}"
 
 
+def drift_event(api: str, timeout: float = 30) -> dict:
+    """The newest `sortflow.monitor.drift` event on the Prefect server (events are stored asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        query = {"filter": {"event": {"name": ["sortflow.monitor.drift"]}}, "limit": 10}
+        events = httpx.post(f"{api}/events/filter", json=query, timeout=10).json()["events"]
+        if events:
+            return events[-1]
+        assert time.monotonic() < deadline, "no sortflow.monitor.drift event"
+        time.sleep(1)
+
+
 def check_contact_sheet(sheet: Path, images: int, tmp_path: Path) -> None:
     """Open the contact sheet in headless Chromium: a screenshot, and every thumbnail loaded."""
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--window-size=1200,900"]
@@ -121,6 +134,13 @@ def test_loop_from_served_traffic_back_to_training(tmp_path: Path, prefect_serve
         assert (project / "output/monitor/monitor.png").is_file() and (
             project / "output/monitor/data_docs/index.html"
         ).is_file()
+
+        # The same window through the `monitor` flow: its run says drift, with a report and a Prefect event.
+        flow = sh(["sortflow", "run", "monitor", "-o", window_since(start)], project, PREFECT_API_URL=prefect_server)
+        assert "Completed('drift in" in flow and '"drift": true' in flow
+        assert drift_event(prefect_server)["resource"]["prefect.resource.id"] == f"sortflow.model.{MODEL}"
+        report = httpx.post(f"{prefect_server}/artifacts/filter", json={"artifacts": {"key": {"any_": ["monitor"]}}})
+        assert "brightness" in report.json()[-1]["data"]
 
         # The review queue: each shifted image once, in a contact sheet that a browser shows.
         sh(["sortflow", "review", "-o", window_since(start)], project)
