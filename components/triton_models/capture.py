@@ -20,6 +20,7 @@ import json
 import os
 import queue
 import random
+import sys
 import threading
 import time
 from pathlib import Path
@@ -27,6 +28,9 @@ from pathlib import Path
 IMAGES, RECORDS = "images", "records"
 TOP_K = 5
 QUEUE_SIZE = 512
+BATCH = 256
+TOUCH_SECONDS = 60  # a re-seen image's time of last use is refreshed at most this often
+SWITCH_SECONDS = 0.0002
 MAGIC = (
     (b"\xff\xd8\xff", "jpg"),
     (b"\x89PNG\r\n\x1a\n", "png"),
@@ -73,12 +77,17 @@ class Capture:
         self._lock = threading.Lock()
         self._queue: queue.Queue = queue.Queue(QUEUE_SIZE)
         self._used = None  # bytes in the folder, counted on the first write
+        self._seen: dict[str, float] = {}  # sha -> when its file was last written or touched
         if rate > 0:
             try:
                 (self.root / IMAGES).mkdir(parents=True, exist_ok=True)
                 (self.root / RECORDS).mkdir(exist_ok=True)
             except OSError as exc:
                 self._fail(exc)
+            # The writer shares this interpreter with the request thread: with the default 5 ms switch interval
+            # a request whose answer came back could wait that long for the GIL. Only this model's process is
+            # affected (each Triton python model instance runs in its own).
+            sys.setswitchinterval(SWITCH_SECONDS)
             threading.Thread(target=self._run, name="sortflow-capture", daemon=True).start()
 
     def submit(self, data: bytes, probabilities: list[float] | None, error: str | None = None) -> None:
@@ -102,31 +111,54 @@ class Capture:
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
-            try:
-                self._write(*item)
-                self._count("captured")
-            except Exception as exc:  # whatever went wrong, the sample goes and serving goes on
-                self._fail(exc)
+            batch = [self._queue.get()]
+            while len(batch) < BATCH:  # what queued up meanwhile is written together: fewer system calls
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            records: dict[Path, list[str]] = {}
+            for item in batch:
+                try:
+                    line = self._store(*item)
+                    records.setdefault(record_file(self.root, item[0]), []).append(line)
+                except Exception as exc:  # whatever went wrong, the sample goes and serving goes on
+                    self._fail(exc)
+                time.sleep(0)  # hand the GIL to a waiting request at once
+            for path, lines in records.items():
+                self._append(path, lines)
 
-    def _write(self, when: float, data: bytes, probabilities: list[float] | None, error: str | None) -> None:
+    def _store(self, when: float, data: bytes, probabilities: list[float] | None, error: str | None) -> str:
+        """Write the image unless it is there (a recently seen one is not even looked up); its record line."""
         sha, ext = content_hash(data), sniff_ext(data)
         path = image_path(self.root, sha, ext)
-        if path.exists():
-            os.utime(path)  # recently seen: evicted last
-        else:
-            path.parent.mkdir(exist_ok=True)  # not parents: a removed capture folder is not silently recreated
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
-            self._grow(len(data))
+        last = self._seen.get(sha)
+        if last is None or when - last > TOUCH_SECONDS:
+            if path.exists():
+                os.utime(path)  # recently seen: evicted last
+            else:
+                path.parent.mkdir(exist_ok=True)  # not parents: a removed capture folder is not silently recreated
+                tmp = path.with_name(f".{path.name}.tmp")
+                tmp.write_bytes(data)
+                os.replace(tmp, path)
+                self._grow(len(data))
+            self._seen[sha] = when
         record = {"time": round(when, 3), "model": self.model, "version": self.version, "sha": sha, "ext": ext}
         record.update(bytes=len(data), decoded=error is None)
         record.update({"top": top_k(probabilities)} if probabilities is not None else {"error": error})
-        line = json.dumps(record, separators=(",", ":")) + "\n"
-        with open(record_file(self.root, when), "a", encoding="utf-8") as f:
-            f.write(line)
-        self._grow(len(line))
+        return json.dumps(record, separators=(",", ":")) + "\n"
+
+    def _append(self, path: Path, lines: list[str]) -> None:
+        try:
+            with open(path, "a", encoding="utf-8") as f:
+                f.write("".join(lines))
+        except Exception as exc:
+            for _ in lines:
+                self._fail(exc)
+            return
+        for _ in lines:
+            self._count("captured")
+        self._grow(sum(map(len, lines)))
 
     def _grow(self, size: int) -> None:
         if self._used is None:
@@ -145,4 +177,5 @@ class Capture:
                 break
             size = path.stat().st_size
             path.unlink()
+            self._seen.pop(path.stem, None)
             self._used -= size

@@ -9,12 +9,14 @@ probabilities, or the decoding error. Its parameters come from config.pbtxt.
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 from capture import Capture
 from preprocess import preprocess
 
 INPUT, PIXELS, OUTPUT = "image_bytes", "image", "probabilities"
+REPORT_SECONDS = 1.0  # the capture counters on the metrics port are at most this old
 
 
 class TritonPythonModel:
@@ -43,6 +45,7 @@ class TritonPythonModel:
             for outcome in ("captured", "dropped")
         }
         self.reported = {"captured": 0, "dropped": 0}
+        self.reported_at = 0.0
 
     def _decode(self, encoded: np.ndarray) -> np.ndarray:
         return np.stack([preprocess(bytes(item[0]), self.size, self.resize, self.interpolation) for item in encoded])
@@ -103,6 +106,10 @@ class TritonPythonModel:
         if self.capture.failure is not None:
             pb_utils.Logger.log_warn(self.capture.failure)
             self.capture.failure = None
+        now = time.monotonic()
+        if now - self.reported_at < REPORT_SECONDS:  # each update is a round trip to the server: not per request
+            return
+        self.reported_at = now
         for outcome in ("captured", "dropped"):
             now = getattr(self.capture, outcome)
             if now > self.reported[outcome]:
