@@ -26,6 +26,8 @@ def test_min_improvement_is_a_margin_the_new_score_must_reach() -> None:
     assert not decide_promotion("2", 0.91, 0.02, champion="1", champion_top1=0.9).promoted
     # Exactly the margin is enough, whatever float rounding does to 0.8 + 0.1.
     assert decide_promotion("2", 0.9, 0.1, champion="1", champion_top1=0.8).promoted
+    # The same weights again: the champion's tagged score has 6 decimals, the new one is exact.
+    assert decide_promotion("2", 0.9331476323119777, 0.0, champion="1", champion_top1=float("0.933148")).promoted
 
 
 def test_champion_scored_again_on_the_current_val_set() -> None:
