@@ -114,7 +114,7 @@ def capture_cost(off: list[str], on: list[str], files: list[bytes]) -> dict[str,
     load(grpc_port(off), files[:100])
     load(grpc_port(on), files[:100])
     rates: dict[str, list[float]] = {"off": [], "on": []}
-    for _ in range(5):  # alternating rounds, so both see the same machine
+    for _ in range(7):  # alternating rounds, so both see the same machine
         rates["off"].append(load(grpc_port(off), files[:800]))
         rates["on"].append(load(grpc_port(on), files[:800]))
     result = {k: statistics.median(v) for k, v in rates.items()}

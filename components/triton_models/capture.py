@@ -20,7 +20,6 @@ import json
 import os
 import queue
 import random
-import sys
 import threading
 import time
 from pathlib import Path
@@ -29,8 +28,8 @@ IMAGES, RECORDS = "images", "records"
 TOP_K = 5
 QUEUE_SIZE = 512
 BATCH = 256
+GATHER_SECONDS = 0.05
 TOUCH_SECONDS = 60  # a re-seen image's time of last use is refreshed at most this often
-SWITCH_SECONDS = 0.0002
 MAGIC = (
     (b"\xff\xd8\xff", "jpg"),
     (b"\x89PNG\r\n\x1a\n", "png"),
@@ -84,10 +83,6 @@ class Capture:
                 (self.root / RECORDS).mkdir(exist_ok=True)
             except OSError as exc:
                 self._fail(exc)
-            # The writer shares this interpreter with the request thread: with the default 5 ms switch interval
-            # a request whose answer came back could wait that long for the GIL. Only this model's process is
-            # affected (each Triton python model instance runs in its own).
-            sys.setswitchinterval(SWITCH_SECONDS)
             threading.Thread(target=self._run, name="sortflow-capture", daemon=True).start()
 
     def submit(self, data: bytes, probabilities: list[float] | None, error: str | None = None) -> None:
@@ -112,7 +107,8 @@ class Capture:
     def _run(self) -> None:
         while True:
             batch = [self._queue.get()]
-            while len(batch) < BATCH:  # what queued up meanwhile is written together: fewer system calls
+            time.sleep(GATHER_SECONDS)  # let samples gather: one wake-up and one append per batch, not per request
+            while len(batch) < BATCH:
                 try:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
@@ -124,7 +120,6 @@ class Capture:
                     records.setdefault(record_file(self.root, item[0]), []).append(line)
                 except Exception as exc:  # whatever went wrong, the sample goes and serving goes on
                     self._fail(exc)
-                time.sleep(0)  # hand the GIL to a waiting request at once
             for path, lines in records.items():
                 self._append(path, lines)
 
