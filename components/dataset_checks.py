@@ -28,6 +28,7 @@ from components.config import DatasetParams
 from components.errors import DatasetError
 from components.fsutil import atomic_write_json, staged_dir
 from components.images import draw_lines, load_rgb, probe_image
+from components.plots import figure, save_png
 
 log = logging.getLogger(__name__)
 
@@ -496,13 +497,9 @@ def write_demo_images(
 
 def write_histogram(manifest: Manifest, names: dict[int, str], path: Path) -> None:
     """Train and val image counts per class, sorted by train count, as PaddleX draws it."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     labels = manifest.labels.dropna(subset=["index"]).sort_values("train_images", ascending=False, kind="stable")
     x = list(range(len(labels)))
-    fig = Figure(figsize=(max(8, len(labels) / 5), 5))
-    FigureCanvasAgg(fig)
+    fig = figure(max(8, len(labels) / 5), 5)
     ax = fig.add_subplot()
     ax.bar([i - 0.2 for i in x], labels["train_images"], width=0.4, label="train")
     ax.bar([i + 0.2 for i in x], labels["val_images"], width=0.4, label="val")
@@ -511,8 +508,7 @@ def write_histogram(manifest: Manifest, names: dict[int, str], path: Path) -> No
     ax.set_ylabel("images")
     ax.set_ylim(top=max(1, int(labels["train_images"].max() if len(labels) else 0)) * 1.15)
     ax.legend(loc="upper right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=150)
+    save_png(fig, path, dpi=150)
 
 
 def _summary(failures: list[CheckResult]) -> str:

@@ -14,8 +14,9 @@ import torch
 
 from components.checkpoints import check_classes, load_checkpoint, model_from_checkpoint, weights_path
 from components.config import Params
-from components.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
+from components.fsutil import atomic_write_json, atomic_write_text
 from components.metrics import accuracy_at_k, class_metrics, predict_logits
+from components.plots import figure, save_png
 from components.splitting import prepared_dataset
 
 log = logging.getLogger(__name__)
@@ -25,12 +26,8 @@ PREDICTIONS_FILE = "predictions.csv"
 
 
 def _confusion_png(matrix: np.ndarray, names: list[str], path: Path) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     size = max(5, len(names) * 0.45)
-    fig = Figure(figsize=(size + 1, size))
-    FigureCanvasAgg(fig)
+    fig = figure(size + 1, size)
     ax = fig.add_subplot()
     image = ax.imshow(matrix, cmap="Blues")
     fig.colorbar(image, ax=ax)
@@ -41,10 +38,7 @@ def _confusion_png(matrix: np.ndarray, names: list[str], path: Path) -> None:
     if len(names) <= 20:
         for (i, j), v in np.ndenumerate(matrix):
             ax.text(j, i, str(v), ha="center", va="center", color="white" if v > matrix.max() / 2 else "black")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    atomic_write_bytes(path, buffer.getvalue())
+    save_png(fig, path)
 
 
 def _val_logits(root: Path, ckpt: dict[str, Any], params: Params) -> tuple[list[Any], np.ndarray, np.ndarray]:

@@ -9,7 +9,6 @@ Writes `monitor.output`: monitor_result.json, monitor.png and data_docs/; logs a
 
 from __future__ import annotations
 
-import io
 import logging
 import urllib.request
 from pathlib import Path
@@ -20,7 +19,8 @@ import pandas as pd
 
 from components import drift
 from components.config import Params
-from components.fsutil import atomic_write_bytes, atomic_write_json, staged_dir
+from components.fsutil import atomic_write_json, staged_dir
+from components.plots import figure, save_png
 from components.traffic import drift_tests, live_table, load_profile, served_window
 
 log = logging.getLogger(__name__)
@@ -63,13 +63,9 @@ def triton_metrics(port: int) -> dict[str, Any]:
 
 def _plot(live: pd.DataFrame, profile: dict[str, Any], path: Path) -> None:
     """Reference against live: class mix, top-1 confidence and brightness."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     labels = profile["labels"]
     decoded = live[live["decoded"]]
-    fig = Figure(figsize=(14, 4))
-    FigureCanvasAgg(fig)
+    fig = figure(14, 4)
     ax = fig.add_subplot(1, 3, 1)
     x = np.arange(len(labels))
     ref = np.bincount(profile["predicted"], minlength=len(labels)) / max(len(profile["predicted"]), 1)
@@ -90,10 +86,7 @@ def _plot(live: pd.DataFrame, profile: dict[str, Any], path: Path) -> None:
         ax.hist(values, bins=20, alpha=0.6, density=True, label="live")
         ax.set_title(title)
         ax.legend()
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    atomic_write_bytes(path, buffer.getvalue())
+    save_png(fig, path, dpi=100)
 
 
 def _log_to_mlflow(params: Params, result: dict[str, Any], out: Path) -> str:

@@ -30,10 +30,11 @@ from components import tracking
 from components.checkpoints import BEST, LAST, check_resumable, load_checkpoint, save_checkpoint
 from components.config import Params, TrainParams
 from components.errors import ParamsError, SortflowError
-from components.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
+from components.fsutil import atomic_write_json, atomic_write_text
 from components.loader import DataConfig, model_input, read_classes, split_images
 from components.metrics import correct_at_k, predict_logits
 from components.models import ModelSpec, create_model, get_spec
+from components.plots import figure, save_png
 from components.splitting import prepared_dataset
 
 log = logging.getLogger(__name__)
@@ -171,12 +172,8 @@ def _progress(enabled: bool) -> Any:
 
 
 def write_curves(history: list[dict[str, float]], path: Path) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     epochs = [h["epoch"] for h in history]
-    fig = Figure(figsize=(12, 3.5))
-    FigureCanvasAgg(fig)
+    fig = figure(12, 3.5)
     for i, (keys, title) in enumerate(
         [(("train_loss", "val_loss"), "loss"), (("val_top1", "val_top5"), "accuracy"), (("lr",), "learning rate")]
     ):
@@ -186,10 +183,7 @@ def write_curves(history: list[dict[str, float]], path: Path) -> None:
         ax.set_xlabel("epoch")
         ax.set_title(title)
         ax.legend()
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    atomic_write_bytes(path, buffer.getvalue())
+    save_png(fig, path)
 
 
 def _write_history(history: list[dict[str, float]], path: Path) -> None:
