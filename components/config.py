@@ -75,6 +75,7 @@ class ExportParams:
     output: str = "output/export"
     parity_images: int = 64
     tolerance: float = 1e-4
+    rtol: float = 1e-3
     quantize: bool = False
 
 

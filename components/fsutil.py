@@ -1,4 +1,9 @@
-"""Atomic writes: outputs appear whole or not at all."""
+"""Atomic writes: outputs appear whole or not at all, durably, with the permissions the user's umask gives.
+
+Temporary files and folders are created private (0600/0700) by the standard library; outputs are made
+readable as any file the user creates would be, so that a Triton server running as another user, or anyone
+sharing the folder, can read them.
+"""
 
 from __future__ import annotations
 
@@ -22,14 +27,39 @@ def file_digest(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+def umask() -> int:
+    """The process's umask, read without changing it where Linux allows (a set-and-restore is not thread-safe)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def fsync_dir(folder: str | os.PathLike[str]) -> None:
+    """Make a rename or a new entry in `folder` durable (a power loss cannot undo it)."""
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write `data` to a temporary sibling, flush it to disk, and rename it over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+            f.flush()
+            os.fsync(f.fileno())  # the content is on disk before the name points at it
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -57,6 +87,21 @@ def link_or_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str], link:
     shutil.copy2(src, dst)
 
 
+def _sync_tree(root: Path) -> None:
+    """Flush a staged folder's new files and its folders to disk before it is renamed into place. Hard links
+    to existing files (a split dataset's images) are already on disk."""
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(folder, name)
+            if os.stat(path).st_nlink == 1:
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        fsync_dir(folder)
+
+
 @contextlib.contextmanager
 def staged_dir(final: str | os.PathLike[str], replace: bool = False) -> Iterator[Path]:
     """Yield an empty sibling folder of `final`; on success it is renamed to `final`.
@@ -68,7 +113,9 @@ def staged_dir(final: str | os.PathLike[str], replace: bool = False) -> Iterator
     final.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
+        os.chmod(stage, 0o777 & ~umask())
         yield stage
+        _sync_tree(stage)
         if final.exists() and replace:
             old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
             os.replace(final, old / final.name)
@@ -76,6 +123,7 @@ def staged_dir(final: str | os.PathLike[str], replace: bool = False) -> Iterator
             shutil.rmtree(old)
         else:
             os.rename(stage, final)
+        fsync_dir(final.parent)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import time
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from components.errors import SortflowError
+from components.fsutil import umask
 from tests.serving.conftest import Release
 
 
@@ -70,6 +72,7 @@ def test_export_fails_whole_when_parity_fails(release: Release, tmp_path: Path) 
                 release,
                 f"export.output={out}",
                 "export.tolerance=0",
+                "export.rtol=0",
                 f"export.weight_path={release.workdir}/output/train/best.pt",
             )
         )
@@ -117,6 +120,10 @@ def test_config_parses_with_tritons_schema(release: Release) -> None:
     files = {p.name for p in (repo / "sortflow-classifier_bytes/1").iterdir()}
     assert files >= {"model.py", "preprocess.py", "capture.py"}
     assert (repo / "sortflow-classifier/1/model.onnx").is_file()
+    # Readable as the user's umask allows (a server running as another user must read it), not 0600/0700.
+    mask = umask()
+    for path in repo.rglob("*"):
+        assert stat.S_IMODE(path.stat().st_mode) == (0o777 if path.is_dir() else 0o666) & ~mask, path
     profile = json.loads((repo / "sortflow-classifier/1/reference_profile.json").read_text())
     assert profile["labels"] == ["glass", "metal", "paper"] and profile["images"] == 9
     assert len(profile["confidence"]) == 9 and len(profile["stats"]["brightness"]) == 9
