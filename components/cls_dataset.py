@@ -47,6 +47,16 @@ class ListEntry:
     def escapes_root(self) -> bool:
         return bool(self.path) and bool(_ESCAPES_ROOT.search(self.path))
 
+    def leaves(self, root: Path) -> bool:
+        """The path leaves `root`: by `..` or an absolute path, or through a symbolic link that points outside."""
+        return self.escapes_root or (bool(self.norm_path) and not inside(root, self.norm_path))
+
+
+def inside(root: Path, rel: str) -> bool:
+    """Whether `root/rel`, with every symbolic link followed, stays inside `root` (a missing file may)."""
+    real_root = root.resolve()
+    return (root / rel).resolve().is_relative_to(real_root)
+
 
 @dataclass(frozen=True)
 class LabelEntry:

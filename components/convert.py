@@ -5,7 +5,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from components.cls_dataset import LABEL_FILE, SPLITS, is_image_file, list_file, write_labels, write_list
+from components.cls_dataset import (
+    LABEL_FILE,
+    SPLITS,
+    inside,
+    is_image_file,
+    list_file,
+    write_labels,
+    write_list,
+)
 from components.config import SplitParams
 from components.errors import DatasetError
 from components.fsutil import file_digest, link_or_copy, staged_dir
@@ -27,6 +35,12 @@ def convert_folders(src: str | Path, dst: str | Path, split: SplitParams, link: 
     classes: dict[str, list[Path]] = {}
     for folder in sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith(".")):
         images = sorted(p for p in folder.rglob("*") if is_image_file(p))
+        outside = [p for p in [folder, *images] if not inside(src, str(p.relative_to(src)))]
+        if outside:
+            raise DatasetError(
+                f"{outside[0]}: a symbolic link to {outside[0].resolve()}, outside {src}; copy the file in instead "
+                "(convert reads nothing outside the source folder)"
+            )
         if images:
             classes[folder.name] = images
         else:

@@ -36,7 +36,6 @@ RESULT_FILE = "check_dataset_result.json"
 REPORT_DIR = "check_dataset"
 DATA_DOCS = "data_docs"  # under REPORT_DIR
 INT_PATTERN = r"^[+-]?\d+$"
-ESCAPE_PATTERNS = [r"(?:^|/)\.\.(?:/|$)", r"^/", r"^[A-Za-z]:"]
 EXAMPLES = 5
 
 
@@ -65,6 +64,7 @@ IMAGE_COLUMNS = [
     "hash",
     "leak_with",
     "label_conflict",
+    "leaves_root",
 ]
 
 
@@ -147,8 +147,9 @@ def _list_rows(root: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
                 fields=e.fields,
             )
             # Only well-formed lines that stay inside the root are opened: a malformed line is reported
-            # once, for its form, and a path outside the root is never read.
-            if e.fields == 2 and not e.escapes_root:
+            # once, for its form, and a path outside the root (by its text or by a symbolic link) is never read.
+            row["leaves_root"] = e.fields == 2 and e.leaves(root)
+            if e.fields == 2 and not row["leaves_root"]:
                 row["exists"] = (root / e.norm_path).is_file()
             rows.append(row)
     return files, rows
@@ -317,11 +318,14 @@ def _expectations(manifest: Manifest, min_image_size: int) -> dict[str, list[Any
             description="labels are integers",
             meta=fix("end each line with the integer class index from label.txt"),
         ),
-        gxe.ExpectColumnValuesToNotMatchRegexList(
-            column="path",
-            regex_list=ESCAPE_PATTERNS,
+        gxe.ExpectColumnValuesToBeInSet(
+            column="leaves_root",
+            value_set=[False],
             description="no path leaves the dataset root",
-            meta=fix("list images by paths relative to the dataset root, without `..` or a leading `/`"),
+            meta=fix(
+                "list images by paths relative to the dataset root, without `..` or a leading `/`, and copy in "
+                "the files that symbolic links point to outside the root"
+            ),
         ),
         gxe.ExpectColumnValuesToBeInSet(
             column="exists",
@@ -405,7 +409,7 @@ def _examples(result: dict[str, Any], column: str, rows: dict[tuple[str, int], d
         example = f"{r['list_file']}:{r['line']} {row.get('text', '')}"
         if column == "readable":
             example += f" ({row.get('error')})"
-        elif column not in ("path", "norm_path"):
+        elif column not in ("path", "norm_path", "leaves_root"):
             example += f" ({column}: {r.get(column)})"
         examples.append(example)
     return examples

@@ -37,8 +37,16 @@ class Sample:
 
 
 def read_split(root: Path, split: str) -> list[Sample]:
-    """The samples of train.txt or val.txt (a checked dataset: every line is well formed)."""
-    return [Sample(str(root / e.norm_path), int(e.label)) for e in read_list(root / list_file(split))]
+    """The samples of train.txt or val.txt (a checked dataset: every line is well formed).
+
+    A line whose path leaves `root` (a symbolic link that points outside it) is refused, never read.
+    """
+    samples = []
+    for e in read_list(root / list_file(split)):
+        if e.leaves(root):
+            raise DatasetError(f"{root / e.list_file}:{e.line}: {e.path!r} leaves the dataset root; run check-dataset")
+        samples.append(Sample(str(root / e.norm_path), int(e.label)))
+    return samples
 
 
 def read_classes(root: Path) -> list[str]:

@@ -94,8 +94,11 @@ def _read_rows(root: Path) -> tuple[list[Row], dict[str, str]]:
             where = f"{path}:{entry.line}"
             if entry.fields != 2 or entry.label is None:
                 raise DatasetError(f"{where}: expected `relative/path label_index`; fix this line, then split again")
-            if entry.escapes_root:
-                raise DatasetError(f"{where}: path {entry.path!r} leaves the dataset root; list it relative to {root}")
+            if entry.leaves(root):
+                raise DatasetError(
+                    f"{where}: path {entry.path!r} leaves the dataset root (by `..`, an absolute path or a symbolic "
+                    f"link); list it relative to {root}, and copy in a file that a link points to outside it"
+                )
             if entry.norm_path in rows:
                 log.warning("%s: %s is listed again; it is kept once", where, entry.path)
                 continue
