@@ -108,7 +108,9 @@ def read_reviewed(path: str | Path) -> tuple[list[Reviewed], int, int]:
     return labelled, sum(r is None for r in rows), repeated
 
 
-def _validate(rows: list[Reviewed], classes: dict[str, int], label_file: Path) -> None:
+def _validate(rows: list[Reviewed], classes: dict[str, int], label_file: Path) -> dict[Path, str]:
+    """Every row names a known class and a readable image; each image's pixel hash (decoded once, here)."""
+    pixels = {}
     for row in rows:
         if row.label not in classes:
             raise DatasetError(
@@ -118,18 +120,22 @@ def _validate(rows: list[Reviewed], classes: dict[str, int], label_file: Path) -
             raise DatasetError(
                 f"{row.where}: image {row.image} not found; keep the review folder as `sortflow review` wrote it"
             )
-        if not probe_image(str(row.image))["readable"]:
+        probe = probe_image(str(row.image))
+        if not probe["readable"]:
             raise DatasetError(f"{row.where}: {row.image} is not a readable image; remove its row")
+        pixels[row.image] = probe["hash"]
+    return pixels
 
 
-def _copy_new(rows: list[Reviewed], root: Path, classes: dict[str, int], known: set[str]) -> tuple[list, list[Path]]:
+def _copy_new(
+    rows: list[Reviewed], pixels: dict[Path, str], root: Path, classes: dict[str, int], known: set[str]
+) -> tuple[list, list[Path]]:
     """Copy the images whose pixels are not in the dataset yet; their list rows and the files written."""
     lines, written = [], []
     for row in rows:
-        pixels = probe_image(str(row.image))["hash"]
-        if pixels in known:
+        if pixels[row.image] in known:
             continue
-        known.add(pixels)
+        known.add(pixels[row.image])
         folder = row.label.replace("/", "_")
         rel = f"images/{folder}/reviewed-{file_digest(row.image)[:16]}{row.image.suffix.lower()}"
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -154,13 +160,13 @@ def add_reviewed(params: Params, review_file: str | Path) -> AddResult:
         raise DatasetError(f"{root / LABEL_FILE}: not found; dataset.dir must be a ClsDataset to add images to")
     classes = {name: index for index, name in sorted(label_names(root / LABEL_FILE).items())}
     rows, unlabelled, repeated = read_reviewed(review_file)
-    _validate(rows, classes, root / LABEL_FILE)
+    pixels = _validate(rows, classes, root / LABEL_FILE)
     known = {h for h in build_manifest(root, params.dataset.num_workers).images["hash"].dropna()}
     train = root / list_file("train")
     before = train.read_text(encoding="utf-8") if train.is_file() else ""
     written: list[Path] = []
     try:
-        lines, written = _copy_new(rows, root, classes, known)
+        lines, written = _copy_new(rows, pixels, root, classes, known)
         if lines:
             text = before if before.endswith("\n") or not before else before + "\n"
             atomic_write_text(train, text + format_list(lines))

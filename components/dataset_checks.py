@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
 import os
 import random
 import time
@@ -27,7 +26,7 @@ from components.cls_dataset import LABEL_FILE, SPLITS, label_names, list_file, r
 from components.config import DatasetParams
 from components.errors import DatasetError
 from components.fsutil import atomic_write_json, staged_dir
-from components.images import draw_lines, load_rgb, probe_image
+from components.images import decode_all, draw_lines, load_rgb, probe_image
 from components.plots import figure, save_png
 
 log = logging.getLogger(__name__)
@@ -104,18 +103,6 @@ class CheckReport:
         return [c for c in self.checks if not c.success and c.severity != "critical"]
 
 
-def _probe_all(paths: list[str], workers: int) -> Iterator[dict[str, Any]]:
-    if workers <= 1 or len(paths) < 64:
-        yield from map(probe_image, paths)
-        return
-    # spawn, not fork: callers (Prefect, pytest) may run threads, and workers only need Pillow.
-    from concurrent.futures import ProcessPoolExecutor
-
-    chunk = max(1, min(128, len(paths) // (workers * 8)))
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        yield from pool.map(probe_image, paths, chunksize=chunk)
-
-
 def _track(items: Iterable[Any], total: int, description: str) -> Iterator[Any]:
     from rich.console import Console
     from rich.progress import track
@@ -160,7 +147,7 @@ def _probe_rows(root: Path, rows: list[dict[str, Any]], workers: int) -> None:
     to_probe = [(i, str(root / r["norm_path"])) for i, r in enumerate(rows) if r["exists"]]
     workers = workers or os.cpu_count() or 1
     start = time.perf_counter()
-    probed = _probe_all([p for _, p in to_probe], workers)
+    probed = decode_all(probe_image, [p for _, p in to_probe], workers)
     for (i, _), info in zip(to_probe, _track(probed, len(to_probe), "Decoding images"), strict=True):
         rows[i].update(info)
         if info["readable"]:

@@ -28,6 +28,12 @@ class Finding:
     detail: str
 
 
+def class_shares(predicted: Sequence[int], classes: int) -> np.ndarray:
+    """The share of each class among predicted class indices (zeros when there are none)."""
+    counts = np.bincount(np.asarray(predicted, dtype=int), minlength=classes)
+    return counts / max(int(counts.sum()), 1)
+
+
 def class_mix(live: Sequence[int], reference: Sequence[int], classes: int) -> tuple[float, float]:
     """Chi-square goodness of fit of the live predicted-class counts against the reference's class shares."""
     from scipy.stats import chisquare

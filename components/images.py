@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,24 @@ def probe_image(path: str) -> dict[str, Any]:
             }
     except Exception as exc:  # every decoder failure means the same thing here: not a usable image
         return {"readable": False, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def decode_all(fn: Callable[[str], Any], paths: list[str], workers: int, min_for_pool: int = 64) -> Iterator[Any]:
+    """`fn` over every path, in order: in a process pool of `workers` (0: one per core) when there are at least
+    `min_for_pool` paths (below that, starting the workers costs more than it saves), else here."""
+    import os
+
+    workers = workers or os.cpu_count() or 1
+    if workers <= 1 or len(paths) < min_for_pool:
+        yield from map(fn, paths)
+        return
+    # spawn, not fork: callers (Prefect, pytest) may run threads, and workers only need this module.
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    chunk = max(1, min(128, len(paths) // (workers * 8)))
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield from pool.map(fn, paths, chunksize=chunk)
 
 
 def load_rgb(path: str) -> Image.Image:

@@ -4,7 +4,8 @@ Reads the last `monitor.window_hours` of captured requests (`serve.capture_dir`)
 of the version that served them (its val set: predicted classes, top-1 confidence, image statistics).
 Runs the drift tests (`drift`) and a Great Expectations suite over the window's manifest and the test
 results, with Data Docs, in the style of check-dataset; reads Triton's own metrics from the metrics port.
-Writes `monitor.output`: monitor_result.json, monitor.png and data_docs/; logs an MLflow run per window.
+Writes `monitor.output`: monitor_result.json, monitor.png, window.csv and data_docs/; logs an MLflow run per
+window.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from components import drift
+from components import drift, tracking
 from components.config import Params
 from components.fsutil import atomic_write_json, staged_dir
 from components.plots import figure, save_png
@@ -52,10 +53,8 @@ def triton_metrics(port: int) -> dict[str, Any]:
         if name not in TRITON_METRICS or "}" not in rest:
             continue
         labels, _, value = rest.rpartition("}")
-        fields = dict(part.split("=", 1) for part in labels.split(",") if "=" in part)
-        key = fields.get("model", "").strip('"') + (
-            f":{fields['outcome'].strip(chr(34))}" if "outcome" in fields else ""
-        )
+        fields = {k: v.strip('"') for k, _, v in (part.partition("=") for part in labels.split(","))}
+        key = ":".join(fields[k] for k in ("model", "outcome") if k in fields)  # summed over versions, reasons
         metrics.setdefault(name, {})
         metrics[name][key] = metrics[name].get(key, 0.0) + float(value)
     return metrics
@@ -68,10 +67,8 @@ def _plot(live: pd.DataFrame, profile: dict[str, Any], path: Path) -> None:
     fig = figure(14, 4)
     ax = fig.add_subplot(1, 3, 1)
     x = np.arange(len(labels))
-    ref = np.bincount(profile["predicted"], minlength=len(labels)) / max(len(profile["predicted"]), 1)
-    now = np.bincount(decoded["class_id"].astype(int), minlength=len(labels)) / max(len(decoded), 1)
-    ax.bar(x - 0.2, ref, 0.4, label="reference")
-    ax.bar(x + 0.2, now, 0.4, label="live")
+    ax.bar(x - 0.2, drift.class_shares(profile["predicted"], len(labels)), 0.4, label="reference")
+    ax.bar(x + 0.2, drift.class_shares(decoded["class_id"], len(labels)), 0.4, label="live")
     ax.set_xticks(x, labels, rotation=90)
     ax.set_title("predicted class mix")
     ax.legend()
@@ -87,30 +84,6 @@ def _plot(live: pd.DataFrame, profile: dict[str, Any], path: Path) -> None:
         ax.set_title(title)
         ax.legend()
     save_png(fig, path, dpi=100)
-
-
-def _log_to_mlflow(params: Params, result: dict[str, Any], out: Path) -> str:
-    """One MLflow run per window, tagged with the served model version."""
-    from components import tracking
-
-    client, experiment_id = tracking.client(params.mlflow)
-    tags = {
-        "sortflow.kind": "monitor",
-        "sortflow.served_model": result["model"],
-        "sortflow.served_version": result["version"],
-        "sortflow.drift": str(result["drift"]),
-    }
-    run = tracking.Run(
-        client,
-        client.create_run(
-            experiment_id, run_name=f"monitor-{result['version']}-{int(result['window']['end'])}", tags=tags
-        ).info.run_id,
-    )
-    values = {f"p_{f['check'].replace(' ', '_').replace('-', '_')}": f["p_value"] for f in result["checks"]}
-    run.log_metrics({**values, "samples": result["window"]["samples"]}, step=0)
-    run.log_artifacts([out / RESULT_FILE, out / PLOT_FILE])
-    client.set_terminated(run.run_id, "FINISHED")
-    return run.run_id
 
 
 def _gx_suite(live: pd.DataFrame, findings: list[drift.Finding], params: Params, report_dir: Path) -> list[dict]:
@@ -191,13 +164,18 @@ def monitor(params: Params) -> dict[str, Any]:
         "triton": triton_metrics(params.serve.metrics_port),
     }
     out = Path(m.output)
-    with staged_dir(out, replace=True) as stage:
-        result["expectations"] = _gx_suite(live, findings, params, stage)
-        live.to_csv(stage / "window.csv", index=False)
-        _plot(live, profile, stage / PLOT_FILE)
-        atomic_write_json(stage / RESULT_FILE, result)
-    result["mlflow_run_id"] = _log_to_mlflow(params, result, out)
-    atomic_write_json(out / RESULT_FILE, result)
+    tags = {"sortflow.kind": "monitor", "sortflow.served_model": result["model"], "sortflow.served_version": version}
+    tags["sortflow.drift"] = str(result["drift"])
+    with tracking.tagged_run(params.mlflow, f"monitor-{version}-{int(window.end)}", tags) as run:
+        result["mlflow_run_id"] = run.run_id
+        with staged_dir(out, replace=True) as stage:
+            result["expectations"] = _gx_suite(live, findings, params, stage)
+            live.to_csv(stage / "window.csv", index=False)
+            _plot(live, profile, stage / PLOT_FILE)
+            atomic_write_json(stage / RESULT_FILE, result)
+        p_values = {f"p_{f.check.replace(' ', '_').replace('-', '_')}": f.p_value for f in findings}
+        run.log_metrics({**p_values, "samples": len(served)}, step=0)
+        run.log_artifacts([out / RESULT_FILE, out / PLOT_FILE])
     log.info("Monitored %d requests of %s version %s: %s", len(served), result["model"], version, result["verdict"])
     return result
 

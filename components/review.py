@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from components.config import Params
+from components.drift import class_shares
 from components.fsutil import atomic_write_json, atomic_write_text, staged_dir
 from components.images import STATS
 from components.traffic import drift_tests, live_table, load_profile, served_window
@@ -44,10 +45,8 @@ def _drift_contribution(live: pd.DataFrame, profile: dict[str, Any], drifted: li
             score += ((live[column] - float(np.median(reference))).abs() / spread).fillna(0.0)
         elif check == "class mix":
             classes = len(profile["labels"])
-            expected = np.bincount(profile["predicted"], minlength=classes) / max(len(profile["predicted"]), 1)
-            ids = live["class_id"].dropna().astype(int)
-            observed = np.bincount(ids, minlength=classes) / max(len(ids), 1)
-            excess = pd.Series(np.clip(observed - expected, 0, None))
+            observed = class_shares(live["class_id"].dropna(), classes)
+            excess = pd.Series(np.clip(observed - class_shares(profile["predicted"], classes), 0, None))
             score += live["class_id"].map(excess).fillna(0.0)
     return score
 
@@ -60,11 +59,10 @@ def review_queue(
     candidates = live[live["decoded"] & live["image_present"]].drop_duplicates("sha").copy()
     candidates["contribution"] = _drift_contribution(candidates, profile, drifted)
     unsure = candidates[candidates["confidence"] < low].sort_values("confidence", kind="stable")
+    # Without a drift every contribution is 0, and the order is by confidence alone.
     rest = candidates.drop(unsure.index).sort_values(
         ["contribution", "confidence"], ascending=[False, True], kind="stable"
     )
-    if not drifted:
-        rest = rest.sort_values("confidence", kind="stable")
     return pd.concat([unsure, rest]).head(size)
 
 

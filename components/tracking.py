@@ -145,6 +145,21 @@ def training_run(params: Params, data_dir: str | Path, name: str, run_id: str | 
         run_id = _new_run(mlflow_client, experiment_id, params, data_dir, name)
     else:
         mlflow_client.update_run(run_id, status="RUNNING")
+    with _ended(mlflow_client, run_id) as run:
+        yield run
+
+
+@contextlib.contextmanager
+def tagged_run(params: MlflowParams, name: str, tags: dict[str, str]) -> Iterator[Run]:
+    """A new MLflow run with these tags (no lineage, no parameters), ended as `training_run` ends its run."""
+    mlflow_client, experiment_id = client(params)
+    with _ended(mlflow_client, mlflow_client.create_run(experiment_id, run_name=name, tags=tags).info.run_id) as run:
+        yield run
+
+
+@contextlib.contextmanager
+def _ended(mlflow_client: Any, run_id: str) -> Iterator[Run]:
+    """The run ends FINISHED when the block completes, KILLED on Ctrl-C and FAILED on any other error."""
     try:
         yield Run(mlflow_client, run_id)
     except BaseException:

@@ -18,7 +18,7 @@ from components import drift
 from components.capture_store import Sample, Window, read_window
 from components.config import Params
 from components.errors import SortflowError
-from components.images import STATS, image_stats
+from components.images import STATS, decode_all, image_stats
 from components.model_io import PROFILE_FILE
 
 
@@ -46,14 +46,8 @@ def _stats_by_sha(samples: list[Sample]) -> dict[str, dict[str, Any]]:
     unique = {s.sha: s.path for s in samples}
     paths = [str(p) if p.is_file() else None for p in unique.values()]
     todo = [p for p in paths if p]
-    if len(todo) >= 2000:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(mp_context=multiprocessing.get_context("spawn")) as pool:
-            computed = dict(zip(todo, pool.map(image_stats, todo, chunksize=64), strict=True))
-    else:
-        computed = {p: image_stats(p) for p in todo}
+    # Statistics of a draft-decoded image take about a millisecond: a pool pays off only for thousands.
+    computed = dict(zip(todo, decode_all(image_stats, todo, 0, min_for_pool=2000), strict=True))
     return {sha: computed[p] if p else {"decoded": None} for sha, p in zip(unique, paths, strict=True)}
 
 
