@@ -186,6 +186,27 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve_status(params: Params) -> int:
+    from components.serve import inspect
+
+    report = inspect(params)
+    if report["status"] == "stopped":
+        print("No Triton server is running")
+        return 1
+    if report["status"] == "crashed":
+        print(f"The Triton server (pid {report['pid']}) has crashed; the end of {report['log']}:")
+        print(report["log_tail"])
+        print("Start it again with `sortflow serve`")
+        return 1
+    print(json.dumps({k: v for k, v in report.items() if k != "health"}, indent=2))
+    for model, health in report["health"].items():
+        print(f"{model}: {health}")
+    if report["status"] == "unhealthy":
+        print("Load the unhealthy models again with `sortflow serve --reload`")
+        return 1
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from components import serve
 
@@ -194,15 +215,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("Stopped the Triton server" if serve.stop(params) else "No Triton server was running")
         return 0
     if args.status:
-        state = serve.status(params)
-        if state is None:
-            print("No Triton server is running")
-            return 1
-        print(json.dumps(state, indent=2))
+        return _serve_status(params)
+    if args.reload:
+        state = serve.reload(params)
+        print(f"Loaded {', '.join(state['models'])} again")
         return 0
+    if args.foreground:
+        return serve.run_foreground(params)
     state = serve.start(params)
     print(
-        f"Triton is serving {', '.join(state['models'])} on 127.0.0.1: gRPC {state['grpc_port']}, "
+        f"Triton is serving {', '.join(state['models'])} on {state['host']}: gRPC {state['grpc_port']}, "
         f"HTTP {state['http_port']}, metrics {state['metrics_port']} (pid {state['pid']}, log {state['log']})"
     )
     print("Stop it with: sortflow serve --stop")
@@ -375,8 +397,16 @@ def _release_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         sub.add_parser(name, parents=[common], help=text).set_defaults(func=func)
     p = sub.add_parser("serve", parents=[common], help="start a local Triton server over publish.repo")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--status", action="store_true", help="show the running server")
+    group.add_argument(
+        "--status",
+        action="store_true",
+        help="the running server and the health of each model (exit 1: stopped, crashed or unhealthy)",
+    )
     group.add_argument("--stop", action="store_true", help="stop the running server")
+    group.add_argument("--reload", action="store_true", help="load every model again (after a backend died)")
+    group.add_argument(
+        "--foreground", action="store_true", help="serve as a child of this process; SIGTERM drains and exits 0"
+    )
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser("predict", parents=[common], help="classify images (in-process ONNX, or Triton over gRPC)")
     p.add_argument("--input", required=True, nargs="+", help="image files, folders or http(s) URLs")

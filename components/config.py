@@ -96,6 +96,7 @@ class PublishParams:
 
 @dataclass
 class ServeParams:
+    host: str = "127.0.0.1"
     grpc_port: int = 8001
     http_port: int = 8000
     metrics_port: int = 8002
@@ -103,6 +104,8 @@ class ServeParams:
     capture_rate: float = 0.0
     capture_dir: str = "output/capture"
     capture_max_mb: int = 1024
+    max_image_pixels: int = 40_000_000
+    max_request_mb: float = 64.0
 
 
 @dataclass
@@ -227,6 +230,11 @@ def _validate_monitoring(params: Params) -> None:
         raise ParamsError(f"serve.capture_rate must be in [0, 1] (0 = off, 1 = every request), got {s.capture_rate}")
     if s.capture_max_mb < 1:
         raise ParamsError(f"serve.capture_max_mb must be 1 or more, got {s.capture_max_mb}")
+    if s.max_image_pixels < 1 or s.max_request_mb <= 0:
+        raise ParamsError(
+            f"serve.max_image_pixels must be 1 or more and serve.max_request_mb above 0, got {s.max_image_pixels} "
+            f"and {s.max_request_mb}"
+        )
     for key in ("alpha", "low_confidence", "max_undecodable_share"):
         if not 0 < getattr(m, key) < 1:
             raise ParamsError(f"monitor.{key} must be between 0 and 1, got {getattr(m, key)}")

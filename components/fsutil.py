@@ -8,6 +8,8 @@ sharing the folder, can read them.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import hashlib
 import json
 import os
@@ -102,12 +104,44 @@ def _sync_tree(root: Path) -> None:
         fsync_dir(folder)
 
 
+def exchange(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Swap two existing paths in one step (Linux renameat2 RENAME_EXCHANGE): neither name is ever missing.
+
+    False where the system or the filesystem cannot (no renameat2, or EINVAL/ENOSYS); other errors raise.
+    """
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), os.fspath(a), None, os.fspath(b))
+
+
+def _replace_dir(stage: Path, final: Path) -> None:
+    """Put `stage` in the place of the folder `final`, so that a reader always finds a whole folder there."""
+    if exchange(stage, final):
+        shutil.rmtree(stage)  # the old folder, now under the stage's name
+        return
+    # No atomic exchange here (not Linux, or a filesystem without it): the old folder is moved aside first,
+    # so `final` is missing for the moment between the two renames.
+    old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
+    os.replace(final, old / final.name)
+    os.replace(stage, final)
+    shutil.rmtree(old)
+
+
 @contextlib.contextmanager
 def staged_dir(final: str | os.PathLike[str], replace: bool = False) -> Iterator[Path]:
     """Yield an empty sibling folder of `final`; on success it is renamed to `final`.
 
-    With `replace`, an existing `final` is swapped out only after the new one is complete.
-    On any error the staged folder is removed and `final` is left as it was.
+    With `replace`, an existing `final` is swapped for the new one in one step, only after the new one is
+    complete (readers see the old folder or the new one, never neither). On any error the staged folder is
+    removed and `final` is left as it was.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -117,10 +151,7 @@ def staged_dir(final: str | os.PathLike[str], replace: bool = False) -> Iterator
         yield stage
         _sync_tree(stage)
         if final.exists() and replace:
-            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
-            os.replace(final, old / final.name)
-            os.replace(stage, final)
-            shutil.rmtree(old)
+            _replace_dir(stage, final)
         else:
             os.rename(stage, final)
         fsync_dir(final.parent)

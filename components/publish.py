@@ -15,13 +15,13 @@ from typing import Any
 
 from components.config import Params
 from components.errors import SortflowError
-from components.fsutil import atomic_write_text, staged_dir
+from components.fsutil import atomic_write_text, file_digest, staged_dir
 from components.model_io import LABELS_FILE, MODEL_FILE, PROFILE_FILE, RESULT_FILE
 from components.registry import REFERENCE_PROFILE, champion_version, downloaded
 from components.triton_config import (
     BYTES,
     RETIRED,
-    Capture,
+    BytesSettings,
     ModelInfo,
     bytes_config,
     check_labels,
@@ -42,14 +42,41 @@ def _write_config(path: Path, text: str) -> None:
     atomic_write_text(path, text)
 
 
+def _same_files(folder: Path, files: dict[str, Path]) -> bool:
+    present = {p.name for p in folder.iterdir()}
+    return present == set(files) and all(file_digest(folder / n) == file_digest(src) for n, src in files.items())
+
+
+def _published(target: Path, files: dict[str, Path]) -> bool:
+    """Whether version folder `target` is already published with these files. A published version is
+    immutable, since a server may be reading it: other files under its number are refused."""
+    if not target.is_dir():
+        return False
+    if _same_files(target, files):
+        return True
+    raise SortflowError(
+        f"{target} already holds other files than this version has (was the MLflow registry replaced?); a "
+        f"published version is never rewritten while a server may read it: publish into another repository "
+        f"(-o publish.repo=...), or stop the server and remove {target}"
+    )
+
+
 def _place_version(model_dir: Path, version: int, files: dict[str, Path]) -> None:
     """Build `<version>/` aside and rename it into place in one step; keep the newest KEEP_VERSIONS."""
-    with staged_dir(model_dir / str(version), replace=True) as stage:
+    with staged_dir(model_dir / str(version)) as stage:
         for name, src in files.items():
             shutil.copyfile(src, stage / name)
     versions = sorted((int(p.name) for p in model_dir.iterdir() if p.name.isdigit()), reverse=True)
     for stale in versions[KEEP_VERSIONS:]:
         shutil.rmtree(model_dir / str(stale))
+
+
+def _code_version(model_dir: Path, files: dict[str, Path]) -> int:
+    """The version folder for a model whose files are sortflow's code: the latest while it holds the same
+    files, else the next number (so a running server is never served a folder rewritten in place)."""
+    versions = [int(p.name) for p in model_dir.iterdir() if p.name.isdigit()] if model_dir.is_dir() else []
+    latest = max(versions, default=0)
+    return latest if latest and _same_files(model_dir / str(latest), files) else latest + 1
 
 
 def write_repository(
@@ -59,15 +86,25 @@ def write_repository(
     publish, serve = params.publish, params.serve
     kind = "KIND_GPU" if publish.instance_kind.lower() == "gpu" else "KIND_CPU"
     model_dir = repo / info.name
+    version_files = {MODEL_FILE: onnx_file, **({PROFILE_FILE: profile} if profile else {})}
+    published = _published(model_dir / str(info.version), version_files)  # refused before anything is written
     _write_config(model_dir / "config.pbtxt", classifier_config(info, publish.max_batch_size, kind, publish.instances))
     atomic_write_text(model_dir / LABELS_FILE, "".join(f"{label}\n" for label in info.labels))
-    _place_version(model_dir, info.version, {MODEL_FILE: onnx_file, **({PROFILE_FILE: profile} if profile else {})})
+    if published:
+        log.info("%s version %d is already published with the same files", info.name, info.version)
+    else:
+        _place_version(model_dir, info.version, version_files)
 
     bytes_dir = repo / f"{info.name}{BYTES}"
-    capture = Capture(serve.capture_rate, serve.capture_dir, serve.capture_max_mb)
-    _write_config(bytes_dir / "config.pbtxt", bytes_config(info, publish.max_batch_size, capture))
+    settings = BytesSettings(
+        serve.max_image_pixels, serve.max_request_mb, serve.capture_rate, serve.capture_dir, serve.capture_max_mb
+    )
+    _write_config(bytes_dir / "config.pbtxt", bytes_config(info, publish.max_batch_size, settings))
     atomic_write_text(bytes_dir / LABELS_FILE, "".join(f"{label}\n" for label in info.labels))
-    _place_version(bytes_dir, 1, {name: TEMPLATES / src for name, src in BYTES_MODEL_FILES.items()})
+    code = {name: TEMPLATES / src for name, src in BYTES_MODEL_FILES.items()}
+    code_version = _code_version(bytes_dir, code)
+    if not (bytes_dir / str(code_version)).is_dir():
+        _place_version(bytes_dir, code_version, code)
     for retired in RETIRED:  # an earlier release's model that nothing calls any more
         shutil.rmtree(repo / f"{info.name}{retired}", ignore_errors=True)
     return model_names(info.name)

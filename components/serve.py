@@ -108,11 +108,19 @@ def _models(repo: Path) -> list[str]:
     return sorted(names, key=lambda n: n.endswith(BYTES))
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def client_host(host: str) -> str:
+    """Where this machine's clients reach a server listening on `host` (every address: the loopback one)."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind(("127.0.0.1", port))
+            s.bind((host, port))
             return True
         except OSError:
             return False
@@ -129,18 +137,74 @@ def _alive(pid: int) -> bool:
         return True
 
 
+def _state(params: Params) -> dict[str, Any] | None:
+    path = _workdir(params) / STATE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def status(params: Params) -> dict[str, Any] | None:
     """The running server started from this folder, or None."""
-    path = _workdir(params) / STATE_FILE
-    if not path.is_file():
-        return None
-    state = json.loads(path.read_text())
-    return state if _alive(state["pid"]) else None
+    state = _state(params)
+    return state if state is not None and _alive(state["pid"]) else None
 
 
-def _ready(http_port: int, model: str) -> bool:
+PROBE = "sortflow_probe"  # a request parameter: the bytes model does not capture health probes
+
+
+def _probe_input(config: Any) -> Any:
+    """The smallest valid request for a model: one 8x8 PNG for an encoded-image input, else zeros."""
+    import io
+
+    import numpy as np
+    import tritonclient.http as httpclient
+    from PIL import Image
+    from tritonclient.grpc import model_config_pb2
+
+    spec = config.input[0]
+    if spec.data_type == model_config_pb2.TYPE_STRING:
+        buffer = io.BytesIO()
+        Image.new("RGB", (8, 8)).save(buffer, "PNG")
+        data = np.array([[buffer.getvalue()]], dtype=object)
+        tensor = httpclient.InferInput(spec.name, list(data.shape), "BYTES")
+    else:
+        data = np.zeros([1, *spec.dims], dtype=np.float32)
+        tensor = httpclient.InferInput(spec.name, list(data.shape), "FP32")
+    tensor.set_data_from_numpy(data)
+    return tensor
+
+
+def _health(state: dict[str, Any], model: str) -> str:
+    """Healthy when the model answers a probe request, else what went wrong (a model whose backend
+    process died still reports ready to Triton's ready endpoint, so only a request tells)."""
+    import tritonclient.http as httpclient
+
+    config_file = Path(state["served_repo"]) / model / "config.pbtxt"
+    client = httpclient.InferenceServerClient(f"{client_host(state.get('host', ''))}:{state['http_port']}")
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/models/{model}/ready", timeout=2) as r:
+        client.infer(
+            model, [_probe_input(parse_config(config_file.read_text(), str(config_file)))], parameters={PROBE: True}
+        )
+    except Exception as exc:  # whatever the server answers, the model did not classify
+        return f"unhealthy: {exc}"
+    return "healthy"
+
+
+def inspect(params: Params) -> dict[str, Any]:
+    """What `serve --status` reports: "stopped"; "crashed" (the server died: its log's tail); or "running" /
+    "unhealthy" with each model's health (`reload` brings an unhealthy model back)."""
+    state = _state(params)
+    if state is None:
+        return {"status": "stopped"}
+    if not _alive(state["pid"]):
+        return {**state, "status": "crashed", "log_tail": _tail(Path(state["log"]))}
+    health = {model: _health(state, model) for model in state["models"]}
+    ok = all(h == "healthy" for h in health.values())
+    return {**state, "status": "running" if ok else "unhealthy", "health": health}
+
+
+def _ready(host: str, http_port: int, model: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{host}:{http_port}/v2/models/{model}/ready", timeout=2) as r:
             return r.status == 200
     except OSError:
         return False
@@ -160,9 +224,9 @@ def _models_to_serve(params: Params) -> list[str]:
         raise SortflowError(f"{repo}: no models to serve; run `sortflow publish` first")
     for key in ("grpc_port", "http_port", "metrics_port"):
         port = getattr(params.serve, key)
-        if not _port_free(port):
+        if not _port_free(params.serve.host, port):
             raise SortflowError(
-                f"port {port} (serve.{key}) is already in use on 127.0.0.1; stop what uses it or "
+                f"port {port} (serve.{key}) is already in use on {params.serve.host}; stop what uses it or "
                 f"choose another: -o serve.{key}=..."
             )
     return models
@@ -192,9 +256,9 @@ def _command(server: Server, served: Path, models: list[str], params: Params, wo
         f"--grpc-port={serve.grpc_port}",
         f"--http-port={serve.http_port}",
         f"--metrics-port={serve.metrics_port}",
-        "--grpc-address=127.0.0.1",
-        "--http-address=127.0.0.1",
-        "--metrics-address=127.0.0.1",
+        f"--grpc-address={serve.host}",
+        f"--http-address={serve.host}",
+        f"--metrics-address={serve.host}",
     ]
     if not server.serves_onnx:
         (work / "caches").mkdir(exist_ok=True)
@@ -202,7 +266,8 @@ def _command(server: Server, served: Path, models: list[str], params: Params, wo
     return command
 
 
-def _wait_ready(process: subprocess.Popen, models: list[str], http_port: int, log_path: Path, timeout: float) -> None:
+def _wait_ready(process: subprocess.Popen, models: list[str], params: Params, log_path: Path, timeout: float) -> None:
+    host, http_port = client_host(params.serve.host), params.serve.http_port
     deadline = time.monotonic() + timeout
     pending = list(models)
     while pending:
@@ -213,17 +278,21 @@ def _wait_ready(process: subprocess.Popen, models: list[str], http_port: int, lo
         if time.monotonic() > deadline:
             _terminate(process.pid)
             raise ServiceError(f"models {pending} not ready after {timeout:.0f} s; see {log_path}:\n" + _tail(log_path))
-        pending = [m for m in pending if not _ready(http_port, m)]
+        pending = [m for m in pending if not _ready(host, http_port, m)]
         time.sleep(0.2)
 
 
-def start(params: Params, timeout: float = 120) -> dict[str, Any]:
-    """Start Triton on 127.0.0.1 over `publish.repo` and return its state once every model is ready.
+def _die_with_parent() -> None:
+    """In the child, before exec: the kernel sends SIGTERM when the supervising process dies (even by kill -9)."""
+    import ctypes
 
-    Writes `serve.workdir`: server.json (pid, ports, models), tritonserver.log and, for the bundled
-    server, the runtime repository. Raises SortflowError for a running server, a port in use, an empty
-    repository or a server that exits while starting; ServiceError when models are not ready in time.
-    """
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def _launch(params: Params, timeout: float, foreground: bool = False) -> tuple[subprocess.Popen, dict[str, Any]]:
+    """Start Triton over `publish.repo`, wait until every model is ready, and record its state. In the
+    background it gets a session of its own; in the foreground it stays this process's child and ends with it."""
     serve = params.serve
     models = _models_to_serve(params)
     work = _workdir(params)
@@ -232,6 +301,17 @@ def start(params: Params, timeout: float = 120) -> dict[str, Any]:
     repo = Path(params.publish.repo)
     served = _served_repo(server, repo, models, work)
     log_path = work / "tritonserver.log"
+    if (work / STATE_FILE).is_file() and log_path.is_file():  # a server that crashed: keep its log to read
+        os.replace(log_path, work / "tritonserver.crashed.log")
+    if serve.host not in LOOPBACK:
+        log.warning(
+            "Triton listens on %s (serve.host): ports %d, %d and %d are reachable from other machines, with no "
+            "authentication; set serve.host=127.0.0.1 unless that is what you want",
+            serve.host,
+            serve.grpc_port,
+            serve.http_port,
+            serve.metrics_port,
+        )
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
             _command(server, served, models, params, work),
@@ -239,10 +319,12 @@ def start(params: Params, timeout: float = 120) -> dict[str, Any]:
             stderr=subprocess.STDOUT,
             env=server.env,
             start_new_session=True,
+            preexec_fn=_die_with_parent if foreground and sys.platform == "linux" else None,
         )
-    _wait_ready(process, models, serve.http_port, log_path, timeout)
+    _wait_ready(process, models, params, log_path, timeout)
     state = {
         "pid": process.pid,
+        "host": serve.host,
         "grpc_port": serve.grpc_port,
         "http_port": serve.http_port,
         "metrics_port": serve.metrics_port,
@@ -254,13 +336,59 @@ def start(params: Params, timeout: float = 120) -> dict[str, Any]:
     }
     atomic_write_json(work / STATE_FILE, state)
     log.info(
-        "Triton ready: gRPC 127.0.0.1:%d, HTTP %d, metrics %d; models %s",
+        "Triton ready: gRPC %s:%d, HTTP %d, metrics %d; models %s",
+        serve.host,
         serve.grpc_port,
         serve.http_port,
         serve.metrics_port,
         ", ".join(models),
     )
-    return state
+    return process, state
+
+
+def start(params: Params, timeout: float = 120) -> dict[str, Any]:
+    """Start Triton in the background on `serve.host` over `publish.repo`; its state once every model is ready.
+
+    Writes `serve.workdir`: server.json (pid, ports, models), tritonserver.log (a crashed server's log is
+    kept as tritonserver.crashed.log) and, for the bundled server, the runtime repository. Raises
+    SortflowError for a running server, a port in use, an empty repository or a server that exits while
+    starting; ServiceError when models are not ready in time.
+    """
+    return _launch(params, timeout)[1]
+
+
+def run_foreground(params: Params, timeout: float = 120) -> int:
+    """Serve as a child of this process, for a process manager (systemd, Kubernetes, a container runtime).
+
+    SIGTERM or SIGINT is passed on to Triton, which finishes the requests in flight before it exits: then
+    0. A server that exits by itself returns its exit code (1 for a signal), so the supervisor restarts it.
+    """
+    process, state = _launch(params, timeout, foreground=True)
+    stopping: list[int] = []
+
+    def forward(signum: int, _frame: Any) -> None:
+        stopping.append(signum)
+        with contextlib.suppress(OSError):
+            os.killpg(process.pid, signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        code = process.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        (_workdir(params) / STATE_FILE).unlink(missing_ok=True)
+    if stopping:
+        log.info("Triton (pid %d) drained its requests and stopped on signal %d", state["pid"], stopping[0])
+        return 0
+    log.error(
+        "Triton (pid %d) exited by itself with code %d; see %s:\n%s",
+        state["pid"],
+        code,
+        state["log"],
+        _tail(Path(state["log"])),
+    )
+    return code if code > 0 else 1
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -296,30 +424,38 @@ def stop(params: Params) -> bool:
     return True
 
 
-def reload_if_running(params: Params, models: list[str]) -> bool:
-    """After a publish: refresh the running server's copy of these models and load them (no restart).
-
-    False when no server started from this folder serves `publish.repo`. A server that does not answer
-    or fails to load a model is a ServiceError (a retry may help: the files are already in place).
-    """
+def reload(params: Params, models: list[str] | None = None) -> dict[str, Any]:
+    """Load `models` (default: all of them) again in the running server: a new version after a publish, or a
+    model whose backend process died. Refreshes the bundled server's runtime copy first. A server that does
+    not answer or fails to load a model is a ServiceError (a retry may help: the files are in place)."""
     import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
 
     state = status(params)
-    if state is None or Path(state["repo"]) != Path(params.publish.repo).resolve():
-        return False
-    repo = Path(params.publish.repo)
+    if state is None:
+        raise SortflowError("no Triton server is running from this folder; start one with `sortflow serve`")
+    models = models or state["models"]
+    repo = Path(state["repo"])
     if not state["stock_triton"]:
         for name in models:
             runtime_model(repo / name, Path(state["served_repo"]) / name)
-    client = httpclient.InferenceServerClient(f"127.0.0.1:{state['http_port']}")
+    client = httpclient.InferenceServerClient(f"{client_host(state.get('host', ''))}:{state['http_port']}")
     for name in models:
         try:
             client.load_model(name)
         except (InferenceServerException, OSError) as exc:
             raise ServiceError(
-                f"the Triton server on 127.0.0.1:{state['http_port']} (pid {state['pid']}) did not load {name} "
+                f"the Triton server on port {state['http_port']} (pid {state['pid']}) did not load {name} "
                 f"({exc}); see {state['log']}, or restart it with `sortflow serve --stop` and `sortflow serve`"
             ) from exc
     log.info("Loaded %s into the running server", ", ".join(models))
+    return state
+
+
+def reload_if_running(params: Params, models: list[str]) -> bool:
+    """After a publish: load these models in the running server (no restart) if one serves `publish.repo`."""
+    state = status(params)
+    if state is None or Path(state["repo"]) != Path(params.publish.repo).resolve():
+        return False
+    reload(params, models)
     return True

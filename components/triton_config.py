@@ -20,12 +20,15 @@ RETIRED = ("_preprocess",)  # models of earlier releases that publish removes (t
 
 
 @dataclass(frozen=True)
-class Capture:
-    """Traffic capture of the bytes model (serve.capture_*): rate 0 is off."""
+class BytesSettings:
+    """What the bytes model takes (serve.max_image_pixels, serve.max_request_mb) and captures (serve.capture_*:
+    rate 0 is off)."""
 
-    rate: float
-    folder: str
-    max_mb: int
+    max_image_pixels: int
+    max_request_mb: float
+    capture_rate: float
+    capture_dir: str
+    capture_max_mb: int
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,7 @@ model_warmup [
 """
 
 
-def bytes_config(info: ModelInfo, max_batch_size: int, capture: Capture) -> str:
+def bytes_config(info: ModelInfo, max_batch_size: int, settings: BytesSettings) -> str:
     """The encoded-image endpoint: one BYTES input (a file per item), the classifier's labelled output."""
     values = {
         "classifier": info.name,
@@ -92,9 +95,11 @@ def bytes_config(info: ModelInfo, max_batch_size: int, capture: Capture) -> str:
         "image_size": str(info.image_size),
         "resize_size": str(info.resize_size),
         "interpolation": info.interpolation,
-        "capture_rate": f"{capture.rate:g}",
-        "capture_dir": capture.folder,
-        "capture_max_mb": str(capture.max_mb),
+        "max_image_pixels": str(settings.max_image_pixels),
+        "max_request_mb": f"{settings.max_request_mb:g}",
+        "capture_rate": f"{settings.capture_rate:g}",
+        "capture_dir": settings.capture_dir,
+        "capture_max_mb": str(settings.capture_max_mb),
     }
     return f"""name: "{info.name}{BYTES}"
 backend: "python"

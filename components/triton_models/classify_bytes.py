@@ -4,6 +4,10 @@ Each file is decoded and resized as sortflow evaluates (`preprocess.py`), the pi
 of a dynamic batch go to the classifier `<model>` in one BLS call, and, with capture on, the requests are
 sampled into the capture folder (`capture.py`): the bytes, the served version and the top-k
 probabilities, or the decoding error. Its parameters come from config.pbtxt.
+
+A request that is the client's mistake (an empty, undecodable or truncated file, an image above
+`max_image_pixels`, a request above `max_request_mb`) answers INVALID_ARGUMENT (HTTP 400) with the reason;
+only a failure of the classifier itself answers INTERNAL (500).
 """
 
 from __future__ import annotations
@@ -13,9 +17,10 @@ import time
 
 import numpy as np
 from capture import Capture
-from preprocess import preprocess
+from preprocess import BadImage, preprocess
 
 INPUT, PIXELS, OUTPUT = "image_bytes", "image", "probabilities"
+PROBE = "sortflow_probe"  # a request parameter of `sortflow serve --status`'s health probes: never captured
 REPORT_SECONDS = 0.25  # the capture counters on the metrics port are refreshed by requests at most this often
 
 
@@ -27,6 +32,8 @@ class TritonPythonModel:
         p = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self.size, self.resize, self.interpolation = int(p["image_size"]), int(p["resize_size"]), p["interpolation"]
         self.classifier = p["classifier"]
+        self.max_pixels = int(p.get("max_image_pixels", "0"))
+        self.max_request_mb = float(p.get("max_request_mb", "inf"))
         self.capture = Capture(
             p.get("capture_dir", ""),
             float(p.get("capture_rate", "0")),
@@ -48,7 +55,20 @@ class TritonPythonModel:
         self.reported_at = 0.0
 
     def _decode(self, encoded: np.ndarray) -> np.ndarray:
-        return np.stack([preprocess(bytes(item[0]), self.size, self.resize, self.interpolation) for item in encoded])
+        """The pixels of one request's files; BadImage names the file (1-based) and what is wrong with it."""
+        size_mb = sum(len(item[0]) for item in encoded) / 1e6
+        if size_mb > self.max_request_mb:
+            raise BadImage(
+                f"the request holds {size_mb:.1f} MB of images, above serve.max_request_mb={self.max_request_mb:g}; "
+                "send fewer or smaller images per request"
+            )
+        pixels = []
+        for i, item in enumerate(encoded, 1):
+            try:
+                pixels.append(preprocess(bytes(item[0]), self.size, self.resize, self.interpolation, self.max_pixels))
+            except BadImage as exc:
+                raise BadImage(f"image {i} of {len(encoded)} in the request: {exc}") from None
+        return np.stack(pixels)
 
     def _classify(self, pixels: np.ndarray) -> np.ndarray:
         import triton_python_backend_utils as pb_utils
@@ -73,9 +93,9 @@ class TritonPythonModel:
             try:
                 pixels.append(self._decode(batch))
                 errors.append(None)
-            except Exception as exc:  # a file that is not an image fails its own request, not the server
+            except BadImage as exc:  # a file that is not an image fails its own request, not the server
                 pixels.append(None)
-                errors.append(f"cannot decode image: {exc}")
+                errors.append(str(exc))
         decoded = [p for p in pixels if p is not None]
         try:
             scores = self._classify(np.concatenate(decoded)) if decoded else np.empty((0, 0), np.float32)
@@ -83,14 +103,18 @@ class TritonPythonModel:
             return [pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))) for _ in requests]
         probabilities = iter(np.split(scores, np.cumsum([len(p) for p in decoded])[:-1]))
         responses = []
-        for batch, error in zip(encoded, errors, strict=True):
+        for request, batch, error in zip(requests, encoded, errors, strict=True):
+            capture = PROBE not in request.parameters()
             if error is not None:
-                for item in batch:
-                    self.capture.submit(bytes(item[0]), None, error)
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(error)))
+                if capture and sum(len(item[0]) for item in batch) <= self.max_request_mb * 1e6:
+                    for item in batch:  # an oversized request is not stored
+                        self.capture.submit(bytes(item[0]), None, error)
+                responses.append(
+                    pb_utils.InferenceResponse(error=pb_utils.TritonError(error, pb_utils.TritonError.INVALID_ARG))
+                )
                 continue
             out = next(probabilities)
-            for item, row in zip(batch, out, strict=True):
+            for item, row in zip(batch, out, strict=True) if capture else ():
                 self.capture.submit(bytes(item[0]), row.tolist())
             responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(OUTPUT, out)]))
         self._report()

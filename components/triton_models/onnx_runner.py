@@ -25,11 +25,21 @@ class TritonPythonModel:
         import numpy as np
         import triton_python_backend_utils as pb_utils
 
-        # Dynamic batching hands over several requests at once: run them as one batch.
+        # Dynamic batching hands over several requests at once: run the valid ones as one batch. Pixels that
+        # are NaN or infinite are the client's mistake (INVALID_ARGUMENT), not NaN probabilities.
         inputs = [pb_utils.get_input_tensor_by_name(r, self.input_name).as_numpy() for r in requests]
-        outputs = self.session.run([self.output_name], {self.input_name: np.concatenate(inputs)})[0]
+        valid = [bool(np.isfinite(batch).all()) for batch in inputs]
+        good = [batch for batch, ok in zip(inputs, valid, strict=True) if ok]
+        outputs = self.session.run([self.output_name], {self.input_name: np.concatenate(good)})[0] if good else None
         responses, start = [], 0
-        for batch in inputs:
+        for batch, ok in zip(inputs, valid, strict=True):
+            if not ok:
+                error = pb_utils.TritonError(
+                    f"input {self.input_name!r} holds NaN or infinite values; send pixel values 0-255",
+                    pb_utils.TritonError.INVALID_ARG,
+                )
+                responses.append(pb_utils.InferenceResponse(error=error))
+                continue
             part = outputs[start : start + len(batch)]
             start += len(batch)
             responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(self.output_name, part)]))
