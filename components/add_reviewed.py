@@ -21,6 +21,7 @@ from components.config import Params
 from components.errors import DatasetError
 from components.fsutil import atomic_write_text, file_digest
 from components.images import probe_image
+from components.locks import locked
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +146,7 @@ def _copy_new(
     return lines, written
 
 
+@locked("dataset.dir")
 def add_reviewed(params: Params, review_file: str | Path) -> AddResult:
     """Add the labelled images of `review_file` to `dataset.dir`, check it, and `dvc add` it when tracked.
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from components.config import Params
 from components.dataset_checks import CheckReport, check_dataset
+from components.locks import locked
 from components.splitting import SplitResult, split_dataset
 
 
@@ -20,6 +21,7 @@ class CheckOutcome:
     resplit: SplitResult | None  # the in-place split done first, if any
 
 
+@locked("dataset.output")
 def check_step(params: Params) -> CheckOutcome:
     """Check `dataset.dir`; with `split.enable` and an empty `split.output`, resplit its lists in place first.
 

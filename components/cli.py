@@ -172,17 +172,52 @@ def cmd_register(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_publish(args: argparse.Namespace) -> int:
+def _publish(params: Params) -> int:
     from components.publish import publish
     from components.serve import reload_if_running
 
-    params = _params(args)
     result = publish(params)
     reloaded = reload_if_running(params, result["models"])
     print(
         f"Published {result['model_name']} version {result['version']} into {result['repo']}/ "
         f"({', '.join(result['models'])})" + ("; reloaded in the running server" if reloaded else "")
     )
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    return _publish(_params(args))
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from components import promote
+
+    params = _params(args)
+    if args.command == "promote":
+        change = promote.promote(params, args.version, args.reason, args.by)
+    else:
+        change = promote.rollback(params, args.reason, args.by)
+    if not change["changed"]:
+        print(f"{change['model_name']} version {change['version']} is already champion")
+    else:
+        print(
+            f"{change['model_name']}: champion version {change['previous']} -> {change['version']} "
+            f"by {change['by']} ({change['reason']})"
+        )
+    return _publish(params)
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from components.promote import history
+
+    rows = history(_params(args))
+    if not rows:
+        print("No change of champion recorded yet")
+        return 0
+    for row in rows:
+        row["previous"] = "-" if row["previous"] is None else row["previous"]
+        row["rollback"] = "yes" if row["rollback"] else ""
+    _print_table(["at", "version", "previous", "by", "rollback", "reason"], rows)
     return 0
 
 
@@ -386,6 +421,12 @@ def _dataset_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_demo)
 
 
+def _who_and_why(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--reason", default="", help="why, recorded in the registry")
+    p.add_argument("--by", default="", help="who, recorded in the registry (default: user@host)")
+    p.set_defaults(func=cmd_promote)
+
+
 def _release_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     for name, func, text in (
         ("train", cmd_train, "train a model on a checked dataset (MLflow tracked)"),
@@ -395,6 +436,14 @@ def _release_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         ("publish", cmd_publish, "registry champion -> Triton model repository"),
     ):
         sub.add_parser(name, parents=[common], help=text).set_defaults(func=func)
+    p = sub.add_parser("promote", parents=[common], help="make a registry version champion, then publish and reload")
+    p.add_argument("version", type=int, help="registry version number (sortflow history lists them)")
+    _who_and_why(p)
+    p = sub.add_parser("rollback", parents=[common], help="back to the previous champion, then publish and reload")
+    _who_and_why(p)
+    sub.add_parser("history", parents=[common], help="which version was champion when, by whom and why").set_defaults(
+        func=cmd_history
+    )
     p = sub.add_parser("serve", parents=[common], help="start a local Triton server over publish.repo")
     group = p.add_mutually_exclusive_group()
     group.add_argument(

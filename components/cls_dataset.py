@@ -12,11 +12,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from components.errors import DatasetError
 from components.fsutil import atomic_write_text
 
 LABEL_FILE = "label.txt"
 SPLITS = ("train", "val")
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"})
+MAX_LINE_BYTES = 4096  # PATH_MAX on Linux: a longer line of a list or label.txt names no file
 _INT = re.compile(r"^[+-]?\d+$")
 _ESCAPES_ROOT = re.compile(r"(^|/)\.\.(/|$)|^/|^[A-Za-z]:")
 
@@ -52,6 +54,14 @@ class ListEntry:
         return self.escapes_root or (bool(self.norm_path) and not inside(root, self.norm_path))
 
 
+def listed_file(root: Path, rel: str) -> bool:
+    """Whether `root/rel` is a file; a path the system cannot even look up (a name over 255 bytes) is not."""
+    try:
+        return (root / rel).is_file()
+    except OSError:
+        return False
+
+
 def inside(root: Path, rel: str) -> bool:
     """Whether `root/rel`, with every symbolic link followed, stays inside `root` (a missing file may)."""
     real_root = root.resolve()
@@ -72,10 +82,21 @@ class LabelEntry:
 
 
 def _lines(path: Path) -> Iterable[tuple[int, str]]:
-    text = path.read_text(encoding="utf-8-sig", errors="replace")
-    for number, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            yield number, line.strip()
+    """The non-blank lines of `path` with their numbers, read a line at a time: a line longer than any path
+    can be (a list that is one huge line, a binary file) raises DatasetError instead of filling the memory."""
+    number = 0
+    with open(path, "rb") as f:
+        while raw := f.readline(MAX_LINE_BYTES + 2):
+            if len(raw.rstrip(b"\r\n")) > MAX_LINE_BYTES:
+                raise DatasetError(
+                    f"{path}:{number + 1}: a line of more than {MAX_LINE_BYTES} bytes (no path is that long; "
+                    "is it a list file?); fix or remove that line"
+                )
+            text = raw.decode("utf-8", errors="replace").removeprefix("\ufeff" if number == 0 else "")
+            for line in text.splitlines() or [""]:  # as str.splitlines numbers them: \r and \r\n end a line too
+                number += 1
+                if line.strip():
+                    yield number, line.strip()
 
 
 def read_list(path: Path) -> list[ListEntry]:

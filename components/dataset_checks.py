@@ -22,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 
-from components.cls_dataset import LABEL_FILE, SPLITS, label_names, list_file, read_labels, read_list
+from components.cls_dataset import LABEL_FILE, SPLITS, label_names, list_file, listed_file, read_labels, read_list
 from components.config import DatasetParams
 from components.errors import DatasetError
 from components.fsutil import atomic_write_json, staged_dir
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 RESULT_FILE = "check_dataset_result.json"
 REPORT_DIR = "check_dataset"
 DATA_DOCS = "data_docs"  # under REPORT_DIR
+CLASS_NAME_PATTERN = r"^[^\x00-\x1f\x7f:]+$"
 INT_PATTERN = r"^[+-]?\d+$"
 EXAMPLES = 5
 
@@ -137,7 +138,7 @@ def _list_rows(root: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
             # once, for its form, and a path outside the root (by its text or by a symbolic link) is never read.
             row["leaves_root"] = e.fields == 2 and e.leaves(root)
             if e.fields == 2 and not row["leaves_root"]:
-                row["exists"] = (root / e.norm_path).is_file()
+                row["exists"] = listed_file(root, e.norm_path)
             rows.append(row)
     return files, rows
 
@@ -269,6 +270,15 @@ def _expectations(manifest: Manifest, min_image_size: int) -> dict[str, list[Any
             max_value=len(indices) - 1,
             description="label indices are contiguous (0 to N-1)",
             meta=fix("renumber label.txt 0..N-1 without gaps, and the labels in train.txt/val.txt with it"),
+        ),
+        gxe.ExpectColumnValuesToMatchRegex(
+            column="name",
+            regex=CLASS_NAME_PATTERN,
+            description="class names have no control characters and no ':'",
+            meta=fix(
+                "rename the class in label.txt: Triton's classification results are score:index:name, and control "
+                "characters garble logs, plots and reports"
+            ),
         ),
         gxe.ExpectColumnValuesToBeUnique(
             column="name",

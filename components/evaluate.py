@@ -15,6 +15,7 @@ import torch
 from components.checkpoints import check_classes, load_checkpoint, model_from_checkpoint, weights_path
 from components.config import Params
 from components.fsutil import atomic_write_json, atomic_write_text
+from components.locks import locked
 from components.metrics import accuracy_at_k, class_metrics, predict_logits
 from components.plots import figure, save_png
 from components.splitting import prepared_dataset
@@ -86,6 +87,7 @@ def _write_predictions(path: Path, root: Path, samples: list[Any], classes: list
     atomic_write_text(path, table.getvalue())
 
 
+@locked("evaluate.output")
 def evaluate(params: Params) -> dict[str, Any]:
     """Evaluate the checkpoint `evaluate.weight_path` (empty: best.pt in train.output) on the val list.
 

@@ -19,6 +19,7 @@ from components.deployable import OPSET, Deployable, deployable_from_checkpoint,
 from components.errors import SortflowError
 from components.fsutil import atomic_write_json, staged_dir
 from components.loader import read_split
+from components.locks import locked
 from components.metrics import accuracy_at_k
 from components.model_io import INPUT_NAME, INT8_FILE, LABELS_FILE, MODEL_FILE, OUTPUT_NAME, PROFILE_FILE, RESULT_FILE
 from components.onnx_io import onnx_probabilities, onnx_session, raw_images
@@ -106,6 +107,7 @@ def _int8(stage: Path, root: Path, data_config: dict[str, Any], images: np.ndarr
     return {"file": INT8_FILE, "size_bytes": (stage / INT8_FILE).stat().st_size, "val_top1": top1}
 
 
+@locked("export.output")
 def export(params: Params) -> dict[str, Any]:
     """Export the checkpoint `export.weight_path` (empty: best.pt in train.output) to ONNX.
 

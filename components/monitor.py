@@ -21,6 +21,7 @@ import pandas as pd
 from components import drift, tracking
 from components.config import Params
 from components.fsutil import atomic_write_json, staged_dir
+from components.locks import locked
 from components.plots import figure, save_png
 from components.traffic import drift_tests, live_table, load_profile, served_window
 
@@ -131,6 +132,7 @@ def _gx_suite(live: pd.DataFrame, findings: list[drift.Finding], params: Params,
     return results
 
 
+@locked("monitor.output")
 def monitor(params: Params) -> dict[str, Any]:
     """Check the last `monitor.window_hours` of captured traffic for drift against the served version's reference.
 

@@ -16,6 +16,7 @@ from typing import Any
 from components.config import Params
 from components.errors import SortflowError
 from components.fsutil import atomic_write_text, file_digest, staged_dir
+from components.locks import locked
 from components.model_io import LABELS_FILE, MODEL_FILE, PROFILE_FILE, RESULT_FILE
 from components.registry import REFERENCE_PROFILE, champion_version, downloaded
 from components.triton_config import (
@@ -62,12 +63,16 @@ def _published(target: Path, files: dict[str, Path]) -> bool:
 
 
 def _place_version(model_dir: Path, version: int, files: dict[str, Path]) -> None:
-    """Build `<version>/` aside and rename it into place in one step; keep the newest KEEP_VERSIONS."""
+    """Build `<version>/` aside and rename it into place in one step."""
     with staged_dir(model_dir / str(version)) as stage:
         for name, src in files.items():
             shutil.copyfile(src, stage / name)
-    versions = sorted((int(p.name) for p in model_dir.iterdir() if p.name.isdigit()), reverse=True)
-    for stale in versions[KEEP_VERSIONS:]:
+
+
+def _prune(model_dir: Path, served: int) -> None:
+    """Keep the served version and the newest others, KEEP_VERSIONS in all."""
+    others = sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and int(p.name) != served)
+    for stale in others[: max(0, len(others) - (KEEP_VERSIONS - 1))]:
         shutil.rmtree(model_dir / str(stale))
 
 
@@ -94,6 +99,7 @@ def write_repository(
         log.info("%s version %d is already published with the same files", info.name, info.version)
     else:
         _place_version(model_dir, info.version, version_files)
+    _prune(model_dir, info.version)
 
     bytes_dir = repo / f"{info.name}{BYTES}"
     settings = BytesSettings(
@@ -105,11 +111,13 @@ def write_repository(
     code_version = _code_version(bytes_dir, code)
     if not (bytes_dir / str(code_version)).is_dir():
         _place_version(bytes_dir, code_version, code)
+    _prune(bytes_dir, code_version)
     for retired in RETIRED:  # an earlier release's model that nothing calls any more
         shutil.rmtree(repo / f"{info.name}{retired}", ignore_errors=True)
     return model_names(info.name)
 
 
+@locked("publish.repo")
 def publish(params: Params) -> dict[str, Any]:
     """Write the registry's champion of `register.model_name` into `publish.repo`.
 

@@ -19,8 +19,9 @@ from components.config import Params
 from components.digests import val_set_digest
 from components.errors import SortflowError
 from components.fsutil import atomic_write_json, file_digest
+from components.locks import locked
 from components.model_io import INPUT_NAME, LABELS_FILE, MODEL_FILE, PROFILE_FILE, RESULT_FILE
-from components.registry import CHALLENGER, CHAMPION, TRAIN_LIST, champion_version, downloaded
+from components.registry import CHALLENGER, TRAIN_LIST, champion_version, downloaded, set_champion, who
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +213,7 @@ def _decide(
     )
 
 
+@locked("register.output")
 def register(params: Params) -> dict[str, Any]:
     """Register the model in `export.output` as a new version of `register.model_name`, behind the gate.
 
@@ -236,7 +238,7 @@ def register(params: Params) -> dict[str, Any]:
     decision = _decide(params, champion, version, val_hash, exported, root)
     run.client.set_registered_model_alias(name, CHALLENGER, version.version)
     if decision.promoted:
-        run.client.set_registered_model_alias(name, CHAMPION, version.version)
+        set_champion(run.client, name, int(version.version), decision.text, by=f"sortflow register ({who()})")
     run.client.set_model_version_tag(name, version.version, "promotion", decision.text)
     run.client.set_tag(run.run_id, "sortflow.promotion", decision.text)
     log.info("Registered %s: %s", name, decision.text)

@@ -7,8 +7,14 @@ train.txt it was trained on and its reference profile (versions registered befor
 from __future__ import annotations
 
 import contextlib
+import getpass
+import json
+import socket
 import tempfile
+import time
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -22,6 +28,65 @@ EXTRA = "extra_files"  # where MLflow's save_model puts extra_files
 TRAIN_LIST = "train.txt"  # kept with each version, so a later gate knows which images it trained on
 REFERENCE_PROFILE = PROFILE_FILE  # what normal traffic looks like for the version (earlier versions lack it)
 REQUIRED = (MODEL_FILE, LABELS_FILE, RESULT_FILE)
+HISTORY_TAG = "sortflow.champion."  # a registered-model tag per change of champion: key + time in ns
+
+
+@dataclass(frozen=True)
+class ChampionChange:
+    """One change of the `champion` alias: who made which version champion, when and why."""
+
+    at: str  # UTC, ISO 8601
+    version: int
+    previous: int | None
+    by: str
+    reason: str
+    rollback: bool = False
+
+
+def who() -> str:
+    """user@host of this process, for the record of a change."""
+    return f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+def set_champion(
+    mlflow_client: Any, name: str, version: int, reason: str, by: str = "", rollback: bool = False
+) -> ChampionChange:
+    """Move `champion` to `version` and record the change (a model tag for the history, and promoted_by,
+    promoted_at and promotion_reason on the version): the one way register, promote and rollback move it."""
+    previous = champion_version(mlflow_client, name)
+    change = ChampionChange(
+        at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        version=int(version),
+        previous=int(previous.version) if previous is not None else None,
+        by=by or who(),
+        reason=reason,
+        rollback=rollback,
+    )
+    mlflow_client.set_registered_model_alias(name, CHAMPION, str(version))
+    mlflow_client.set_registered_model_tag(name, f"{HISTORY_TAG}{time.time_ns()}", json.dumps(asdict(change)))
+    for key, value in (("promoted_by", change.by), ("promoted_at", change.at), ("promotion_reason", reason)):
+        mlflow_client.set_model_version_tag(name, str(version), key, value)
+    return change
+
+
+def champion_history(mlflow_client: Any, name: str) -> list[ChampionChange]:
+    """Every recorded change of champion, oldest first (changes before sortflow recorded them are absent)."""
+    tags = mlflow_client.get_registered_model(name).tags
+    keys = sorted((k for k in tags if k.startswith(HISTORY_TAG)), key=lambda k: int(k[len(HISTORY_TAG) :]))
+    return [ChampionChange(**json.loads(tags[k])) for k in keys]
+
+
+def rollback_target(history: list[ChampionChange]) -> int | None:
+    """The champion before the current one: promotions stack up and each rollback takes the top one off, so
+    rolling back twice goes two champions back. None when the history holds no earlier champion."""
+    # The champion before the first recorded change (one promoted before sortflow kept a history) counts.
+    stack = [history[0].previous] if history and history[0].previous is not None else []
+    for change in history:
+        if change.rollback and len(stack) > 1 and stack[-2] == change.version:
+            stack.pop()
+        else:
+            stack.append(change.version)
+    return stack[-2] if len(stack) > 1 else None
 
 
 def artifact_files(model_dir: Path) -> dict[str, Path]:

@@ -23,6 +23,7 @@ from components.config import Params
 from components.drift import class_shares
 from components.fsutil import atomic_write_json, atomic_write_text, staged_dir
 from components.images import STATS
+from components.locks import locked
 from components.traffic import drift_tests, live_table, load_profile, served_window
 
 log = logging.getLogger(__name__)
@@ -130,6 +131,7 @@ def _label_studio(rows: list[dict[str, Any]], labels: list[str], model: str) -> 
     return tasks, config
 
 
+@locked("review.output")
 def review(params: Params) -> dict[str, Any]:
     """Build the review queue of the captured window (the one `sortflow monitor` checks).
 

@@ -439,13 +439,14 @@ def reload(params: Params, models: list[str] | None = None) -> dict[str, Any]:
     if not state["stock_triton"]:
         for name in models:
             runtime_model(repo / name, Path(state["served_repo"]) / name)
-    client = httpclient.InferenceServerClient(f"{client_host(state.get('host', ''))}:{state['http_port']}")
+    address = f"{client_host(state.get('host', ''))}:{state['http_port']}"
+    client = httpclient.InferenceServerClient(address)
     for name in models:
         try:
             client.load_model(name)
         except (InferenceServerException, OSError) as exc:
             raise ServiceError(
-                f"the Triton server on port {state['http_port']} (pid {state['pid']}) did not load {name} "
+                f"the Triton server on {address} (pid {state['pid']}) did not load {name} "
                 f"({exc}); see {state['log']}, or restart it with `sortflow serve --stop` and `sortflow serve`"
             ) from exc
     log.info("Loaded %s into the running server", ", ".join(models))

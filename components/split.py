@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from components.config import Params
 from components.dataset_checks import ensure_checked
+from components.locks import locked
 from components.splitting import SplitResult, split_into
 
 
+@locked("split.output")
 def split_step(params: Params) -> SplitResult | None:
     """Split `dataset.dir` into `split.output` once it passes check-dataset; None when `split.output` is empty.
 

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.cls_dataset import LABEL_FILE, SPLITS, format_list, list_file, read_list, write_list
+from components.cls_dataset import LABEL_FILE, SPLITS, format_list, list_file, listed_file, read_list, write_list
 from components.config import Params, SplitParams
 from components.digests import images_digest, lists_digest
 from components.errors import DatasetError
@@ -103,7 +103,7 @@ def _read_rows(root: Path) -> tuple[list[Row], dict[str, str]]:
                 log.warning("%s: %s is listed again; it is kept once", where, entry.path)
                 continue
             rows[entry.norm_path] = (entry.path, entry.label)
-            if (root / entry.norm_path).is_file():
+            if listed_file(root, entry.norm_path):
                 content[entry.path] = file_digest(root / entry.norm_path)
     return list(rows.values()), content
 

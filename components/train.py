@@ -32,6 +32,7 @@ from components.config import Params, TrainParams
 from components.errors import ParamsError, SortflowError
 from components.fsutil import atomic_write_json, atomic_write_text
 from components.loader import DataConfig, model_input, read_classes, split_images
+from components.locks import output_lock
 from components.metrics import correct_at_k, predict_logits
 from components.models import ModelSpec, create_model, get_spec
 from components.plots import figure, save_png
@@ -111,11 +112,14 @@ def torchrun_command(gpu_ids: list[int], argv: list[str]) -> tuple[list[str], di
 def run_training(params: Params, argv: list[str]) -> TrainResult | None:
     """Train here; with several GPUs, run `sortflow ARGV` under torchrun instead (None: its ranks trained)."""
     _, gpu_ids = resolve_device(params.train.device)
-    if len(gpu_ids) <= 1 or "WORLD_SIZE" in os.environ:
+    if "WORLD_SIZE" in os.environ:  # a rank under torchrun: its launcher holds the lock of train.output
         return train(params)
-    command, env = torchrun_command(gpu_ids, argv)
-    if subprocess.run(command, env=env).returncode != 0:
-        raise SortflowError(f"distributed training failed; see {params.train.output}/train.log")
+    with output_lock(params.train.output, "sortflow train"):
+        if len(gpu_ids) <= 1:
+            return train(params)
+        command, env = torchrun_command(gpu_ids, argv)
+        if subprocess.run(command, env=env).returncode != 0:
+            raise SortflowError(f"distributed training failed; see {params.train.output}/train.log")
     return None
 
 

@@ -62,12 +62,13 @@ def _parameters(values: dict[str, str]) -> str:
 
 
 def classifier_config(info: ModelInfo, max_batch_size: int, kind: str, instances: int) -> str:
-    """The stock Triton config: onnxruntime_onnx, one NCHW image input, one FP32 vector output."""
+    """The stock Triton config: onnxruntime_onnx, one NCHW image input, one FP32 vector output. It serves the
+    published version by number (not the latest folder), so a rollback to a lower version serves that one."""
     size = info.image_size
     return f"""name: "{info.name}"
 platform: "onnxruntime_onnx"
 max_batch_size: {max_batch_size}
-version_policy: {{ latest: {{ num_versions: 1 }} }}
+version_policy: {{ specific: {{ versions: [ {info.version} ] }} }}
 input [
   {{ name: "{INPUT_NAME}" data_type: TYPE_FP32 format: FORMAT_NCHW dims: [ 3, {size}, {size} ] }}
 ]

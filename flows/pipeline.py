@@ -1,10 +1,10 @@
 """The pipeline as Prefect 3 flows. Each task is a thin wrapper over one component; no logic lives here.
 
 Flows: `training-pipeline` (when the data changed, or with `force`: pull, check, split, train, evaluate,
-export, register, publish), `data-check` (pull, check), `promote-and-serve` (publish the champion, (re)load
-it in Triton) and `monitor` (captured traffic against the reference; drift emits the Prefect event
-`sortflow.monitor.drift`). Every flow takes `overrides` ({"train.epochs": 3}: params.yaml keys, as `-o`
-and `dvc exp run -S`) and `params_file`.
+export, register, publish), `data-check` (pull, check), `promote-and-serve` (optionally promote a version
+or roll back first, then publish the champion and (re)load it in Triton) and `monitor` (captured traffic
+against the reference; drift emits the Prefect event `sortflow.monitor.drift`). Every flow takes
+`overrides` ({"train.epochs": 3}: params.yaml keys, as `-o` and `dvc exp run -S`) and `params_file`.
 """
 
 from __future__ import annotations
@@ -181,12 +181,32 @@ def data_check(overrides: dict[str, Any] | None = None, params_file: str | None 
     return check(params)
 
 
+@service_step(name="set-champion")
+def set_champion(params: Params, version: int | None, rollback: bool, reason: str) -> dict[str, Any]:
+    """Move the registry's champion by hand: to `version`, or back to the previous champion."""
+    from components import promote
+    from components.registry import who
+
+    by = f"prefect flow run ({who()})"
+    return promote.rollback(params, reason, by) if rollback else promote.promote(params, version, reason, by)
+
+
 @flow(name="promote-and-serve")
 def promote_and_serve(
-    overrides: dict[str, Any] | None = None, params_file: str | None = None, start_server: bool = True
+    overrides: dict[str, Any] | None = None,
+    params_file: str | None = None,
+    start_server: bool = True,
+    version: int | None = None,
+    rollback: bool = False,
+    reason: str = "",
 ) -> str:
-    """Publish the registry's champion into the Triton repository and (re)load it; start Triton if asked."""
+    """Publish the registry's champion into the Triton repository and (re)load it; start Triton if asked.
+    With `version`, that registry version becomes champion first; with `rollback`, the previous champion."""
     params = resolve_params(params_file, overrides)
+    if version is not None and rollback:
+        raise SortflowError("promote-and-serve takes a version or rollback, not both")
+    if version is not None or rollback:
+        set_champion(params, version, rollback, reason)
     published = publish(params)
     if start_server and not published["reloaded"]:
         serve(params)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import cls_dataset
+from tests.helpers import RELIABILITY_LOG, cls_dataset
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
@@ -36,3 +37,20 @@ def run_cli(
         return code, out, err
 
     return run
+
+
+@pytest.fixture(scope="session", autouse=True)
+def reliability_table() -> Iterator[None]:
+    """The figures the reliability tests record (`record_figure`), as the Markdown table of RELIABILITY.md:
+    bench/out/reliability.md, written at the end of a session that recorded any."""
+    RELIABILITY_LOG.unlink(missing_ok=True)
+    yield
+    if not RELIABILITY_LOG.is_file():
+        return
+    rows = [json.loads(line) for line in RELIABILITY_LOG.read_text().splitlines()]
+    lines = ["| what | tried | handled | failed | notes |", "| --- | --- | --- | --- | --- |"]
+    for row in rows:
+        lines.append(
+            f"| {row['kind']} | {row['tried']} | {row['handled']} | {row['failed']} | {row.get('notes', '')} |"
+        )
+    (RELIABILITY_LOG.parent / "reliability.md").write_text("\n".join(lines) + "\n")

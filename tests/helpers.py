@@ -78,3 +78,15 @@ def snapshot(root: Path) -> dict[str, str]:
         for p in sorted(root.rglob("*"))
         if p.is_file()
     }
+
+
+RELIABILITY_LOG = Path(__file__).resolve().parents[1] / "bench" / "out" / "reliability.jsonl"
+
+
+def record_figure(kind: str, **fields: object) -> None:
+    """One row of the reliability table that the suite writes (bench/out/reliability.md, see conftest)."""
+    import json
+
+    RELIABILITY_LOG.parent.mkdir(parents=True, exist_ok=True)
+    with open(RELIABILITY_LOG, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"kind": kind, **fields}) + "\n")

@@ -37,3 +37,35 @@ def test_a_failed_stage_leaves_the_old_folder_whole(tmp_path: Path) -> None:
         raise RuntimeError("interrupted")
     assert (tmp_path / "out/kept.txt").read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_a_replaced_folder_is_never_missing(tmp_path: Path) -> None:
+    """Readers of a folder that is replaced (a report, a runtime model copy) find the old or the new one whole,
+    never no folder: the swap is one atomic exchange."""
+    import threading
+
+    final = tmp_path / "model"
+    with staged_dir(final) as stage:
+        atomic_write_text(stage / "version.txt", "0")
+    seen: list[str] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            try:
+                seen.append((final / "version.txt").read_text())
+            except FileNotFoundError:
+                seen.append("missing")
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for i in range(1, 201):
+            with staged_dir(final, replace=True) as stage:
+                atomic_write_text(stage / "version.txt", str(i))
+    finally:
+        stop.set()
+        reader.join()
+    assert "missing" not in seen and len(seen) > 200
+    assert (final / "version.txt").read_text() == "200"
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no old copy or stage left behind

@@ -28,6 +28,7 @@ STEPS = {
     "monitor",
     "review",
     "add_reviewed",
+    "promote",
 }
 ENTRY = {"cli"}
 

@@ -46,3 +46,21 @@ def test_champion_that_cannot_be_compared_is_replaced() -> None:
     decision = decide_promotion("5", 0.6, 0.3, champion="4")
     assert decision.promoted and decision.champion_top1 is None
     assert "cannot be compared: promoted to champion" in decision.text
+
+
+def test_rollback_goes_back_one_champion_per_call() -> None:
+    from components.registry import ChampionChange, rollback_target
+
+    def change(version: int, previous: int | None, rollback: bool = False) -> ChampionChange:
+        return ChampionChange("2026-12-01T00:00:00+00:00", version, previous, "me@host", "why", rollback)
+
+    assert rollback_target([]) is None
+    assert rollback_target([change(1, None)]) is None  # the first champion has nothing before it
+    promoted = [change(1, None), change(2, 1), change(3, 2)]
+    assert rollback_target(promoted) == 2
+    assert rollback_target([*promoted, change(2, 3, rollback=True)]) == 1  # twice: two champions back
+    assert rollback_target([*promoted, change(2, 3, True), change(1, 2, True)]) is None
+    # A champion promoted before the history was kept (version 1 here) still counts.
+    assert rollback_target([change(4, 1)]) == 1
+    # Promoting by hand after a rollback stacks up again.
+    assert rollback_target([*promoted, change(2, 3, True), change(5, 2)]) == 2

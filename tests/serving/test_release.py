@@ -105,7 +105,9 @@ def test_config_parses_with_tritons_schema(release: Release) -> None:
     assert config.input[0].format == model_config_pb2.ModelInput.FORMAT_NCHW
     assert list(config.input[0].dims) == [3, 32, 32] and config.output[0].label_filename == "labels.txt"
     assert (
-        config.HasField("dynamic_batching") and config.model_warmup and config.version_policy.latest.num_versions == 1
+        config.HasField("dynamic_batching")
+        and config.model_warmup
+        and list(config.version_policy.specific.versions) == [1]
     )
     assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
     assert config.parameters["registry_version"].string_value == "1"
