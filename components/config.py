@@ -154,7 +154,23 @@ class Params:
     deploy: DeployParams = field(default_factory=DeployParams)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        return dataclasses.asdict(self)
+        """Every section as plain values, for reports and config.yaml: a password in a URI is masked."""
+        values = dataclasses.asdict(self)
+        values["mlflow"]["tracking_uri"] = redact_uri(values["mlflow"]["tracking_uri"])
+        return values
+
+
+def redact_uri(uri: str) -> str:
+    """`uri` with the secret of its user part masked (http://user:secret@host -> http://user:***@host, and a
+    lone token http://token@host -> http://***@host), for anything that is logged, written or shown."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri
+    host = parts.netloc.rpartition("@")[2]
+    user = f"{parts.username}:***" if parts.password is not None else "***"
+    return urlunsplit(parts._replace(netloc=f"{user}@{host}"))
 
 
 def _section_types() -> dict[str, type]:
@@ -189,12 +205,15 @@ def _coerce(value: Any, expected: type, where: str) -> Any:
 def _set(params: Params, key: str, value: Any, where: str) -> None:
     section, _, name = key.partition(".")
     sections = _section_types()
-    if section not in sections or not name:
-        raise ParamsError(f"{where}: unknown parameter {key!r}. Valid keys: {', '.join(valid_keys())}")
-    hints = typing.get_type_hints(sections[section])
+    hints = typing.get_type_hints(sections[section]) if section in sections else {}
     if name not in hints:
-        keys = [k for k in valid_keys() if k.startswith(section + ".")]
-        raise ParamsError(f"{where}: unknown parameter {key!r}. Valid keys in {section}: {', '.join(keys)}")
+        import difflib
+
+        keys = [k for k in valid_keys() if k.startswith(section + ".")] or valid_keys()
+        close = difflib.get_close_matches(key, valid_keys(), n=1)
+        hint = f" Did you mean {close[0]}?" if close else ""
+        scope = f" in {section}" if section in sections else ""
+        raise ParamsError(f"{where}: unknown parameter {key!r}.{hint} Valid keys{scope}: {', '.join(keys)}")
     setattr(getattr(params, section), name, _coerce(value, hints[name], f"{where}: {key}"))
 
 
@@ -261,18 +280,33 @@ def _validate_deploy(d: DeployParams) -> None:
             )
 
 
-def _read_yaml(path: Path) -> Mapping[str, Any]:
+def _key_lines(text: str) -> dict[tuple[str, str], int]:
+    """The line of each `section: key:` in a YAML text (1-based), for errors that name file:line."""
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    lines: dict[tuple[str, str], int] = {}
+    for section, values in root.value if isinstance(root, yaml.MappingNode) else []:
+        lines[(str(section.value), "")] = section.start_mark.line + 1
+        for key, _ in values.value if isinstance(values, yaml.MappingNode) else []:
+            lines[(str(section.value), str(key.value))] = key.start_mark.line + 1
+    return lines
+
+
+def _read_yaml(path: Path) -> tuple[Mapping[str, Any], dict[tuple[str, str], int]]:
+    """The sections of a parameter file, and the line of each key."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        data = yaml.safe_load(text)
+    except UnicodeDecodeError as exc:
+        raise ParamsError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from exc
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         line = f":{mark.line + 1}" if mark is not None else ""
         raise ParamsError(f"{path}{line}: not valid YAML ({exc.problem}); fix the syntax there") from exc
     if data is None:
-        return {}
+        return {}, {}
     if not isinstance(data, Mapping):
         raise ParamsError(f"{path}: expected a mapping of sections (dataset:, split:, ...), got {data!r}")
-    return data
+    return data, _key_lines(text)
 
 
 def load_params(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Params:
@@ -284,13 +318,15 @@ def load_params(path: str | Path | None = None, overrides: Iterable[str] = ()) -
         path = Path(path)
         if not path.is_file():
             raise ParamsError(f"{path}: parameter file not found; pass --params PATH to an existing file")
-        for section, values in _read_yaml(path).items():
+        data, lines = _read_yaml(path)
+        for section, values in data.items():
             if not isinstance(values, Mapping):
                 raise ParamsError(
-                    f"{path}: section {section!r} must be a mapping of keys, e.g. {section}:\n  key: value"
+                    f"{path}:{lines.get((str(section), ''), '?')}: section {section!r} must be a mapping of keys, "
+                    f"e.g. {section}:\n  key: value"
                 )
             for key, value in values.items():
-                _set(params, f"{section}.{key}", value, str(path))
+                _set(params, f"{section}.{key}", value, f"{path}:{lines.get((str(section), str(key)), '?')}")
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():

@@ -13,7 +13,9 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,11 +51,46 @@ def fsync_dir(folder: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+def _owner() -> str:
+    """The host and pid that temporary names carry, so that a later run can tell its own from a dead one's."""
+    return f"{socket.gethostname().replace('.', '-')}.{os.getpid()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def clear_stale(final: Path) -> None:
+    """Remove the temporary siblings of `final` (.NAME.HOST.PID.*.tmp/.old) left by a process of this host that
+    no longer runs (killed with -9 mid-write): a rerun leaves no temporary file behind."""
+    host = socket.gethostname().replace(".", "-")
+    pattern = re.compile(rf"^\.{re.escape(final.name)}\.{re.escape(host)}\.(\d+)\..*\.(tmp|old)$")
+    try:
+        siblings = list(os.scandir(final.parent))
+    except OSError:
+        return
+    for entry in siblings:
+        match = pattern.match(entry.name)
+        if match and not _alive(int(match.group(1))):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write `data` to a temporary sibling, flush it to disk, and rename it over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    clear_stale(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_owner()}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~umask())
         with os.fdopen(fd, "wb") as f:
@@ -129,7 +166,7 @@ def _replace_dir(stage: Path, final: Path) -> None:
         return
     # No atomic exchange here (not Linux, or a filesystem without it): the old folder is moved aside first,
     # so `final` is missing for the moment between the two renames.
-    old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
+    old = Path(tempfile.mkdtemp(prefix=f".{final.name}.{_owner()}.", suffix=".old", dir=final.parent))
     os.replace(final, old / final.name)
     os.replace(stage, final)
     shutil.rmtree(old)
@@ -145,7 +182,8 @@ def staged_dir(final: str | os.PathLike[str], replace: bool = False) -> Iterator
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    clear_stale(final)
+    stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.{_owner()}.", suffix=".tmp", dir=final.parent))
     try:
         os.chmod(stage, 0o777 & ~umask())
         yield stage

@@ -21,7 +21,17 @@ from components.errors import SortflowError
 from components.fsutil import atomic_write_json, file_digest
 from components.locks import locked
 from components.model_io import INPUT_NAME, LABELS_FILE, MODEL_FILE, PROFILE_FILE, RESULT_FILE
-from components.registry import CHALLENGER, TRAIN_LIST, champion_version, downloaded, set_champion, who
+from components.registry import (
+    CHALLENGER,
+    REGISTERING,
+    TRAIN_LIST,
+    champion_version,
+    downloaded,
+    registering_tag,
+    repair_half_registered,
+    set_champion,
+    who,
+)
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +202,7 @@ def _new_version(params: Params, run: Any, exported: dict[str, Any], root: Path,
         "val_top5": f"{exported['val_top5']:.6f}",
         "model_name": exported["model_name"],
         "val_set_hash": val_hash,
+        REGISTERING: registering_tag(),
     }
     return run.client.create_model_version(name, f"runs:/{run.run_id}/{artifact_path}", run_id=run.run_id, tags=tags)
 
@@ -233,6 +244,7 @@ def register(params: Params) -> dict[str, Any]:
     run = ensure_run(params, exported.get("mlflow_run_id"), root, f"register-{exported['model_name']}")
     name = params.register.model_name
     val_hash = val_set_digest(root)
+    repair_half_registered(run.client, name)
     version = _new_version(params, run, exported, root, val_hash)
     champion = champion_version(run.client, name)
     decision = _decide(params, champion, version, val_hash, exported, root)
@@ -240,6 +252,7 @@ def register(params: Params) -> dict[str, Any]:
     if decision.promoted:
         set_champion(run.client, name, int(version.version), decision.text, by=f"sortflow register ({who()})")
     run.client.set_model_version_tag(name, version.version, "promotion", decision.text)
+    run.client.delete_model_version_tag(name, version.version, REGISTERING)  # registered whole
     run.client.set_tag(run.run_id, "sortflow.promotion", decision.text)
     log.info("Registered %s: %s", name, decision.text)
     result = {

@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import getpass
 import json
+import logging
+import os
 import socket
 import tempfile
 import time
@@ -19,15 +21,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from components.config import MlflowParams, Params
+from components.config import MlflowParams, Params, redact_uri
 from components.errors import ServiceError, SortflowError
 from components.model_io import LABELS_FILE, MODEL_FILE, PROFILE_FILE, RESULT_FILE
+
+log = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 EXTRA = "extra_files"  # where MLflow's save_model puts extra_files
 TRAIN_LIST = "train.txt"  # kept with each version, so a later gate knows which images it trained on
 REFERENCE_PROFILE = PROFILE_FILE  # what normal traffic looks like for the version (earlier versions lack it)
 REQUIRED = (MODEL_FILE, LABELS_FILE, RESULT_FILE)
+REGISTERING = "sortflow.registering"  # host:pid while `register` has not finished with the version
 HISTORY_TAG = "sortflow.champion."  # a registered-model tag per change of champion: key + time in ns
 
 
@@ -41,6 +46,53 @@ class ChampionChange:
     by: str
     reason: str
     rollback: bool = False
+
+
+def registering_tag() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _dead(tag: str) -> bool:
+    """Whether the registration that left `tag` (host:pid) was of this host and its process is gone."""
+    host, _, pid = tag.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass
+    return False
+
+
+def repair_half_registered(mlflow_client: Any, name: str) -> list[int]:
+    """Versions of `name` whose registration was killed before it ended (their REGISTERING tag names a dead
+    process of this host): one that had already become champion keeps its place (the tag goes), any other is
+    deleted. A version being registered elsewhere is only reported. Returns the versions deleted."""
+    champion = champion_version(mlflow_client, name)
+    removed = []
+    for version in mlflow_client.search_model_versions(f"name='{name}'"):
+        tag = version.tags.get(REGISTERING)
+        if tag is None:
+            continue
+        if not _dead(tag):
+            log.warning("Version %s of %r is still being registered by %s", version.version, name, tag)
+        elif champion is not None and champion.version == version.version:
+            mlflow_client.delete_model_version_tag(name, version.version, REGISTERING)
+            log.warning(
+                "Version %s of %r: its registration (%s) was killed after it became champion; kept",
+                version.version,
+                name,
+                tag,
+            )
+        else:
+            mlflow_client.delete_model_version(name, version.version)
+            removed.append(int(version.version))
+            log.warning(
+                "Removed version %s of %r: its registration (%s) was killed before it ended", version.version, name, tag
+            )
+    return removed
 
 
 def who() -> str:
@@ -134,7 +186,9 @@ def downloaded(params: MlflowParams, version: Any) -> Iterator[dict[str, Path]]:
         except (MlflowException, OSError) as exc:  # requests' connection errors are OSErrors too
             missing = isinstance(exc, MlflowException) and exc.error_code == "RESOURCE_DOES_NOT_EXIST"
             if _remote(uri) and not missing and not isinstance(exc, FileNotFoundError):
-                raise ServiceError(f"{where}: the MLflow store {uri} did not answer ({exc}); try again") from exc
+                raise ServiceError(
+                    f"{where}: the MLflow store {redact_uri(uri)} did not answer ({exc}); try again"
+                ) from exc
             raise SortflowError(
                 f"{where}: its files at {version.source} cannot be read ({exc}); register the model again"
             ) from exc

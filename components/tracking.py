@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from components.config import MlflowParams, Params
+from components.config import MlflowParams, Params, redact_uri
 from components.digests import lists_digest
 from components.dvc_data import dvc_md5
 from components.errors import ServiceError
@@ -47,8 +47,8 @@ def client(params: MlflowParams) -> tuple[Any, str]:
             socket.create_connection((parsed.hostname, parsed.port or 443), timeout=3).close()
         except OSError as exc:
             raise ServiceError(
-                f"MLflow tracking server {uri} cannot be reached ({exc}); start it or point mlflow.tracking_uri "
-                "(or MLFLOW_TRACKING_URI) at a running server"
+                f"MLflow tracking server {redact_uri(uri)} cannot be reached ({exc}); start it or point "
+                "mlflow.tracking_uri (or MLFLOW_TRACKING_URI) at a running server"
             ) from exc
     mlflow_client = MlflowClient(tracking_uri=uri)
     experiment = mlflow_client.get_experiment_by_name(params.experiment)
@@ -128,7 +128,9 @@ def ensure_run(params: Params, run_id: str | None, data_dir: str | Path, name: s
             mlflow_client.get_run(run_id)
             return Run(mlflow_client, run_id)
         except MlflowException:
-            log.warning("MLflow run %s is not in %s; logging to a new run", run_id, tracking_uri(params.mlflow))
+            log.warning(
+                "MLflow run %s is not in %s; logging to a new run", run_id, redact_uri(tracking_uri(params.mlflow))
+            )
     run_id = _new_run(mlflow_client, experiment_id, params, data_dir, name)
     mlflow_client.set_terminated(run_id, "FINISHED")
     return Run(mlflow_client, run_id)

@@ -76,7 +76,10 @@ def test_params_file_then_overrides(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("train.epoch=3", "unknown parameter 'train.epoch'. Valid keys in train: train.model"),
+        (
+            "train.epoch=3",
+            "unknown parameter 'train.epoch'. Did you mean train.epochs? Valid keys in train: train.model",
+        ),
         ("nosuch.key=1", "unknown parameter 'nosuch.key'. Valid keys: dataset.dir"),
         ("train.epochs=three", "train.epochs: expected int, got 'three'"),
         ("split.enable=maybe", "split.enable: expected bool"),
@@ -96,11 +99,19 @@ def test_bad_params_file(tmp_path: Path) -> None:
     bad.write_text("train:\n  epochs: [1\n")
     with pytest.raises(ParamsError, match=r"params\.yaml:\d+: not valid YAML"):
         load_params(bad)
-    bad.write_text("train:\n  epoch: 1\n")
-    with pytest.raises(ParamsError, match=r"unknown parameter 'train\.epoch'"):
+    bad.write_text("dataset:\n  dir: data\ntrain:\n  epoch: 1\n")
+    with pytest.raises(
+        ParamsError, match=r"params\.yaml:4: unknown parameter 'train\.epoch'\. Did you mean train\.epochs"
+    ):
+        load_params(bad)
+    bad.write_text("train:\n  model: x\n  epochs: five\n")
+    with pytest.raises(ParamsError, match=r"params\.yaml:3: train\.epochs: expected int, got 'five'"):
+        load_params(bad)
+    bad.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ParamsError, match=r"params\.yaml: not UTF-8 text"):
         load_params(bad)
     bad.write_text("train: 5\n")
-    with pytest.raises(ParamsError, match="section 'train' must be a mapping"):
+    with pytest.raises(ParamsError, match=r"params\.yaml:1: section 'train' must be a mapping"):
         load_params(bad)
     with pytest.raises(ParamsError, match="parameter file not found"):
         load_params(tmp_path / "missing.yaml")

@@ -1,0 +1,215 @@
+"""kill -9 at several moments of check-dataset, split, train, register and publish, then the rerun: each ends
+where an uninterrupted run does, the registry holds no version without its files, the Triton repository
+loads after every kill, and no temporary file is left behind."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import TINY_TRAIN, cls_dataset, free_port, overrides, record_figure
+
+pytestmark = pytest.mark.slow
+
+SORTFLOW = str(Path(sys.executable).parent / "sortflow")
+FRACTIONS = (0.3, 0.5, 0.7, 0.9)  # of the command's uninterrupted run time
+OUTPUTS = {"check-dataset": "output/check_dataset_result.json", "split": "output/split"}
+
+
+@dataclass
+class Project:
+    root: Path
+    args: list[str]
+
+    def run(self, *argv: str, check: bool = True) -> float:
+        began = time.monotonic()
+        done = subprocess.run([SORTFLOW, *argv, *self.args], cwd=self.root, capture_output=True, text=True)
+        assert not check or done.returncode == 0, (argv, done.stderr[-3000:])
+        return time.monotonic() - began
+
+    def kill_after(self, seconds: float, *argv: str) -> bool:
+        """Start the command, kill -9 it after `seconds`; False when it had already finished."""
+        process = subprocess.Popen(
+            [SORTFLOW, *argv, *self.args], cwd=self.root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            process.wait(seconds)
+            return False
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+            return True
+
+
+def _project(root: Path) -> Project:
+    dataset = cls_dataset(root / "data", per_class=8, val_per_class=3)
+    args = overrides(
+        f"dataset.dir={dataset}",
+        *TINY_TRAIN,
+        "train.epochs=3",
+        "train.warmup_epochs=1",
+        f"mlflow.tracking_uri=sqlite:///{root}/mlflow.db",
+        "publish.repo=triton_repo",
+    )
+    return Project(root, args)
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory: pytest.TempPathFactory) -> tuple[Project, dict[str, float]]:
+    """The uninterrupted run of every command, and how long each took."""
+    project = _project(tmp_path_factory.mktemp("straight"))
+    times = {c: project.run(c) for c in ("check-dataset", "split", "train", "export", "register", "publish")}
+    return project, times
+
+
+@pytest.fixture(scope="module")
+def crashed(tmp_path_factory: pytest.TempPathFactory) -> Project:
+    return _project(tmp_path_factory.mktemp("crashed"))
+
+
+def _digests(path: Path) -> dict[str, str]:
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return {str(p.relative_to(path.parent)): hashlib.blake2b(p.read_bytes()).hexdigest() for p in files}
+
+
+def _temporaries(root: Path) -> list[Path]:
+    return [p for p in root.rglob(".*") if p.name.endswith((".tmp", ".old"))]
+
+
+def _comparable(path: Path) -> dict:
+    result = json.loads(path.read_text())
+    return {k: v for k, v in result.items() if k not in ("elapsed_s", "generated_at", "time", "seconds")}
+
+
+@pytest.mark.parametrize("command", ["check-dataset", "split"])
+def test_data_steps_killed_then_rerun_match_a_straight_run(straight, crashed: Project, command: str) -> None:
+    project, times = straight
+    if command == "split":
+        crashed.run("check-dataset")
+    killed = 0
+    for fraction in FRACTIONS:
+        killed += crashed.kill_after(times[command] * fraction, command)
+        crashed.run(command)
+        assert _temporaries(crashed.root) == [], fraction
+        if command == "split":
+            assert _digests(crashed.root / OUTPUTS[command]) == _digests(project.root / OUTPUTS[command])
+        else:
+            assert _comparable(crashed.root / OUTPUTS[command]) == _comparable(project.root / OUTPUTS[command])
+    record_figure(
+        f"kill -9 in {command}, then rerun",
+        tried=len(FRACTIONS),
+        handled=len(FRACTIONS),
+        failed=0,
+        notes=f"{killed} killed mid-run, the rest had ended; output equals a straight run's",
+    )
+
+
+def _weights(path: Path) -> dict:
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+
+
+def test_training_killed_then_resumed_ends_where_a_straight_run_does(straight, crashed: Project) -> None:
+    import torch
+
+    project, times = straight
+    crashed.run("check-dataset")
+    crashed.run("split")
+    expected = _weights(project.root / "output/train/last.pt")
+    resumed = 0
+    for fraction in FRACTIONS:
+        crashed.kill_after(times["train"] * fraction, "train")
+        last = crashed.root / "output/train/last.pt"
+        if last.is_file():
+            resumed += 1
+            crashed.run("train", "-o", "train.resume=true")
+        else:
+            crashed.run("train")  # killed before the first epoch ended: nothing to resume from
+        got = _weights(crashed.root / "output/train/last.pt")
+        assert got.keys() == expected.keys()
+        assert all(torch.equal(got[k], expected[k]) for k in expected), fraction
+        assert _temporaries(crashed.root) == []
+    assert resumed >= 2
+    record_figure(
+        "kill -9 in train, then resume",
+        tried=len(FRACTIONS),
+        handled=len(FRACTIONS),
+        failed=0,
+        notes=f"{resumed} resumed from last.pt; final weights bit-identical to a straight run's",
+    )
+
+
+def _registry_is_whole(project: Project) -> int:
+    """Every version's files download, none is half-registered; returns the number of versions."""
+    from mlflow.tracking import MlflowClient
+
+    from components.config import load_params
+    from components.registry import REGISTERING, champion_version, downloaded
+
+    params = load_params(None, project.args[1::2])
+    client = MlflowClient(tracking_uri=params.mlflow.tracking_uri)
+    versions = client.search_model_versions("name='sortflow-classifier'")
+    assert champion_version(client, "sortflow-classifier") is not None
+    for version in versions:
+        assert REGISTERING not in version.tags, version.version
+        with downloaded(params.mlflow, version):
+            pass
+    return len(versions)
+
+
+def test_register_killed_leaves_no_half_registered_version(straight, crashed: Project) -> None:
+    _, times = straight
+    for command in ("check-dataset", "split", "train", "export"):
+        crashed.run(command)
+    killed = 0
+    for fraction in FRACTIONS:
+        killed += crashed.kill_after(times["register"] * fraction, "register")
+        crashed.run("register")
+        _registry_is_whole(crashed)
+    record_figure(
+        "kill -9 in register, then rerun",
+        tried=len(FRACTIONS),
+        handled=len(FRACTIONS),
+        failed=0,
+        notes=f"{killed} killed mid-run; every version has its files, none half-registered",
+    )
+
+
+def _loads(project: Project) -> None:
+    """A real Triton server starts on the repository as it is and every model gets ready."""
+    ports = overrides(*(f"serve.{k}={free_port()}" for k in ("grpc_port", "http_port", "metrics_port")))
+    project.run("serve", *ports)
+    project.run("serve", "--stop", *ports)
+
+
+def test_publish_killed_leaves_a_repository_that_loads(straight, crashed: Project) -> None:
+    _, times = straight
+    if not (crashed.root / "triton_repo").is_dir():
+        for command in ("check-dataset", "split", "train", "export", "register"):
+            crashed.run(command)
+        crashed.run("publish")
+    crashed.run("register", "-o", "register.min_improvement=-1")  # a new champion: publish has work to do
+    killed = 0
+    for fraction in FRACTIONS:
+        killed += crashed.kill_after(times["publish"] * fraction, "publish")
+        _loads(crashed)
+        crashed.run("publish")
+        _loads(crashed)
+        assert _temporaries(crashed.root / "triton_repo") == []
+    record_figure(
+        "kill -9 in publish",
+        tried=len(FRACTIONS),
+        handled=len(FRACTIONS),
+        failed=0,
+        notes=f"{killed} killed mid-run; Triton loaded the repository after every kill and rerun",
+    )
