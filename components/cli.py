@@ -233,11 +233,10 @@ def _serve_status(params: Params) -> int:
         print(report["log_tail"])
         print("Start it again with `sortflow serve`")
         return 1
-    print(json.dumps({k: v for k, v in report.items() if k != "health"}, indent=2))
-    for model, health in report["health"].items():
-        print(f"{model}: {health}")
+    print(json.dumps(report, indent=2))
     if report["status"] == "unhealthy":
-        print("Load the unhealthy models again with `sortflow serve --reload`")
+        sick = [model for model, health in report["health"].items() if health != "healthy"]
+        print(f"unhealthy: {', '.join(sick)}; load them again with `sortflow serve --reload`", file=sys.stderr)
         return 1
     return 0
 

@@ -4,8 +4,8 @@ are serialised, never interleaved.
 A step holds an exclusive `flock` on `.<output>.lock` beside its output while it runs; the file names the
 holder (pid, host, command, since). A second run waits for the lock, saying who holds it. The kernel drops a
 lock whose process died (kill -9 too), so a lock left by a killed run is taken over at once; the holder it
-names is reported as stale. The lock files stay (empty) between runs: removing one while another run waits
-on it would let two runs in.
+names is reported as stale. A run that ends, by success or error, removes the lock file while it still
+holds it; a waiting run then finds the file gone and locks the new one, so no two runs ever hold a lock.
 """
 
 from __future__ import annotations
@@ -50,22 +50,42 @@ def describe(holder: dict[str, Any] | None) -> str:
     return f"pid {holder['pid']} on {holder['host']} ({holder['command']}, since {holder['since']})"
 
 
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether `path` still names the open file `fd` (a holder that ended may have removed it meanwhile)."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+def _acquire(path: Path, output: str | os.PathLike[str]) -> int:
+    """An open descriptor of the lock file of `output`, locked; waits (once saying for whom) while it is held."""
+    told = False
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not told:
+                log.warning("%s is being written by %s; waiting for it to finish", output, describe(_holder(fd)))
+                told = True
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        if _same_file(fd, path):
+            return fd
+        os.close(fd)  # the holder removed the file as it ended: lock the one that is there now
+
+
 @contextlib.contextmanager
 def output_lock(output: str | os.PathLike[str], step: str) -> Iterator[None]:
     """Hold the lock of `output` (a file or folder) for `step`, waiting while another run holds it."""
     path = lock_path(output)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    started = time.monotonic()
+    fd = _acquire(path, output)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _holder(fd)
-            log.warning("%s is being written by %s; waiting for it to finish", output, describe(holder))
-            started = time.monotonic()
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        if time.monotonic() - started > 1:
             log.info("Got the lock of %s after %.1f s", output, time.monotonic() - started)
-        stale = _holder(fd)  # a holder that ended cleanly emptied the file: one named here was killed
+        stale = _holder(fd)  # a holder that ended removed the file: one named here was killed
         if stale is not None:
             log.warning("Took over the lock of %s left by %s, which is no longer running", output, describe(stale))
         me = {
@@ -79,7 +99,7 @@ def output_lock(output: str | os.PathLike[str], step: str) -> Iterator[None]:
         try:
             yield
         finally:
-            os.ftruncate(fd, 0)  # an end, by success or error, leaves no holder behind; a killed run leaves its name
+            path.unlink(missing_ok=True)  # still locked: a run waiting on this file sees it gone and retries
     finally:
         os.close(fd)  # closing drops the lock
 

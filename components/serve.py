@@ -108,7 +108,20 @@ def _models(repo: Path) -> list[str]:
     return sorted(names, key=lambda n: n.endswith(BYTES))
 
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
+def exposure_warning(host: str, ports: list[int]) -> str | None:
+    """What to say when the server would listen beyond this machine (`serve.host` not a loopback address)."""
+    import ipaddress
+
+    try:
+        local = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        local = False
+    if local:
+        return None
+    return (
+        f"Triton listens on {host} (serve.host): ports {', '.join(map(str, ports))} are reachable from other "
+        "machines, with no authentication; set serve.host=127.0.0.1 unless that is what you want"
+    )
 
 
 def client_host(host: str) -> str:
@@ -303,15 +316,9 @@ def _launch(params: Params, timeout: float, foreground: bool = False) -> tuple[s
     log_path = work / "tritonserver.log"
     if (work / STATE_FILE).is_file() and log_path.is_file():  # a server that crashed: keep its log to read
         os.replace(log_path, work / "tritonserver.crashed.log")
-    if serve.host not in LOOPBACK:
-        log.warning(
-            "Triton listens on %s (serve.host): ports %d, %d and %d are reachable from other machines, with no "
-            "authentication; set serve.host=127.0.0.1 unless that is what you want",
-            serve.host,
-            serve.grpc_port,
-            serve.http_port,
-            serve.metrics_port,
-        )
+    warning = exposure_warning(serve.host, [serve.grpc_port, serve.http_port, serve.metrics_port])
+    if warning:
+        log.warning(warning)
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
             _command(server, served, models, params, work),

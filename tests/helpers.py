@@ -83,10 +83,12 @@ def snapshot(root: Path) -> dict[str, str]:
 RELIABILITY_LOG = Path(__file__).resolve().parents[1] / "bench" / "out" / "reliability.jsonl"
 
 
-def record_figure(kind: str, **fields: object) -> None:
-    """One row of the reliability table that the suite writes (bench/out/reliability.md, see conftest)."""
+def record_figure(kind: str, tried: int, failed: int = 0, notes: str = "") -> None:
+    """One row of the reliability table that the suite writes (bench/out/reliability.md, see conftest):
+    `tried` cases of `kind`, of which `failed` were not handled as promised."""
     import json
 
     RELIABILITY_LOG.parent.mkdir(parents=True, exist_ok=True)
+    row = {"kind": kind, "tried": tried, "handled": tried - failed, "failed": failed, "notes": notes}
     with open(RELIABILITY_LOG, "a", encoding="utf-8") as f:
-        f.write(json.dumps({"kind": kind, **fields}) + "\n")
+        f.write(json.dumps(row) + "\n")

@@ -93,7 +93,7 @@ def test_hostile_dataset_fails_with_file_and_line(run_cli: Run, dataset: Path, k
     assert snapshot(dataset) == before
     if Path("output/check_dataset_result.json").is_file():
         assert json.loads(Path("output/check_dataset_result.json").read_text())["check_pass"] is False
-    record_figure(f"hostile dataset: {kind}", tried=1, handled=1, failed=0, notes="clear error with file:line")
+    record_figure(f"hostile dataset: {kind}", 1, notes="clear error with file:line")
 
 
 @pytest.mark.parametrize(
@@ -114,8 +114,6 @@ def test_hostile_parameters_are_named_with_their_line(run_cli: Run, text: str, s
     assert code == 2 and says in err and "Traceback" not in err, err
     record_figure(
         f"hostile parameter: {says.split(': ', 1)[-1][:40]}",
-        tried=1,
-        handled=1,
-        failed=0,
+        1,
         notes="exit 2, file:line or key named",
     )

@@ -67,3 +67,14 @@ def test_flows_retry_service_failures_only() -> None:
     assert _transient(None, None, state(ConnectionResetError("a library's own network error")))
     assert not _transient(None, None, state(SortflowError("bad settings")))
     assert not _transient(None, None, state(DatasetError("bad data")))
+
+
+def test_a_server_reachable_from_other_machines_says_so() -> None:
+    from components.serve import exposure_warning
+
+    for host in ("127.0.0.1", "127.0.0.2", "::1", "localhost"):
+        assert exposure_warning(host, [8001]) is None, host
+    for host in ("0.0.0.0", "::", "192.0.2.10", "triton.example"):
+        warning = exposure_warning(host, [8001, 8000, 8002])
+        assert warning and f"listens on {host}" in warning and "8001, 8000, 8002" in warning
+        assert "serve.host=127.0.0.1" in warning

@@ -57,8 +57,7 @@ def test_planted_secrets_appear_in_no_output(tmp_path: Path) -> None:
     assert hits == []
     record_figure(
         "secrets planted in the environment",
-        tried=len(SECRETS),
-        handled=len(SECRETS),
+        len(SECRETS),
         failed=len(hits),
         notes="found 0 times in files, MLflow and Prefect databases, terminal output",
     )

@@ -128,9 +128,7 @@ def test_hostile_requests_are_client_errors_and_the_server_goes_on(limited: Rele
         handled += 1
     record_figure(
         "hostile requests (13 kinds)",
-        tried=handled,
-        handled=handled,
-        failed=0,
+        handled,
         notes="each HTTP 400 with its reason; a good request answered after each",
     )
 
@@ -193,8 +191,7 @@ def test_promote_and_rollback_under_load_drop_no_request(limited: Release, serve
     assert outcomes["failed"] == 0 and outcomes["ok"] > 100, (outcomes, errors[:3])
     record_figure(
         "rollout under load (4 threads, 4 promote/rollback + reload)",
-        tried=outcomes["ok"],
-        handled=outcomes["ok"],
+        outcomes["ok"] + outcomes["failed"],
         failed=outcomes["failed"],
         notes="requests on 127.0.0.1 during the rollouts",
     )
@@ -235,11 +232,14 @@ def test_dead_backend_is_reported_unhealthy_and_reload_brings_it_back(
     os.kill(stub, signal.SIGKILL)
     capsys.readouterr()
     assert limited.run("serve", "--status") == 1
-    out = capsys.readouterr().out
-    assert f"{MODEL}: unhealthy" in out and "sortflow serve --reload" in out
+    out, err = capsys.readouterr()
+    report = json.loads(out)
+    assert report["status"] == "unhealthy" and report["health"][MODEL].startswith("unhealthy: ")
+    assert "Stub process" in report["health"][MODEL] and "sortflow serve --reload" in err
     assert limited.run("serve", "--reload") == 0
     assert limited.run("serve", "--status") == 0
-    assert f"{MODEL}: healthy" in capsys.readouterr().out
+    report = json.loads(capsys.readouterr().out)
+    assert report["status"] == "running" and set(report["health"].values()) == {"healthy"}
 
 
 def test_crashed_server_is_reported_with_its_log_and_starts_again(
@@ -297,8 +297,6 @@ def test_foreground_server_drains_on_sigterm_and_exits_0(limited: Release) -> No
         os.kill(state["pid"], 0)  # Triton is gone too
     record_figure(
         "SIGTERM to a supervised server under load",
-        tried=outcomes["ok"] + outcomes["failed"],
-        handled=outcomes["ok"] + outcomes["failed"],
-        failed=0,
+        outcomes["ok"] + outcomes["failed"],
         notes=f"exit 0; {outcomes['failed']} refused after the signal as unavailable, none broken",
     )
