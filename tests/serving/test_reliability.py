@@ -237,6 +237,7 @@ def test_dead_backend_is_reported_unhealthy_and_reload_brings_it_back(
     assert report["status"] == "unhealthy" and report["health"][MODEL].startswith("unhealthy: ")
     assert "Stub process" in report["health"][MODEL] and "sortflow serve --reload" in err
     assert limited.run("serve", "--reload") == 0
+    capsys.readouterr()
     assert limited.run("serve", "--status") == 0
     report = json.loads(capsys.readouterr().out)
     assert report["status"] == "running" and set(report["health"].values()) == {"healthy"}
