@@ -239,6 +239,11 @@ def _validate(params: Params) -> None:
         raise ParamsError(f"train.crop_scale_min must be in (0, 1], got {t.crop_scale_min}")
     if not 0 <= t.label_smoothing < 1:
         raise ParamsError(f"train.label_smoothing must be in [0, 1), got {t.label_smoothing}")
+    if params.publish.instance_kind not in ("cpu", "gpu"):
+        raise ParamsError(
+            "publish.instance_kind must be cpu or gpu (Triton's KIND_CPU or KIND_GPU), got "
+            f"{params.publish.instance_kind!r}"
+        )
     _validate_monitoring(params)
     _validate_deploy(params.deploy)
 

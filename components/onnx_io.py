@@ -15,19 +15,32 @@ from components.model_io import INPUT_NAME, OUTPUT_NAME
 
 
 def onnx_session(path: Path, device: str = "cpu") -> Any:
-    """An onnxruntime session on the CPU, or on CUDA for `gpu`/`gpu:N` (an error where CUDA is missing)."""
+    """An onnxruntime session on the CPU, or on CUDA for `gpu`/`gpu:N`. Asked for a GPU, it runs there or
+    fails: onnxruntime would otherwise fall back to the CPU with only a warning when CUDA or cuDNN fail."""
     import onnxruntime as ort
 
-    if not device.startswith("gpu"):
+    from components.devices import parse_device
+
+    spec = parse_device(device, "device", several=False)
+    if spec.kind != "cuda":
         return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         raise SortflowError(
-            f"device={device}: this onnxruntime has no CUDA provider (install onnxruntime-gpu) or use device: cpu"
+            f"device={device}: this onnxruntime has no CUDA provider; install onnxruntime-gpu in place of "
+            "onnxruntime (pip uninstall onnxruntime; pip install 'sortflow[gpu]'), or use device: cpu"
         )
-    gpu = int(device.partition(":")[2] or 0)
-    return ort.InferenceSession(
-        str(path), providers=[("CUDAExecutionProvider", {"device_id": gpu}), "CPUExecutionProvider"]
-    )
+    session = ort.InferenceSession(str(path), providers=[("CUDAExecutionProvider", {"device_id": spec.ids[0]})])
+    require_cuda(session.get_providers(), device)
+    return session
+
+
+def require_cuda(providers: list[str], device: str) -> None:
+    """A session asked to run on a GPU whose first provider is not CUDA fell back to the CPU: an error."""
+    if not providers or providers[0] != "CUDAExecutionProvider":
+        raise SortflowError(
+            f"device={device}: onnxruntime did not load its CUDA provider (the session runs on {providers}); "
+            "check that the CUDA and cuDNN libraries that onnxruntime-gpu needs are installed, or use device: cpu"
+        )
 
 
 def onnx_probabilities(session: Any, images: np.ndarray, batch: int = 32) -> np.ndarray:

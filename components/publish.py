@@ -89,7 +89,7 @@ def write_repository(
 ) -> list[str]:
     """The models of one classifier (and its reference profile beside the ONNX file); returns their names."""
     publish, serve = params.publish, params.serve
-    kind = "KIND_GPU" if publish.instance_kind.lower() == "gpu" else "KIND_CPU"
+    kind = "KIND_GPU" if publish.instance_kind == "gpu" else "KIND_CPU"
     model_dir = repo / info.name
     version_files = {MODEL_FILE: onnx_file, **({PROFILE_FILE: profile} if profile else {})}
     published = _published(model_dir / str(info.version), version_files)  # refused before anything is written

@@ -165,7 +165,8 @@ def _ended(mlflow_client: Any, run_id: str) -> Iterator[Run]:
     try:
         yield Run(mlflow_client, run_id)
     except BaseException:
-        mlflow_client.set_terminated(run_id, "KILLED" if sys.exc_info()[0] is KeyboardInterrupt else "FAILED")
+        interrupted = isinstance(sys.exc_info()[1], KeyboardInterrupt)  # Ctrl-C, or SIGTERM while training
+        mlflow_client.set_terminated(run_id, "KILLED" if interrupted else "FAILED")
         raise
     mlflow_client.set_terminated(run_id, "FINISHED")
 

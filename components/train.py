@@ -14,6 +14,8 @@ import io
 import logging
 import math
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -29,6 +31,7 @@ from torch import nn
 from components import tracking
 from components.checkpoints import BEST, LAST, check_resumable, load_checkpoint, save_checkpoint
 from components.config import Params, TrainParams
+from components.devices import parse_device, visible_devices
 from components.errors import ParamsError, SortflowError
 from components.fsutil import atomic_write_json, atomic_write_text
 from components.loader import DataConfig, model_input, read_classes, split_images
@@ -68,45 +71,55 @@ class Dist:
 
 
 def resolve_device(spec: str) -> tuple[str, list[int]]:
-    """`cpu`, `auto`, `gpu`, `gpu:0` or `gpu:0,1,2,3` -> ("cpu" or "cuda", GPU ids)."""
-    spec = spec.strip().lower()
-    if spec == "cpu":
+    """`cpu`, `auto`, `gpu`, `gpu:0` or `gpu:0,1,2,3` -> ("cpu" or "cuda", GPU numbers among the visible ones)."""
+    device = parse_device(spec, "train.device")
+    if device.kind == "cpu":
         return "cpu", []
-    if spec == "auto":
+    if device.kind == "auto":
         if torch.cuda.is_available():
             return "cuda", [0]
         log.warning("train.device=auto: no CUDA device found, training on the CPU")
         return "cpu", []
-    if spec == "gpu" or spec.startswith("gpu:"):
-        try:
-            ids = [0] if spec == "gpu" else [int(x) for x in spec[4:].split(",")]
-        except ValueError:
-            raise ParamsError(f"train.device={spec!r}: expected gpu:N or gpu:N,M,... with integer ids") from None
-        if not torch.cuda.is_available():
-            raise ParamsError(
-                f"train.device={spec}: no CUDA device is available (torch {torch.__version__}); "
-                "use -o train.device=cpu, or -o train.device=auto to fall back to the CPU"
-            )
-        missing = [i for i in ids if i >= torch.cuda.device_count()]
-        if missing:
-            raise ParamsError(f"train.device={spec}: GPU {missing} not found; {torch.cuda.device_count()} present")
-        return "cuda", ids
-    raise ParamsError(f"train.device={spec!r}: expected cpu, auto, gpu, gpu:N or gpu:N,M,...")
+    if not torch.cuda.is_available():
+        raise ParamsError(
+            f"train.device={spec}: no CUDA device is available (torch {torch.__version__}); "
+            "use -o train.device=cpu, or -o train.device=auto to fall back to the CPU"
+        )
+    visible_devices(device.ids, os.environ.get("CUDA_VISIBLE_DEVICES"), torch.cuda.device_count(), "train.device")
+    return "cuda", list(device.ids)
 
 
-def torchrun_command(gpu_ids: list[int], argv: list[str]) -> tuple[list[str], dict[str, str]]:
-    """The command that runs `sortflow ARGV` as one DDP process per GPU."""
+def torchrun_command(gpu_ids: list[int], argv: list[str], log_dir: Path) -> tuple[list[str], dict[str, str]]:
+    """The command that runs `sortflow ARGV` as one DDP process per GPU, each seeing only its own GPU (mapped
+    through a CUDA_VISIBLE_DEVICES that a scheduler set), with its output kept under `log_dir`."""
+    visible = visible_devices(
+        tuple(gpu_ids), os.environ.get("CUDA_VISIBLE_DEVICES"), torch.cuda.device_count(), "train.device"
+    )
     command = [
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--standalone",
         f"--nproc_per_node={len(gpu_ids)}",
+        f"--log-dir={log_dir}",
+        "--redirects=3",
+        "--tee=3",
         "-m",
         "components.cli",
         *argv,
     ]
-    return command, {**os.environ, "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpu_ids))}
+    return command, {**os.environ, "CUDA_VISIBLE_DEVICES": ",".join(visible)}
+
+
+def _rank_failure(log_dir: Path) -> str:
+    """The end of the first failing rank's own output (torchrun keeps one stderr.log per rank)."""
+    logs = sorted(log_dir.rglob("stderr.log"), key=lambda p: p.stat().st_mtime)
+    for path in logs:
+        text = path.read_text(errors="replace")
+        if "Traceback" in text or "error:" in text:
+            rank = path.parent.name
+            return f"rank {rank} ({path}):\n" + "\n".join(text.splitlines()[-20:])
+    return f"no rank left a traceback under {log_dir}"
 
 
 def run_training(params: Params, argv: list[str]) -> TrainResult | None:
@@ -117,9 +130,12 @@ def run_training(params: Params, argv: list[str]) -> TrainResult | None:
     with output_lock(params.train.output, "sortflow train"):
         if len(gpu_ids) <= 1:
             return train(params)
-        command, env = torchrun_command(gpu_ids, argv)
+        prepared_dataset(params)  # checked once, before any process group waits on it
+        log_dir = Path(params.train.output) / "ranks"
+        shutil.rmtree(log_dir, ignore_errors=True)
+        command, env = torchrun_command(gpu_ids, argv, log_dir)
         if subprocess.run(command, env=env).returncode != 0:
-            raise SortflowError(f"distributed training failed; see {params.train.output}/train.log")
+            raise SortflowError(f"distributed training failed; {_rank_failure(log_dir)}")
     return None
 
 
@@ -131,7 +147,9 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _loader(dataset: Any, batch_size: int, seed: int, dist: Dist, workers: int, shuffle: bool) -> Any:
+def _loader(
+    dataset: Any, batch_size: int, seed: int, dist: Dist, workers: int, shuffle: bool, pin: bool = False
+) -> Any:
     from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
     generator = torch.Generator().manual_seed(seed)
@@ -148,6 +166,7 @@ def _loader(dataset: Any, batch_size: int, seed: int, dist: Dist, workers: int, 
         num_workers=workers,
         generator=generator,
         drop_last=shuffle and len(dataset) > batch_size,
+        pin_memory=pin,  # page-locked batches, so that non_blocking copies to the GPU overlap the step
     )
 
 
@@ -228,20 +247,9 @@ class Fit:
 
 
 def _prepared_root(params: Params, dist: Dist) -> Path:
-    """The dataset to train on. Rank 0 checks it and every rank gets its verdict, so none waits forever."""
-    root, failure = Path(params.split.output or params.dataset.dir), None
-    if dist.main:
-        try:
-            root = prepared_dataset(params)
-        except SortflowError as exc:
-            failure = str(exc)
-    if dist.world > 1:
-        shared = [failure]
-        torch.distributed.broadcast_object_list(shared, src=0)
-        failure = shared[0]
-    if failure:
-        raise SortflowError(failure)
-    return root
+    """The dataset to train on, before any process group exists: rank 0 checks it (a failure ends rank 0,
+    and torchrun then stops the others); the other ranks only locate it."""
+    return prepared_dataset(params, check=dist.main)
 
 
 def _classes(root: Path, t: TrainParams) -> list[str]:
@@ -282,43 +290,68 @@ def _fit(
         )
     else:
         optimizer = torch.optim.AdamW(model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
-    warmup, total = t.warmup_epochs * steps_per_epoch, t.epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, total))
-    fit = Fit(model, net, optimizer, scheduler)
+    done = 0
     if ckpt:
         optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
+        done = ckpt["epoch"] * steps_per_epoch  # where the schedule stands in this run's steps per epoch
+    for group in optimizer.param_groups:
+        group["initial_lr"] = t.learning_rate
+    warmup, total = t.warmup_epochs * steps_per_epoch, t.epochs * steps_per_epoch
+    # Rebuilt from the epoch, not the old step count: a run resumed on another number of GPUs has other
+    # steps per epoch, and the learning rate must stand where an uninterrupted run's would.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, warmup, total), last_epoch=done - 1
+    )
+    fit = Fit(model, net, optimizer, scheduler)
+    if ckpt:
         fit.start, fit.best, fit.history = ckpt["epoch"] + 1, ckpt["best_top1"], ckpt["history"]
         fit.run_id = ckpt["mlflow_run_id"]
     return fit
 
 
+def augment_seed(seed: int, epoch: int, rank: int) -> int:
+    """The seed of one rank's augmentation in one epoch: its own per rank (the same crops on every rank would
+    waste the extra GPUs), rank 0's as a single process has it, so resumes and single runs repeat exactly."""
+    return seed * 1000 + epoch + 1_000_003 * rank
+
+
+def _nonfinite_ranks(loss: torch.Tensor, dist: Dist, device: torch.device) -> list[int]:
+    """The ranks whose loss is NaN or infinite, known to every rank (so all stop together, none waits)."""
+    bad = torch.zeros(dist.world, dtype=torch.float32, device=device)
+    bad[dist.rank] = float(not torch.isfinite(loss.detach()).item())
+    if dist.world > 1:
+        torch.distributed.all_reduce(bad)
+    return [rank for rank, flag in enumerate(bad.tolist()) if flag]
+
+
 def _train_epoch(fit: Fit, data: Any, t: TrainParams, epoch: int, dist: Dist, device: torch.device) -> dict:
-    """One pass over the train images; reseeded from (train.seed, epoch) so a resumed run repeats it exactly."""
+    """One pass over the train images; reseeded from (train.seed, epoch) so a resumed run repeats it exactly.
+    Every rank shuffles alike (the sampler splits one order) and augments with its own seed."""
     epoch_seed = t.seed * 1000 + epoch
-    torch.manual_seed(epoch_seed)  # augmentation and dropout draw from it
-    loader = _loader(data, t.batch_size, epoch_seed, dist, t.num_workers, shuffle=True)
+    torch.manual_seed(augment_seed(t.seed, epoch, dist.rank))  # augmentation and dropout draw from it
+    loader = _loader(data, t.batch_size, epoch_seed, dist, t.num_workers, shuffle=True, pin=device.type == "cuda")
     if hasattr(loader.sampler, "set_epoch"):
         loader.sampler.set_epoch(epoch)
     criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
     fit.net.train()
     loss_sum = seen = 0.0
     began = time.perf_counter()
-    with _progress(dist.main) as progress:
+    with _progress(dist.main) as progress, _out_of_memory_hint(t, dist, device):
         task = progress.add_task(f"epoch {epoch}/{t.epochs}", total=len(loader), loss=0.0, ips=0.0)
         for images, labels in loader:
             labels = labels.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 loss = criterion(fit.net(model_input(images, device)), labels)
+            bad = _nonfinite_ranks(loss, dist, device)
+            if bad:
+                raise SortflowError(
+                    f"the training loss became {loss.item()} in epoch {epoch} on rank(s) {bad}; lower "
+                    f"train.learning_rate (now {t.learning_rate}) or raise train.batch_size (now {t.batch_size})"
+                )
             fit.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             fit.optimizer.step()
             fit.scheduler.step()
-            if not math.isfinite(loss.item()):
-                raise SortflowError(
-                    f"the training loss became {loss.item()} in epoch {epoch}; lower train.learning_rate "
-                    f"(now {t.learning_rate}) or raise train.batch_size (now {t.batch_size})"
-                )
             loss_sum += loss.item() * len(labels)
             seen += len(labels)
             ips = seen * dist.world / (time.perf_counter() - began)
@@ -332,10 +365,23 @@ def _train_epoch(fit: Fit, data: Any, t: TrainParams, epoch: int, dist: Dist, de
     }
 
 
+@contextlib.contextmanager
+def _out_of_memory_hint(t: TrainParams, dist: Dist, device: torch.device) -> Iterator[None]:
+    """CUDA out of memory, said with what to change: the batch size is per device."""
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError as exc:
+        raise SortflowError(
+            f"CUDA ran out of memory on {device} (rank {dist.rank}): train.batch_size={t.batch_size} is per "
+            f"device, so each of the {dist.world} processes holds a batch of {t.batch_size}; lower it, e.g. "
+            f"-o train.batch_size={max(1, t.batch_size // 2)}, or lower train.image_size ({t.image_size})"
+        ) from exc
+
+
 def _validate(fit: Fit, data: Any, t: TrainParams, num_classes: int, dist: Dist, device: torch.device) -> dict:
     """Val loss, top-1 and top-5 over every val image (each rank scores its share; the sums are combined)."""
     loader = _loader(data, t.batch_size, 0, dist, t.num_workers, shuffle=False)
-    logits, targets = predict_logits(fit.model, loader, device, device.type == "cuda")
+    logits, targets = predict_logits(fit.model, loader, device)  # fp32, as `sortflow evaluate` scores it
     scores, labels = logits.numpy(), targets.numpy()
     loss = nn.functional.cross_entropy(logits, targets, reduction="sum").item() if len(targets) else 0.0
     top1, top5, loss, n = _all_sum(
@@ -357,7 +403,6 @@ def _save_epoch(out: Path, state: dict[str, Any], fit: Fit, improved: bool, summ
         **state,
         "model": fit.model.state_dict(),
         "optimizer": fit.optimizer.state_dict(),
-        "scheduler": fit.scheduler.state_dict(),
         "epoch": fit.history[-1]["epoch"],
         "best_top1": fit.best,
         "history": fit.history,
@@ -404,21 +449,60 @@ def train(params: Params) -> TrainResult:
     Reads the dataset (which must pass check-dataset) and, with `train.resume`, last.pt. Writes to
     `train.output`: last.pt and best.pt after every epoch, metrics.csv, train_result.json, config.yaml,
     train.log and curves.png; logs parameters, per-epoch metrics and these files to an MLflow run. Raises
-    SortflowError for a dataset that fails its check, a checkpoint that does not fit, or a loss that
-    becomes NaN; ParamsError for a device or class count that does not fit.
+    SortflowError for a dataset that fails its check, a checkpoint that does not fit, a loss that becomes
+    NaN on any rank or CUDA running out of memory; ParamsError for a device or class count that does not fit.
+    SIGTERM (torchrun stopping the ranks, a scheduler's preemption) ends the MLflow run KILLED.
     """
     dist = Dist.from_env()
-    kind, gpu_ids = resolve_device(params.train.device)
-    if dist.world > 1:
-        torch.distributed.init_process_group("nccl" if kind == "cuda" else "gloo")
-    device = torch.device("cpu")
-    if kind == "cuda":
-        device = torch.device("cuda", dist.local_rank if dist.world > 1 else gpu_ids[0])
-    try:
-        return _train(params, dist, device)
-    finally:
+    root = _prepared_root(params, dist)
+    device = _device(params.train.device, dist)
+    with _terminated_on_sigterm():
         if dist.world > 1:
-            torch.distributed.destroy_process_group()
+            backend = "nccl" if device.type == "cuda" else "gloo"
+            torch.distributed.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+        try:
+            return _train(params, root, dist, device)
+        finally:
+            if dist.world > 1:
+                torch.distributed.destroy_process_group()
+
+
+def _device(spec: str, dist: Dist) -> torch.device:
+    """This process's device. A rank under torchrun sees only its own GPUs, numbered from 0, so it takes
+    cuda:LOCAL_RANK (the launcher mapped train.device already) and makes it current for NCCL."""
+    if dist.world == 1:
+        kind, gpu_ids = resolve_device(spec)
+        return torch.device("cuda", gpu_ids[0]) if kind == "cuda" else torch.device("cpu")
+    if parse_device(spec, "train.device").kind == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    if dist.local_rank >= torch.cuda.device_count():
+        raise ParamsError(
+            f"rank {dist.rank} (local rank {dist.local_rank}) sees only {torch.cuda.device_count()} GPUs; "
+            "start one process per GPU (torchrun --nproc-per-node)"
+        )
+    device = torch.device("cuda", dist.local_rank)
+    torch.cuda.set_device(device)  # else every rank's first collective runs on cuda:0 ("Duplicate GPU")
+    return device
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: the run stops as on Ctrl-C (its MLflow run ends KILLED, not left RUNNING)."""
+
+
+@contextlib.contextmanager
+def _terminated_on_sigterm() -> Iterator[None]:
+    def stop(signum: int, _frame: Any) -> None:
+        raise Terminated(f"stopped by signal {signum}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread (a Prefect task runner): its own handling applies
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _epoch(
@@ -447,10 +531,9 @@ def _finish(out: Path, run: Any, fit: Fit, result: dict[str, Any]) -> None:
     )
 
 
-def _train(params: Params, dist: Dist, device: torch.device) -> TrainResult:
+def _train(params: Params, root: Path, dist: Dist, device: torch.device) -> TrainResult:
     t, spec = params.train, get_spec(params.train.model)
     out = Path(t.output)
-    root = _prepared_root(params, dist)
     classes = _classes(root, t)
     ckpt = _resume_checkpoint(t, spec, classes)
     torch.manual_seed(t.seed)
@@ -458,8 +541,8 @@ def _train(params: Params, dist: Dist, device: torch.device) -> TrainResult:
     if ckpt:
         model.load_state_dict(ckpt["model"])
     cfg = DataConfig.for_model(spec.timm_cfg(), t.image_size, t.crop_scale_min)
-    data = split_images(root, cfg, t.cache_mb)
-    steps = len(_loader(data["train"], t.batch_size, t.seed, dist, 0, shuffle=True))
+    data = split_images(root, cfg, t.cache_mb, _decode_workers())
+    steps = _steps_per_epoch(data["train"], t, dist)
     fit = _fit(t, model, steps, dist, device, ckpt)
     with _rank0_outputs(params, root, spec, fit, dist) as run:
         state = {
@@ -469,6 +552,8 @@ def _train(params: Params, dist: Dist, device: torch.device) -> TrainResult:
             "label_names": classes,
             "data_config": asdict(cfg),
             "mlflow_run_id": fit.run_id,
+            "steps_per_epoch": steps,  # with world_size: a resume on another number of GPUs keeps the schedule
+            "world_size": dist.world,
         }
         if run is not None:
             _log_start(spec, root, data, classes, device, dist, fit.run_id)
@@ -484,6 +569,27 @@ def _train(params: Params, dist: Dist, device: torch.device) -> TrainResult:
             _finish(out, run, fit, _train_result(spec, classes, fit, done=True))
     last = fit.history[-1]["val_top1"] if fit.history else 0.0
     return TrainResult(out, fit.best, last, len(fit.history), fit.run_id)
+
+
+def _decode_workers() -> int:
+    """Decoding processes for this rank: the machine's cores shared among the ranks on this node."""
+    return max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+
+
+def _steps_per_epoch(train_images: Any, t: TrainParams, dist: Dist) -> int:
+    steps = len(_loader(train_images, t.batch_size, t.seed, dist, 0, shuffle=True))
+    if len(train_images) < t.batch_size * dist.world:
+        log.warning(
+            "train has %d images, fewer than one global batch (train.batch_size %d x %d processes): each epoch "
+            "is %d step(s) of a partial batch; lower train.batch_size",
+            len(train_images),
+            t.batch_size,
+            dist.world,
+            steps,
+        )
+    if steps == 0:
+        raise SortflowError(f"train has {len(train_images)} images: not one training step per epoch")
+    return steps
 
 
 def _log_start(

@@ -11,6 +11,19 @@ import json
 from pathlib import Path
 
 
+def providers_for(kind: str, device_id: int, available: list[str]) -> list:
+    """onnxruntime providers for a Triton instance of `kind` (model_instance_kind: CPU or GPU): a GPU
+    instance runs on the CUDA provider of its own device, or fails to load, never quietly on the CPU."""
+    if kind != "GPU":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in available:
+        raise RuntimeError(
+            f"instance_group kind KIND_GPU, but this onnxruntime has no CUDA provider (it has {available}); "
+            "install onnxruntime-gpu where Triton runs, or publish with -o publish.instance_kind=cpu"
+        )
+    return [("CUDAExecutionProvider", {"device_id": device_id})]
+
+
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         import onnxruntime as ort
@@ -19,7 +32,11 @@ class TritonPythonModel:
         self.input_name = config["input"][0]["name"]
         self.output_name = config["output"][0]["name"]
         path = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
-        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        kind, device = args.get("model_instance_kind", "CPU"), int(args.get("model_instance_device_id", 0))
+        providers = providers_for(kind, device, ort.get_available_providers())
+        self.session = ort.InferenceSession(str(path), providers=providers)
+        if kind == "GPU" and self.session.get_providers()[0] != "CUDAExecutionProvider":
+            raise RuntimeError(f"the CUDA provider did not load on GPU {device} (CUDA or cuDNN missing?)")
 
     def execute(self, requests: list) -> list:
         import numpy as np

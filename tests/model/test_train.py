@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from tests.helpers import TINY_TRAIN, overrides
 
 Run = Callable[..., tuple[int, str, str]]
 TINY = overrides(*TINY_TRAIN, "train.epochs=2")
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error where CUDA is missing")
 
 
 def train_args(dataset: Path, *extra: str) -> list[str]:
@@ -44,7 +46,8 @@ def test_train_writes_paddlex_outputs_and_tracks_in_mlflow(run_cli: Run, dataset
     assert [h["epoch"] for h in result["history"]] == [1, 2]
     assert "epoch 2/2" in (result_dir / "train.log").read_text()
     ckpt = load_checkpoint(result_dir / "last.pt")  # weights_only=True
-    assert {"model", "optimizer", "scheduler", "epoch", "best_top1"} <= set(ckpt) and ckpt["epoch"] == 2
+    assert {"model", "optimizer", "epoch", "best_top1", "steps_per_epoch", "world_size"} <= set(ckpt)
+    assert ckpt["epoch"] == 2 and ckpt["world_size"] == 1
 
     run = mlflow_run(result["mlflow_run_id"])
     assert run.info.status == "FINISHED"
@@ -124,8 +127,9 @@ def test_compare_lists_runs_with_differing_params(run_cli: Run, dataset: Path) -
     [
         (["-o", "train.model=LeNet"], "unknown model 'LeNet'. Valid names"),
         (["-o", "train.num_classes=5"], "train.num_classes=5, but"),
-        (["-o", "train.device=gpu"], "no CUDA device is available"),
-        (["-o", "train.device=gpu:0,1"], "no CUDA device is available"),
+        pytest.param(["-o", "train.device=gpu"], "no CUDA device is available", marks=NO_CUDA),
+        pytest.param(["-o", "train.device=gpu:0,1"], "no CUDA device is available", marks=NO_CUDA),
+        (["-o", "train.device=cuda"], "sortflow calls CUDA devices gpu; write -o train.device=gpu"),
         (["-o", "train.device=tpu"], "expected cpu, auto, gpu"),
         (["-o", "train.resume=true"], "does not exist; train without resume first"),
     ],
@@ -204,3 +208,131 @@ def test_ddp_two_processes_on_cpu_with_gloo(dataset: Path, tmp_path: Path) -> No
     # Validation covers every val image once across the two ranks: accuracies are multiples of 1/6.
     assert all(abs(h["val_top1"] * 6 - round(h["val_top1"] * 6)) < 1e-6 for h in result["history"])
     assert load_checkpoint(tmp_path / "ddp/best.pt")["num_classes"] == 3
+
+
+def _torchrun(dataset: Path, tmp_path: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"]
+    command += ["components.cli", *train_args(dataset, *extra)]
+    return subprocess.Popen(
+        command, env=env, cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
+@pytest.mark.slow
+def test_resume_on_another_number_of_processes_keeps_the_lr_schedule(tmp_path: Path) -> None:
+    """Two gloo ranks train until the first epoch is saved and are killed; one process resumes. Its learning
+    rate at each epoch's end is what an uninterrupted one-process run has (not the two-process step count)."""
+    import signal
+    import time
+
+    from tests.helpers import cls_dataset
+
+    dataset = cls_dataset(tmp_path / "ds", per_class=24, val_per_class=4)
+    run = ["-o", "train.epochs=4", "-o", "train.warmup_epochs=1", "-o", f"dataset.output={tmp_path}/out"]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    straight = subprocess.run(
+        [sys.executable, "-m", "components.cli", *train_args(dataset, *run, "-o", "train.output=straight")],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    ranks = _torchrun(dataset, tmp_path, *run, "-o", "train.output=moved")
+    last, deadline = tmp_path / "moved/last.pt", time.monotonic() + 300
+    while not last.is_file() and ranks.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(ranks.pid, signal.SIGKILL)
+    ranks.wait()
+    saved = load_checkpoint(last)
+    assert saved["world_size"] == 2 and saved["epoch"] < 4
+    resumed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "components.cli",
+            *train_args(dataset, *run, "-o", "train.output=moved", "-o", "train.resume=true"),
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    lr = {h["epoch"]: h["lr"] for h in json.loads((tmp_path / "moved/train_result.json").read_text())["history"]}
+    expected = {
+        h["epoch"]: h["lr"] for h in json.loads((tmp_path / "straight/train_result.json").read_text())["history"]
+    }
+    assert lr == pytest.approx(expected, rel=1e-6, abs=1e-12) and lr[4] == pytest.approx(0, abs=1e-12)
+
+
+def _nonfinite_on_rank(rank: int, world: int, port: int, found: Any) -> None:
+    import torch.distributed as distributed
+
+    from components.train import Dist, _nonfinite_ranks
+
+    distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        loss = torch.tensor(float("nan") if rank == 1 else 0.5)
+        found[rank] = _nonfinite_ranks(loss, Dist(rank, world, rank), torch.device("cpu"))
+    finally:
+        distributed.destroy_process_group()
+
+
+def test_a_nan_on_one_rank_stops_every_rank() -> None:
+    """Rank 1 alone gets a NaN loss; both ranks learn it in the same step, so none waits in the next all-reduce."""
+    import torch.multiprocessing as mp
+
+    from tests.helpers import free_port
+
+    with mp.Manager() as manager:
+        found = manager.dict()
+        mp.spawn(_nonfinite_on_rank, args=(2, free_port(), found), nprocs=2, join=True)
+        assert dict(found) == {0: [1], 1: [1]}
+
+
+def test_each_rank_augments_with_its_own_seed() -> None:
+    from components.train import augment_seed
+
+    seeds = {augment_seed(42, epoch, rank) for epoch in range(1, 4) for rank in range(8)}
+    assert len(seeds) == 24  # no two (epoch, rank) pairs share augmentation
+    assert augment_seed(42, 3, 0) == 42 * 1000 + 3  # rank 0, as a single process has always seeded
+
+
+def test_sigterm_ends_the_mlflow_run_killed(dataset: Path, tmp_path: Path) -> None:
+    """torchrun stops the other ranks with SIGTERM when one fails: rank 0 must not leave its run RUNNING."""
+    import signal
+    import time
+
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    args = train_args(dataset, "-o", "train.epochs=200", "-o", f"dataset.output={tmp_path}/out")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "components.cli", *args], env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True
+    )
+    result, deadline = tmp_path / "output/train/train_result.json", time.monotonic() + 120
+    while not result.is_file() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(60)
+    assert process.returncode == 130 and "interrupted" in err
+    run_id = json.loads(result.read_text())["mlflow_run_id"]
+    from mlflow.tracking import MlflowClient
+
+    assert MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db").get_run(run_id).info.status == "KILLED"
+
+
+def test_a_failed_distributed_run_names_the_failing_rank(tmp_path: Path) -> None:
+    """The launcher's error carries the end of the failing rank's own output, which train.log never holds."""
+    from components.train import _rank_failure
+
+    for rank, text in (
+        ("0", "epoch 1/2 ...\nSignal 15 (SIGTERM) received\n"),
+        ("1", "Traceback (most recent call last):\n  File x\ntorch.OutOfMemoryError: CUDA out of memory\n"),
+    ):
+        log = tmp_path / "ranks" / "run_0" / "attempt_0" / rank / "stderr.log"
+        log.parent.mkdir(parents=True)
+        log.write_text(text)
+    said = _rank_failure(tmp_path / "ranks")
+    assert said.startswith("rank 1 (") and "CUDA out of memory" in said
+    assert "no rank left a traceback" in _rank_failure(tmp_path / "empty")
