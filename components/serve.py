@@ -1,4 +1,4 @@
-"""serve: a real Triton Inference Server on 127.0.0.1 over the published model repository.
+"""serve: a real Triton Inference Server on `serve.host` (127.0.0.1 unless set) over the published model repository.
 
 With a `tritonserver` that has the onnxruntime backend (a Triton container), `publish.repo` is served as
 it is. Otherwise the server bundled in the nvidia-pytriton wheel runs, which has only the python
@@ -292,7 +292,27 @@ def _wait_ready(process: subprocess.Popen, models: list[str], params: Params, lo
             _terminate(process.pid)
             raise ServiceError(f"models {pending} not ready after {timeout:.0f} s; see {log_path}:\n" + _tail(log_path))
         pending = [m for m in pending if not _ready(host, http_port, m)]
+        failed = _failed_to_load(host, http_port, pending)
+        if failed:
+            _terminate(process.pid)
+            raise SortflowError(
+                "Triton could not load " + "; ".join(f"{m}: {why}" for m, why in failed.items()) + f" (see {log_path})"
+            )
         time.sleep(0.2)
+
+
+def _failed_to_load(host: str, http_port: int, models: list[str]) -> dict[str, str]:
+    """The models among `models` that Triton marked UNAVAILABLE, with its reason (a KIND_GPU model without a
+    GPU, a backend that is missing): waiting longer would not load them."""
+    if not models:
+        return {}
+    request = urllib.request.Request(f"http://{host}:{http_port}/v2/repository/index", data=b"{}", method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=2) as r:
+            index = json.loads(r.read())
+    except (OSError, ValueError):
+        return {}
+    return {e["name"]: e.get("reason", "") for e in index if e["name"] in models and e.get("state") == "UNAVAILABLE"}
 
 
 def _die_with_parent() -> None:

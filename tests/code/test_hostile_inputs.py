@@ -96,24 +96,27 @@ def test_hostile_dataset_fails_with_file_and_line(run_cli: Run, dataset: Path, k
     record_figure(f"hostile dataset: {kind}", 1, notes="clear error with file:line")
 
 
-@pytest.mark.parametrize(
-    ("text", "says"),
-    [
-        ("train:\n  epochs: five\n", "params.yaml:2: train.epochs: expected int, got 'five'"),
-        ("train:\n  devcie: cpu\n", "params.yaml:2: unknown parameter 'train.devcie'. Did you mean train.device?"),
-        ("trian:\n  epochs: 3\n", "params.yaml:2: unknown parameter 'trian.epochs'. Did you mean train.epochs?"),
-        ("train: [1, 2]\n", "params.yaml:1: section 'train' must be a mapping"),
-        ("train:\n  epochs: [1\n", "params.yaml:3: not valid YAML"),
-        ("serve:\n  max_image_pixels: 0\n", "serve.max_image_pixels must be 1 or more"),
-        ("dataset:\n  dir: /no/such/folder\n", "/no/such/folder: dataset folder not found"),
-    ],
-)
-def test_hostile_parameters_are_named_with_their_line(run_cli: Run, text: str, says: str) -> None:
+HOSTILE_PARAMETERS = {
+    "a wrong type": ("train:\n  epochs: five\n", "params.yaml:2: train.epochs: expected int, got 'five'"),
+    "a misspelt key": (
+        "train:\n  devcie: cpu\n",
+        "params.yaml:2: unknown parameter 'train.devcie'. Did you mean train.device?",
+    ),
+    "a misspelt section": (
+        "trian:\n  epochs: 3\n",
+        "params.yaml:2: unknown parameter 'trian.epochs'. Did you mean train.epochs?",
+    ),
+    "a section that is not a mapping": ("train: [1, 2]\n", "params.yaml:1: section 'train' must be a mapping"),
+    "malformed YAML": ("train:\n  epochs: [1\n", "params.yaml:3: not valid YAML"),
+    "a value out of range": ("serve:\n  max_image_pixels: 0\n", "serve.max_image_pixels must be 1 or more"),
+    "a folder that does not exist": ("dataset:\n  dir: /no/such/folder\n", "/no/such/folder: dataset folder not found"),
+}
+
+
+@pytest.mark.parametrize("kind", list(HOSTILE_PARAMETERS))
+def test_hostile_parameters_are_named_with_their_line(run_cli: Run, kind: str) -> None:
+    text, says = HOSTILE_PARAMETERS[kind]
     Path("params.yaml").write_text(text)
     code, _, err = run_cli("check-dataset")
     assert code == 2 and says in err and "Traceback" not in err, err
-    record_figure(
-        f"hostile parameter: {says.split(': ', 1)[-1][:40]}",
-        1,
-        notes="exit 2, file:line or key named",
-    )
+    record_figure(f"hostile parameter: {kind}", 1, notes="exit 2, the file:line or the key named")

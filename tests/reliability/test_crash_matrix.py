@@ -126,7 +126,7 @@ def test_data_steps_killed_then_rerun_match_a_straight_run(straight: Straight, c
     record_figure(
         f"kill -9 in {command}, then rerun",
         len(FRACTIONS),
-        notes=f"{killed} killed mid-run, the rest had ended; output equals a straight run's",
+        notes=f"{killed} of {len(FRACTIONS)} killed mid-run (the others had ended); output equals a straight run's",
     )
 
 

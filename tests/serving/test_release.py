@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from components.errors import SortflowError
 from components.fsutil import umask
@@ -309,3 +310,19 @@ def test_gpu_device_without_cuda_is_a_clear_error(release: Release) -> None:
         pytest.skip("this onnxruntime has CUDA")
     with pytest.raises(SortflowError, match="device=gpu: this onnxruntime has no CUDA provider"):
         create_pipeline(model_dir=str(release.workdir / "output/export"), device="gpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a KIND_GPU model where there is no GPU")
+def test_a_kind_gpu_model_without_a_gpu_fails_at_once_with_tritons_reason(release: Release, tmp_path: Path) -> None:
+    from components.publish import write_repository
+    from components.serve import start
+    from components.triton_config import ModelInfo
+
+    gpu = params(release, f"publish.repo={tmp_path}/repo", "publish.instance_kind=gpu", f"serve.workdir={tmp_path}/s")
+    export = release.workdir / "output/export"
+    info = ModelInfo("gpu-model", 1, 32, 32, "bicubic", ["glass", "metal", "paper"], {})
+    write_repository(tmp_path / "repo", info, export / "model.onnx", gpu)
+    began = time.monotonic()
+    with pytest.raises(SortflowError, match=r"Triton could not load gpu-model: .*KIND_GPU but no GPUs are available"):
+        start(gpu)
+    assert time.monotonic() - began < 60  # told at once, not after the readiness timeout
