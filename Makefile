@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_train.py
 	$(BIN)/python bench/bench_serving.py
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python bench/bench_monitor.py
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python bench/bench_bytes.py
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python bench/bench_orchestration.py
 
 clean:

@@ -92,3 +92,16 @@ def record_figure(kind: str, tried: int, failed: int = 0, notes: str = "") -> No
     row = {"kind": kind, "tried": tried, "handled": tried - failed, "failed": failed, "notes": notes}
     with open(RELIABILITY_LOG, "a", encoding="utf-8") as f:
         f.write(json.dumps(row) + "\n")
+
+
+def tiny_project(root: Path, *extra: str) -> list[str]:
+    """A tiny dataset under `root` and the -o overrides of a whole pipeline on it (its own MLflow store and
+    Triton repository), for tests that run the `sortflow` commands as a user would."""
+    dataset = cls_dataset(root / "data", per_class=8, val_per_class=3)
+    return overrides(
+        f"dataset.dir={dataset}",
+        *TINY_TRAIN,
+        f"mlflow.tracking_uri=sqlite:///{root}/mlflow.db",
+        "publish.repo=triton_repo",
+        *extra,
+    )

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import TINY_TRAIN, cls_dataset, free_port, overrides, record_figure
+from tests.helpers import free_port, overrides, record_figure, tiny_project
 
 pytestmark = pytest.mark.slow
 
@@ -52,16 +52,7 @@ class Project:
 
 
 def _project(root: Path) -> Project:
-    dataset = cls_dataset(root / "data", per_class=8, val_per_class=3)
-    args = overrides(
-        f"dataset.dir={dataset}",
-        *TINY_TRAIN,
-        "train.epochs=3",
-        "train.warmup_epochs=1",
-        f"mlflow.tracking_uri=sqlite:///{root}/mlflow.db",
-        "publish.repo=triton_repo",
-    )
-    return Project(root, args)
+    return Project(root, tiny_project(root, "train.epochs=3", "train.warmup_epochs=1"))
 
 
 @dataclass

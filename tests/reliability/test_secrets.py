@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import TINY_TRAIN, cls_dataset, overrides, record_figure
+from tests.helpers import record_figure, tiny_project
 
 pytestmark = pytest.mark.slow
 
@@ -37,14 +37,7 @@ def _found(root: Path, texts: list[str]) -> list[str]:
 
 
 def test_planted_secrets_appear_in_no_output(tmp_path: Path) -> None:
-    dataset = cls_dataset(tmp_path / "data", per_class=8, val_per_class=3)
-    args = overrides(
-        f"dataset.dir={dataset}",
-        *TINY_TRAIN,
-        "train.epochs=1",
-        f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
-        "publish.repo=triton_repo",
-    )
+    args = tiny_project(tmp_path, "train.epochs=1")
     env = {**os.environ, **SECRETS, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": ""}
     texts = []
     for argv in (["run", "training-pipeline", "--force"], ["params"], ["summary"], ["history"]):
