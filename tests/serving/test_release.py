@@ -14,6 +14,7 @@ import torch
 
 from components.errors import SortflowError
 from components.fsutil import umask
+from tests.helpers import free_port
 from tests.serving.conftest import Release
 
 
@@ -318,7 +319,10 @@ def test_a_kind_gpu_model_without_a_gpu_fails_at_once_with_tritons_reason(releas
     from components.serve import start
     from components.triton_config import ModelInfo
 
-    gpu = params(release, f"publish.repo={tmp_path}/repo", "publish.instance_kind=gpu", f"serve.workdir={tmp_path}/s")
+    ports = [f"serve.{key}={free_port()}" for key in ("grpc_port", "http_port", "metrics_port")]
+    gpu = params(
+        release, f"publish.repo={tmp_path}/repo", "publish.instance_kind=gpu", f"serve.workdir={tmp_path}/s", *ports
+    )
     export = release.workdir / "output/export"
     info = ModelInfo("gpu-model", 1, 32, 32, "bicubic", ["glass", "metal", "paper"], {})
     write_repository(tmp_path / "repo", info, export / "model.onnx", gpu)
