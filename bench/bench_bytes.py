@@ -73,6 +73,17 @@ def in_process(files: list[bytes], fn: object, config: dict[str, str], seconds: 
     return done / (time.perf_counter() - began)
 
 
+def alternating(files: list[bytes], config: dict[str, str], rounds: int = 3) -> tuple[float, float]:
+    """The in-process rate with the new and with the previous preprocessing, medians of alternating rounds."""
+    import statistics
+
+    new, previous = [], []
+    for _ in range(rounds):
+        new.append(in_process(files, preprocess, config, 4.0))
+        previous.append(in_process(files, torch_preprocess, config, 4.0))
+    return statistics.median(new), statistics.median(previous)
+
+
 def bytes_config() -> dict[str, str]:
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
@@ -116,8 +127,7 @@ def main() -> None:
     for name, files, count in (("1080p JPEG frames", camera, 240), ("TrashNet 112 px JPEGs", small, 400)):
         batch = (files * (count // len(files) + 1))[:count]
         rates = {level: load(port, batch, level) for level in LEVELS}
-        base = in_process(files, preprocess, config)
-        before = in_process(files, torch_preprocess, config)
+        base, before = alternating(files, config)
         cells = ", ".join(f"c{level} {rate:.0f}/s ({rate / base:.2f}x)" for level, rate in rates.items())
         print(
             f"{name}: Triton {cells}; in-process {base:.0f}/s; previous preprocessing in-process {before:.0f}/s "
