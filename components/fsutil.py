@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from components.procs import running
+
 
 def file_digest(path: str | os.PathLike[str]) -> str:
     """A content hash of the file's bytes (BLAKE2b, 128 bits)."""
@@ -56,16 +58,6 @@ def _owner() -> str:
     return f"{socket.gethostname().replace('.', '-')}.{os.getpid()}"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
-
-
 def clear_stale(final: Path) -> None:
     """Remove the temporary siblings of `final` (.NAME.HOST.PID.*.tmp/.old) left by a process of this host that
     no longer runs (killed with -9 mid-write): a rerun leaves no temporary file behind."""
@@ -77,7 +69,7 @@ def clear_stale(final: Path) -> None:
         return
     for entry in siblings:
         match = pattern.match(entry.name)
-        if match and not _alive(int(match.group(1))):
+        if match and not running(int(match.group(1))):
             if entry.is_dir(follow_symlinks=False):
                 shutil.rmtree(entry.path, ignore_errors=True)
             else:

@@ -31,10 +31,13 @@ def _registered(mlflow_client: Any, name: str, version: int) -> Any:
         ) from exc
 
 
-def _move(params: Params, version: int, reason: str, by: str, rollback: bool) -> dict[str, Any]:
+def _client(params: Params) -> Any:
     from components import tracking
 
-    client, _ = tracking.client(params.mlflow)
+    return tracking.client(params.mlflow)[0]
+
+
+def _move(client: Any, params: Params, version: int, reason: str, by: str, rollback: bool) -> dict[str, Any]:
     name = params.register.model_name
     target = _registered(client, name, version)
     current = champion_version(client, name)
@@ -51,22 +54,19 @@ def _move(params: Params, version: int, reason: str, by: str, rollback: bool) ->
 def promote(params: Params, version: int, reason: str = "", by: str = "") -> dict[str, Any]:
     """Make registry version `version` of `register.model_name` champion, recording `by` (default user@host)
     and `reason`. Raises SortflowError for a version that is not registered or has lost its files."""
-    return _move(params, version, reason or "promoted by hand", by, rollback=False)
+    return _move(_client(params), params, version, reason or "promoted by hand", by, rollback=False)
 
 
 def rollback(params: Params, reason: str = "", by: str = "") -> dict[str, Any]:
     """Make the champion before the current one champion again (see `registry.rollback_target`)."""
-    from components import tracking
-
-    client, _ = tracking.client(params.mlflow)
-    name = params.register.model_name
+    client, name = _client(params), params.register.model_name
     target = rollback_target(_history(client, name))
     if target is None:
         raise SortflowError(
             f"{name!r} has no earlier champion to roll back to in its history (`sortflow history`); "
             "promote a version by number instead: sortflow promote VERSION"
         )
-    return _move(params, target, reason or "rolled back by hand", by, rollback=True)
+    return _move(client, params, target, reason or "rolled back by hand", by, rollback=True)
 
 
 def _history(mlflow_client: Any, name: str) -> list[Any]:
@@ -80,7 +80,4 @@ def _history(mlflow_client: Any, name: str) -> list[Any]:
 
 def history(params: Params) -> list[dict[str, Any]]:
     """Each change of champion of `register.model_name`, oldest first: at, version, previous, by, reason."""
-    from components import tracking
-
-    client, _ = tracking.client(params.mlflow)
-    return [asdict(change) for change in _history(client, params.register.model_name)]
+    return [asdict(change) for change in _history(_client(params), params.register.model_name)]

@@ -24,6 +24,7 @@ from urllib.parse import urlparse
 from components.config import MlflowParams, Params, redact_uri
 from components.errors import ServiceError, SortflowError
 from components.model_io import LABELS_FILE, MODEL_FILE, PROFILE_FILE, RESULT_FILE
+from components.procs import gone
 
 log = logging.getLogger(__name__)
 
@@ -55,15 +56,7 @@ def registering_tag() -> str:
 def _dead(tag: str) -> bool:
     """Whether the registration that left `tag` (host:pid) was of this host and its process is gone."""
     host, _, pid = tag.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        pass
-    return False
+    return pid.isdigit() and gone(host, int(pid))
 
 
 def repair_half_registered(mlflow_client: Any, name: str) -> list[int]:

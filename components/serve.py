@@ -29,6 +29,7 @@ from typing import Any
 from components.config import Params
 from components.errors import ServiceError, SortflowError
 from components.fsutil import atomic_write_json, staged_dir
+from components.procs import running
 from components.triton_config import BYTES, parse_config
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,11 @@ def client_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
 
 
+def _http_address(state: dict[str, Any]) -> str:
+    """host:port where this machine reaches the HTTP endpoint of the server that `state` describes."""
+    return f"{client_host(state.get('host', ''))}:{state['http_port']}"
+
+
 def _port_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -139,17 +145,6 @@ def _port_free(host: str, port: int) -> bool:
             return False
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    try:  # a zombie (exited, not yet reaped) is not a running server
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return True
-
-
 def _state(params: Params) -> dict[str, Any] | None:
     path = _workdir(params) / STATE_FILE
     return json.loads(path.read_text()) if path.is_file() else None
@@ -158,7 +153,7 @@ def _state(params: Params) -> dict[str, Any] | None:
 def status(params: Params) -> dict[str, Any] | None:
     """The running server started from this folder, or None."""
     state = _state(params)
-    return state if state is not None and _alive(state["pid"]) else None
+    return state if state is not None and running(state["pid"]) else None
 
 
 PROBE = "sortflow_probe"  # a request parameter: the bytes model does not capture health probes
@@ -192,7 +187,7 @@ def _health(state: dict[str, Any], model: str) -> str:
     import tritonclient.http as httpclient
 
     config_file = Path(state["served_repo"]) / model / "config.pbtxt"
-    client = httpclient.InferenceServerClient(f"{client_host(state.get('host', ''))}:{state['http_port']}")
+    client = httpclient.InferenceServerClient(_http_address(state))
     try:
         client.infer(
             model, [_probe_input(parse_config(config_file.read_text(), str(config_file)))], parameters={PROBE: True}
@@ -208,7 +203,7 @@ def inspect(params: Params) -> dict[str, Any]:
     state = _state(params)
     if state is None:
         return {"status": "stopped"}
-    if not _alive(state["pid"]):
+    if not running(state["pid"]):
         return {**state, "status": "crashed", "log_tail": _tail(Path(state["log"]))}
     health = {model: _health(state, model) for model in state["models"]}
     ok = all(h == "healthy" for h in health.values())
@@ -225,10 +220,10 @@ def _ready(host: str, http_port: int, model: str) -> bool:
 
 def _models_to_serve(params: Params) -> list[str]:
     """The models of `publish.repo`, once nothing stands in the way of starting a server for them."""
-    running = status(params)
-    if running:
+    current = status(params)
+    if current:
         raise SortflowError(
-            f"a server is already running (pid {running['pid']}, gRPC port {running['grpc_port']}); "
+            f"a server is already running (pid {current['pid']}, gRPC port {current['grpc_port']}); "
             "stop it with `sortflow serve --stop`"
         )
     repo = Path(params.publish.repo)
@@ -428,11 +423,11 @@ def _terminate(pid: int, grace: float = 15) -> None:
     except OSError:
         return
     deadline = time.monotonic() + grace
-    while _alive(pid) and time.monotonic() < deadline:
+    while running(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
-    if _alive(pid):
+    if running(pid):
         os.killpg(pid, signal.SIGKILL)
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)  # when the server is this process's child, reap it: no zombie is left
@@ -466,7 +461,7 @@ def reload(params: Params, models: list[str] | None = None) -> dict[str, Any]:
     if not state["stock_triton"]:
         for name in models:
             runtime_model(repo / name, Path(state["served_repo"]) / name)
-    address = f"{client_host(state.get('host', ''))}:{state['http_port']}"
+    address = _http_address(state)
     client = httpclient.InferenceServerClient(address)
     for name in models:
         try:
