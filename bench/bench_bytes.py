@@ -1,17 +1,23 @@
-"""The encoded-image endpoint (`<model>_bytes`) on camera frames, side by side in one run (issue 13, part).
+"""The encoded-image endpoint (`<model>_bytes`) on camera frames, side by side in one run (issue 13).
 
-1. Requests/s at concurrency 1, 4 and 8 for 1920x1080 JPEG frames and for TrashNet's 112 px JPEGs, on a real
-   Triton server, next to an in-process baseline doing the same work in one process (the same decode,
-   resize and crop, then onnxruntime at batch 1).
+1. Requests/s and latency at concurrency 1, 4 and 8 for 1920x1080 JPEG frames and for TrashNet's 112 px
+   JPEGs on a real Triton server (`sortflow bench-serve`'s load), published with the default settings and
+   with the settings before issue 13 (one decoding instance, onnxruntime's own thread count), next to an
+   in-process baseline doing the same work in one process (the same decode, resize and crop, then
+   onnxruntime at batch 1).
 2. The same in-process baseline with the previous preprocessing (torchvision's resize on a full decode), so
    the speed-up of the torch-free, DCT-scaled decode is a ratio measured here.
 3. Resident memory of each server process after warm-up and 1,000 requests.
-The model is bench_monitor's: EfficientNet-Lite0 at 96 px trained 2 epochs on TrashNet.
+The model is the demo's kind, as the issue measured it: EfficientNet-Lite0 at 64 px, fine-tuned one epoch on
+TrashNet from its offline ImageNet weights.
 """
 
 from __future__ import annotations
 
 import io
+import os
+import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,13 +28,58 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
-sys.path.insert(0, str(REPO / "components" / "triton_models"))
 
-from bench_monitor import WORK, grpc_port, load, release, sortflow  # noqa: E402
-from bench_train import dataset  # noqa: E402
-from preprocess import preprocess  # noqa: E402
+from bench_monitor import free_port  # noqa: E402
+from bench_train import OUT, SORTFLOW, dataset  # noqa: E402
 
+from components.bench_serve import image_files, run_level  # noqa: E402
+from components.serve import resident_memory  # noqa: E402
+from components.triton_models.preprocess import preprocess  # noqa: E402
+
+WORK = OUT / "bytes"
 LEVELS = (1, 4, 8)
+MODEL = "sortflow-classifier_bytes"
+
+
+SETUPS = {  # name: publish settings
+    "default": (),  # params' defaults: 2 decoding instances, 1 onnxruntime thread in the classifier
+    "previous": ("publish.decode_instances=1", "publish.threads=0"),  # before issue 13's tuning
+}
+
+
+def overrides(data: Path, name: str, settings: tuple[str, ...]) -> list[str]:
+    items = [
+        f"dataset.dir={data}",
+        "split.enable=false",
+        "split.output=",
+        "train.model=EfficientNet-Lite0",
+        "train.pretrained=imagenet",
+        "train.image_size=64",
+        "train.epochs=1",
+        f"mlflow.tracking_uri=sqlite:///{WORK}/mlflow.db",
+        f"publish.repo={WORK / ('repo_' + name)}",
+        *settings,
+        f"serve.workdir={WORK / ('serve_' + name)}",
+        *(f"serve.{key}={free_port()}" for key in ("grpc_port", "http_port", "metrics_port")),
+    ]
+    return [x for item in items for x in ("-o", item)]
+
+
+def sortflow(*args: str) -> None:
+    subprocess.run([SORTFLOW, *args], cwd=WORK, check=True, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+
+
+def servers(data: Path) -> dict[str, list[str]]:
+    """Train, export and register once; publish with each of SETUPS; serve each."""
+    WORK.mkdir(parents=True, exist_ok=True)
+    setups = {name: overrides(data, name, settings) for name, settings in SETUPS.items()}
+    if not (WORK / "output/export/model.onnx").is_file():
+        for step in ("train", "export", "register"):
+            sortflow(step, *setups["default"])
+    for args in setups.values():
+        sortflow("publish", *args)
+        sortflow("serve", *args)
+    return setups
 
 
 def frames() -> list[bytes]:
@@ -59,7 +110,7 @@ def torch_preprocess(data: bytes, size: int, resize: int, interpolation: str) ->
     return v2.CenterCrop(size)(v2.Resize(resize, interpolation=mode, antialias=True)(tensor)).float().numpy()
 
 
-def in_process(files: list[bytes], fn: object, config: dict[str, str], seconds: float = 8.0) -> float:
+def in_process(files: list[bytes], fn: object, config: dict[str, str], seconds: float) -> float:
     """Frames/s of decode + resize + crop + onnxruntime (batch 1) in this process, cycling over `files`."""
     from components.onnx_io import onnx_session
 
@@ -73,74 +124,86 @@ def in_process(files: list[bytes], fn: object, config: dict[str, str], seconds: 
     return done / (time.perf_counter() - began)
 
 
-def alternating(files: list[bytes], config: dict[str, str], rounds: int = 3) -> tuple[float, float]:
-    """The in-process rate with the new and with the previous preprocessing, medians of alternating rounds."""
-    import statistics
-
-    new, previous = [], []
-    for _ in range(rounds):
-        new.append(in_process(files, preprocess, config, 4.0))
-        previous.append(in_process(files, torch_preprocess, config, 4.0))
-    return statistics.median(new), statistics.median(previous)
-
-
-def bytes_config() -> dict[str, str]:
+def bytes_config(args: list[str]) -> dict[str, str]:
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
-    text = (WORK / "repo_off/sortflow-classifier_bytes/config.pbtxt").read_text()
-    config = text_format.Parse(text, model_config_pb2.ModelConfig())
+    repo = Path(next(a.split("=", 1)[1] for a in args if a.startswith("publish.repo=")))
+    config = text_format.Parse((repo / MODEL / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
     return {k: v.string_value for k, v in config.parameters.items()}
 
 
-def resident_mb(args: list[str]) -> dict[str, float]:
-    """VmRSS of the server started with `args` and of each of its backend processes, by model."""
-    import json
-    import subprocess
+def setting(args: list[str], key: str) -> str:
+    return next(a.split("=", 1)[1] for a in args if a.startswith(f"{key}="))
 
-    workdir = next(a.split("=", 1)[1] for a in args if a.startswith("serve.workdir="))
-    state = json.loads((Path(workdir) / "server.json").read_text())
-    pids = {"tritonserver": state["pid"]}
-    children = subprocess.run(["pgrep", "-P", str(state["pid"])], capture_output=True, text=True).stdout.split()
-    for pid in children:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
-        model = next((p.split("/")[-3] for p in cmdline if p.endswith("model.py")), pid)
-        pids[model] = int(pid)
-    out = {}
-    for name, pid in pids.items():
-        line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("VmRSS:"))
-        out[name] = int(line.split()[1]) / 1024
+
+def requests_of(files: list[bytes]) -> list:
+    import tritonclient.grpc as grpcclient
+
+    out = []
+    for data in files:
+        tensor = grpcclient.InferInput("image_bytes", [1, 1], "BYTES")
+        tensor.set_data_from_numpy(np.array([[data]], dtype=object))
+        out.append([tensor])
     return out
+
+
+def compare(name: str, files: list[bytes], count: int, setups: dict[str, list[str]], rounds: int = 3) -> None:
+    """Alternating rounds of every server at every level and of the in-process baselines; medians."""
+    config = bytes_config(setups["default"])
+    inputs = requests_of(files)
+    rates: dict[tuple, list[float]] = {}
+    p99: dict[tuple, list[float]] = {}
+    for _ in range(rounds):
+        for name, args in setups.items():
+            url = f"127.0.0.1:{setting(args, 'serve.grpc_port')}"
+            for level in LEVELS:
+                fields, error = run_level(url, MODEL, inputs, level, count, 60)
+                assert error is None, error
+                rates.setdefault((name, level), []).append(fields["per_second"])
+                p99.setdefault((name, level), []).append(fields["p99_ms"])
+        rates.setdefault("new", []).append(in_process(files, preprocess, config, 4.0))
+        rates.setdefault("previous", []).append(in_process(files, torch_preprocess, config, 4.0))
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    base = med["new"]
+    print(
+        f"\n### {name}: in-process {base:.0f}/s, previous preprocessing in-process {med['previous']:.0f}/s "
+        f"(new/previous {base / med['previous']:.2f}x); all rounds: {rates}"
+    )
+    print("| publish settings | " + " | ".join(f"c{level}" for level in LEVELS) + " |")
+    print("|---|" + "---|" * len(LEVELS))
+    for name in setups:
+        cells = [
+            f"{med[(name, level)]:.0f}/s ({med[(name, level)] / base:.2f}x, p99 "
+            f"{statistics.median(p99[(name, level)]):.0f} ms)"
+            for level in LEVELS
+        ]
+        print(f"| {name} {' '.join(SETUPS[name])} | " + " | ".join(cells) + " |")
 
 
 def main() -> None:
     data = dataset()
-    off, on = release(data)
-    sortflow("serve", "--stop", *on)  # one server is enough here
-    config = bytes_config()
-    camera = frames()
-    small = [p.read_bytes() for p in sorted((data / "images").rglob("*.jpg"))[:400]]
-    port = grpc_port(off)
-    load(port, camera[:8], 1)
-    load(port, small[:50], 1)
-    print(f"model: {config['classifier']} at {config['image_size']} px (resize {config['resize_size']})")
-    for name, files, count in (("1080p JPEG frames", camera, 240), ("TrashNet 112 px JPEGs", small, 400)):
-        batch = (files * (count // len(files) + 1))[:count]
-        rates = {level: load(port, batch, level) for level in LEVELS}
-        base, before = alternating(files, config)
-        cells = ", ".join(f"c{level} {rate:.0f}/s ({rate / base:.2f}x)" for level, rate in rates.items())
+    setups = servers(data)
+    try:
+        config = bytes_config(setups["default"])
+        print(f"model: {config['classifier']} at {config['image_size']} px (resize {config['resize_size']})")
+        small = [p.read_bytes() for p in image_files((str(data / "images"),))[:400]]
+        compare("1080p JPEG frames", frames(), 240, setups)
+        compare("TrashNet 112 px JPEGs", small, 400, setups)
+        url = f"127.0.0.1:{setting(setups['default'], 'serve.grpc_port')}"
+        run_level(url, MODEL, requests_of((small * 3)[:1000]), 4, 1000, 120)
+        import json
+
+        state = json.loads((Path(setting(setups["default"], "serve.workdir")) / "server.json").read_text())
+        memory = resident_memory(state["pid"])
         print(
-            f"{name}: Triton {cells}; in-process {base:.0f}/s; previous preprocessing in-process {before:.0f}/s "
-            f"(new/previous {base / before:.2f}x)"
+            "\nresident MB after warm-up and 1,000 requests (default settings): "
+            + ", ".join(f"{m['process']} {m['rss_mb']:.0f}" for m in memory)
+            + f"; all {sum(m['rss_mb'] for m in memory):.0f}"
         )
-    load(port, (small * 3)[:1000], 4)
-    memory = resident_mb(off)
-    print(
-        "resident MB after warm-up and 1,000 requests: "
-        + ", ".join(f"{k} {v:.0f}" for k, v in memory.items())
-        + f"; all {sum(memory.values()):.0f}"
-    )
-    sortflow("serve", "--stop", *off)
+    finally:
+        for args in setups.values():
+            sortflow("serve", "--stop", *args)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 1. onnxruntime vs torch eager: latency at batch 1 and throughput at batch 32, for lcnet_100 and
    EfficientNet-Lite0 at 224 px, both exported as sortflow exports them (raw pixels in, probabilities out).
 2. A real Triton server (gRPC, dynamic batching) at concurrency 1, 4 and 8 vs in-process onnxruntime on
-   the same model: throughput and p50/p99 latency of batch-1 requests.
+   the same model: throughput and p50/p99 latency of batch-1 requests (`sortflow bench-serve`'s load), with
+   publish.threads 0 and 1, over plain gRPC and through system shared memory; then each server's resident
+   memory after more than 1,000 requests.
 Weights are random, with BatchNorm statistics warmed on random images so no denormal floats skew timings.
 """
 
@@ -13,7 +15,6 @@ import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -84,85 +85,113 @@ def runtimes(out: Path) -> Path:
     return lcnet
 
 
-def load_test(infer, concurrency: int, requests: int) -> tuple[float, float, float]:
-    """Batch-1 requests from `concurrency` threads: (requests/s, p50 ms, p99 ms)."""
-    latencies: list[float] = []
-    lock = threading.Lock()
+def photos(folder: Path, size: int) -> Path:
+    """Eight photos (scikit-image's) as JPEG files a little larger than the model's input."""
+    import skimage.data
+    from PIL import Image
 
-    def worker() -> None:
-        mine = []
-        for _ in range(requests // concurrency):
-            began = time.perf_counter()
-            infer()
-            mine.append(time.perf_counter() - began)
-        with lock:
-            latencies.extend(mine)
-
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    began = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - began
-    latencies.sort()
-    return len(latencies) / wall, latencies[len(latencies) // 2] * 1000, latencies[int(len(latencies) * 0.99)] * 1000
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("coffee", "chelsea", "astronaut", "rocket"):
+        image = Image.fromarray(getattr(skimage.data, name)()).resize((size * 4 // 3, size))
+        image.save(folder / f"{name}.jpg", quality=90)
+        image.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(folder / f"{name}-flipped.jpg", quality=90)
+    return folder
 
 
-def triton(out: Path, onnx_file: Path, label: str, size: int) -> None:
-    import socket
+def ceiling(onnx_file: Path, size: int) -> dict[str, float]:
+    """In-process onnxruntime: img/s at batch 32 (this machine's ceiling) and 8, and the batch-1 p50 (ms)."""
+    session = onnx_session(onnx_file)
+    out = {}
+    for batch in (32, 8):
+        images = np.random.rand(batch, 3, size, size).astype(np.float32) * 255
+        out[f"b{batch}"] = batch / statistics.median(timed(lambda x=images: session.run(None, {"image": x}), 10))
+    one = np.random.rand(1, 3, size, size).astype(np.float32) * 255
+    out["b1_ms"] = statistics.median(timed(lambda: session.run(None, {"image": one}), 50)) * 1000
+    return out
 
-    import tritonclient.grpc as grpcclient
 
+SETTINGS = {"threads 0 (pixel clients)": 0, "threads 1 (default)": 1}  # publish.threads
+
+
+def triton(out: Path, onnx_file: Path, label: str, size: int, rounds: int = 3) -> None:
+    """Pixel requests at concurrency 1, 4 and 8 over gRPC and over shared memory, for each SETTINGS value,
+    in alternating rounds (medians) next to in-process onnxruntime; then the servers' resident memory."""
     from components import serve
+    from components.bench_serve import BenchConfig, bench_serve
     from components.publish import write_repository
+    from components.serve import resident_memory
     from components.triton_config import ModelInfo
 
-    def port() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
-
-    params = Params()
-    params.publish.repo = str(out / f"repo-{size}")
-    params.publish.max_batch_size = 32
-    params.serve.grpc_port, params.serve.http_port, params.serve.metrics_port = port(), port(), port()
-    params.serve.workdir = str(out / f"serve-{size}")
-    info = ModelInfo("bench", 1, size, int(size / 0.875), "bicubic", [f"c{i}" for i in range(6)], {})
-    write_repository(Path(params.publish.repo), info, onnx_file, params)
-    serve.start(params)
+    images = photos(out / f"photos-{size}", size)
+    servers = {}
+    for name, threads in SETTINGS.items():
+        params = Params()
+        params.publish.repo, params.publish.threads = str(out / f"repo-{size}-{threads}"), threads
+        params.serve.grpc_port, params.serve.http_port, params.serve.metrics_port = free_ports(3)
+        params.serve.workdir = str(out / f"serve-{size}-{threads}")
+        info = ModelInfo("bench", 1, size, int(size / 0.875), "bicubic", [f"c{i}" for i in range(6)], {})
+        write_repository(Path(params.publish.repo), info, onnx_file, params)
+        serve.start(params)
+        servers[name] = params
     try:
-        image = np.random.rand(1, 3, size, size).astype(np.float32) * 255
-        session = onnx_session(onnx_file)
-        local = load_test(lambda: session.run(None, {"image": image}), 1, 100)
-        print(
-            f"\n## Triton (bundled server, python backend + onnxruntime, gRPC, dynamic batching), {label}, "
-            "batch-1 requests"
-        )
-        print("| client | concurrency | requests/s | p50 (ms) | p99 (ms) |")
-        print("|---|---|---|---|---|")
-        print(f"| in-process onnxruntime | 1 | {local[0]:.0f} | {local[1]:.1f} | {local[2]:.1f} |")
-        results = {}
-        clients = threading.local()  # one gRPC client per thread
-
-        def infer() -> None:
-            if not hasattr(clients, "c"):
-                clients.c = grpcclient.InferenceServerClient(f"127.0.0.1:{params.serve.grpc_port}")
-            inputs = [grpcclient.InferInput("image", [1, 3, size, size], "FP32")]
-            inputs[0].set_data_from_numpy(image)
-            clients.c.infer("bench", inputs)
-
-        for concurrency in (1, 4, 8):
-            load_test(infer, concurrency, 8 * concurrency)  # warm-up: connections, batching
-            results[concurrency] = load_test(infer, concurrency, 200)
-            rps, p50, p99 = results[concurrency]
-            print(f"| Triton gRPC | {concurrency} | {rps:.0f} | {p50:.1f} | {p99:.1f} |")
-        print(
-            f"throughput at concurrency 8 / concurrency 1: {results[8][0] / results[1][0]:.2f}x (target >= 3x); "
-            f"Triton at concurrency 1 / in-process: {results[1][0] / local[0]:.2f}x"
-        )
+        rows: dict[tuple, list] = {}
+        base: list[dict[str, float]] = []
+        for _ in range(rounds):
+            base.append(ceiling(onnx_file, size))
+            for name, params in servers.items():
+                for transport in ("none", "system"):
+                    config = BenchConfig(
+                        f"127.0.0.1:{params.serve.grpc_port}", "bench", ("pixels",), (1, 4, 8), 400, 60,
+                        (str(images),), transport,
+                    )  # fmt: skip
+                    for r in bench_serve(config):
+                        rows.setdefault((name, transport, r.concurrency), []).append(r)
+        limits = {k: statistics.median(b[k] for b in base) for k in base[0]}
+        _report(label, rows, limits)
+        for name, params in servers.items():
+            config = BenchConfig(
+                f"127.0.0.1:{params.serve.grpc_port}", "bench", ("bytes",), (4,), 1000, 120, (str(images),)
+            )
+            bench_serve(config)  # with the pixel rounds above: warm-up and more than 1,000 requests
+            memory = resident_memory(serve.status(params)["pid"])
+            print(
+                f"resident MB, {name}: "
+                + ", ".join(f"{m['process']} {m['rss_mb']:.0f}" for m in memory)
+                + f"; all {sum(m['rss_mb'] for m in memory):.0f}"
+            )
     finally:
-        serve.stop(params)
+        for params in servers.values():
+            serve.stop(params)
+
+
+def _report(label: str, rows: dict[tuple, list], limits: dict[str, float]) -> None:
+    print(
+        f"\n## Triton (bundled server, python backend + onnxruntime, gRPC, dynamic batching), {label}, batch-1 "
+        f"requests; in-process onnxruntime: batch 32 {limits['b32']:.0f} img/s (the ceiling), batch 8 "
+        f"{limits['b8']:.0f} img/s, batch 1 p50 {limits['b1_ms']:.2f} ms"
+    )
+    print("| publish.threads | transport | concurrency | requests/s | / batch-32 ceiling | p50 (ms) | p99 (ms) |")
+    print("|---|---|---|---|---|---|---|")
+    for (name, transport, level), results in rows.items():
+        rate = statistics.median(r.per_second for r in results)
+        p50, p99 = (statistics.median(getattr(r, k) for r in results) for k in ("p50_ms", "p99_ms"))
+        where = "gRPC" if transport == "none" else "gRPC + system shared memory"
+        added = f" (+{p50 - limits['b1_ms']:.2f} over in-process)" if level == 1 else ""
+        print(
+            f"| {name} | {where} | {level} | {rate:.0f} | {rate / limits['b32']:.2f}x | {p50:.2f}{added} | {p99:.1f} |"
+        )
+
+
+def free_ports(count: int) -> list[int]:
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
 
 
 def main() -> None:

@@ -282,6 +282,43 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_bench_serve(args: argparse.Namespace) -> int:
+    from components.bench_serve import BenchConfig, as_records, bench_serve, format_table
+    from components.serve import client_host
+
+    params = _params(args)
+    config = BenchConfig(
+        url=args.url or f"{client_host(params.serve.host)}:{params.serve.grpc_port}",
+        model=args.model or params.register.model_name,
+        inputs=("pixels", "bytes") if args.input == "both" else (args.input,),
+        concurrency=tuple(args.concurrency),
+        requests=args.requests,
+        max_seconds=args.max_seconds,
+        images=tuple(args.images or [params.dataset.dir]),
+        shared_memory=args.shared_memory,
+    )
+    results = bench_serve(config)
+    print(f"Triton at {config.url}, model {config.model}, one image per request")
+    print(format_table(results))
+    if args.json:
+        from pathlib import Path
+
+        from components.fsutil import atomic_write_json
+
+        atomic_write_json(Path(args.json), {"url": config.url, "model": config.model, "levels": as_records(results)})
+    return 1 if any(r.errors for r in results) else 0
+
+
+def _concurrency(text: str) -> list[int]:
+    try:
+        levels = [int(x) for x in text.split(",")]
+    except ValueError:
+        levels = []
+    if not levels or min(levels) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give positive integers separated by commas, e.g. 1,4,8")
+    return levels
+
+
 def cmd_get_pipeline_config(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -469,6 +506,26 @@ def _release_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         ("review", cmd_review, "a labelling queue from captured traffic: CSV, contact sheet, Label Studio tasks"),
     ):
         sub.add_parser(name, parents=[common], help=text).set_defaults(func=func)
+    p = sub.add_parser(
+        "bench-serve", parents=[common], help="requests/s and p50/p95/p99 latency of a running server's endpoints"
+    )
+    p.add_argument("--url", help="Triton gRPC HOST:PORT (default: serve.host and serve.grpc_port)")
+    p.add_argument(
+        "--model", help="classifier name; <model>_bytes is its encoded-image endpoint (default: register.model_name)"
+    )
+    p.add_argument("--input", choices=["pixels", "bytes", "both"], default="both", help="which endpoint (default both)")
+    p.add_argument("--concurrency", type=_concurrency, default=[1, 4, 8], help="levels, e.g. 1,4,8 (default)")
+    p.add_argument("--requests", type=int, default=500, help="measured requests per level (default 500)")
+    p.add_argument("--max-seconds", type=float, default=60, help="a level stops after this long (default 60)")
+    p.add_argument("--images", nargs="+", help="image files or folders to send (default: dataset.dir)")
+    p.add_argument(
+        "--shared-memory",
+        choices=["none", "system"],
+        default="none",
+        help="system: send pixels through shared memory, as perf_analyzer does (server on this machine only)",
+    )
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.set_defaults(func=cmd_bench_serve)
     p = sub.add_parser(
         "get-pipeline-config", parents=[common], help="write pipeline.yaml for predict / create_pipeline"
     )

@@ -51,7 +51,7 @@ class TrainParams:
     seed: int = 42
     output: str = "output/train"
     resume: bool = False
-    optimizer: str = "sgd"
+    optimizer: str = "auto"
     momentum: float = 0.9
     weight_decay: float = 4e-5
     warmup_epochs: int = 1
@@ -60,6 +60,7 @@ class TrainParams:
     num_workers: int = 0
     cache_mb: int = 2048
     crop_scale_min: float = 0.08
+    ema_decay: float = 0.9998
 
 
 @dataclass
@@ -92,6 +93,8 @@ class PublishParams:
     max_batch_size: int = 32
     instance_kind: str = "cpu"
     instances: int = 1
+    threads: int = 1
+    decode_instances: int = 2
 
 
 @dataclass
@@ -228,8 +231,10 @@ def _validate(params: Params) -> None:
         if getattr(params.dataset, key) < 0:
             raise ParamsError(f"dataset.{key} must be 0 or more, got {getattr(params.dataset, key)}")
     t = params.train
-    if t.optimizer not in ("sgd", "adamw"):
-        raise ParamsError(f"train.optimizer must be sgd or adamw, got {t.optimizer!r}")
+    if t.optimizer not in ("auto", "sgd", "adamw"):
+        raise ParamsError(f"train.optimizer must be auto, sgd or adamw, got {t.optimizer!r}")
+    if not 0 <= t.ema_decay < 1:
+        raise ParamsError(f"train.ema_decay must be in [0, 1) (0 = no weight average), got {t.ema_decay}")
     for key in ("epochs", "batch_size", "image_size"):
         if getattr(t, key) < 1:
             raise ParamsError(f"train.{key} must be 1 or more, got {getattr(t, key)}")
@@ -244,6 +249,9 @@ def _validate(params: Params) -> None:
             "publish.instance_kind must be cpu or gpu (Triton's KIND_CPU or KIND_GPU), got "
             f"{params.publish.instance_kind!r}"
         )
+    for key, least in (("max_batch_size", 1), ("instances", 1), ("decode_instances", 1), ("threads", 0)):
+        if getattr(params.publish, key) < least:
+            raise ParamsError(f"publish.{key} must be {least} or more, got {getattr(params.publish, key)}")
     _validate_monitoring(params)
     _validate_deploy(params.deploy)
 

@@ -93,7 +93,10 @@ def write_repository(
     model_dir = repo / info.name
     version_files = {MODEL_FILE: onnx_file, **({PROFILE_FILE: profile} if profile else {})}
     published = _published(model_dir / str(info.version), version_files)  # refused before anything is written
-    _write_config(model_dir / "config.pbtxt", classifier_config(info, publish.max_batch_size, kind, publish.instances))
+    _write_config(
+        model_dir / "config.pbtxt",
+        classifier_config(info, publish.max_batch_size, kind, publish.instances, publish.threads),
+    )
     atomic_write_text(model_dir / LABELS_FILE, "".join(f"{label}\n" for label in info.labels))
     if published:
         log.info("%s version %d is already published with the same files", info.name, info.version)
@@ -105,7 +108,9 @@ def write_repository(
     settings = BytesSettings(
         serve.max_image_pixels, serve.max_request_mb, serve.capture_rate, serve.capture_dir, serve.capture_max_mb
     )
-    _write_config(bytes_dir / "config.pbtxt", bytes_config(info, publish.max_batch_size, settings))
+    _write_config(
+        bytes_dir / "config.pbtxt", bytes_config(info, publish.max_batch_size, settings, publish.decode_instances)
+    )
     atomic_write_text(bytes_dir / LABELS_FILE, "".join(f"{label}\n" for label in info.labels))
     code = {name: TEMPLATES / src for name, src in BYTES_MODEL_FILES.items()}
     code_version = _code_version(bytes_dir, code)

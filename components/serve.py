@@ -197,6 +197,31 @@ def _health(state: dict[str, Any], model: str) -> str:
     return "healthy"
 
 
+def _resident_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def resident_memory(pid: int) -> list[dict[str, Any]]:
+    """Resident memory (MB) of the server and of each backend process it runs, named by model (Linux)."""
+    import subprocess
+
+    out = [{"process": "tritonserver", "pid": pid, "rss_mb": round(_resident_mb(pid), 1)}]
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    for child in map(int, children):
+        try:
+            args = Path(f"/proc/{child}/cmdline").read_text().split("\0")
+            rss = _resident_mb(child)
+        except OSError:  # ended since pgrep listed it
+            continue
+        # A python-backend stub's arguments hold <repository>/<model>/<version>/model.py.
+        model = next((Path(a).parts[-3] for a in args if a.endswith("model.py")), Path(args[0]).name)
+        out.append({"process": model, "pid": child, "rss_mb": round(rss, 1)})
+    return out
+
+
 def inspect(params: Params) -> dict[str, Any]:
     """What `serve --status` reports: "stopped"; "crashed" (the server died: its log's tail); or "running" /
     "unhealthy" with each model's health (`reload` brings an unhealthy model back)."""
@@ -207,7 +232,8 @@ def inspect(params: Params) -> dict[str, Any]:
         return {**state, "status": "crashed", "log_tail": _tail(Path(state["log"]))}
     health = {model: _health(state, model) for model in state["models"]}
     ok = all(h == "healthy" for h in health.values())
-    return {**state, "status": "running" if ok else "unhealthy", "health": health}
+    memory = resident_memory(state["pid"])
+    return {**state, "status": "running" if ok else "unhealthy", "health": health, "memory": memory}
 
 
 def _ready(host: str, http_port: int, model: str) -> bool:

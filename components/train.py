@@ -12,7 +12,6 @@ import contextlib
 import csv
 import io
 import logging
-import math
 import os
 import shutil
 import signal
@@ -38,6 +37,7 @@ from components.loader import DataConfig, model_input, read_classes, split_image
 from components.locks import output_lock
 from components.metrics import correct_at_k, predict_logits
 from components.models import ModelSpec, create_model, get_spec
+from components.optim import OptimizerChoice, WeightAverage, build_optimizer, choose_optimizer, lr_factor
 from components.plots import figure, save_png
 from components.splitting import prepared_dataset
 
@@ -139,14 +139,6 @@ def run_training(params: Params, argv: list[str]) -> TrainResult | None:
     return None
 
 
-def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
-    """Linear warmup to the peak learning rate, then cosine decay to zero."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
 def _loader(
     dataset: Any, batch_size: int, seed: int, dist: Dist, workers: int, shuffle: bool, pin: bool = False
 ) -> Any:
@@ -228,6 +220,7 @@ def _train_result(spec: ModelSpec, classes: list[str], fit: Fit, done: bool) -> 
         "models": {"last": {"score": last, "path": LAST}, "best": {"score": fit.best, "path": BEST}},
         "history": fit.history,
         "mlflow_run_id": fit.run_id,
+        "optimizer": asdict(fit.choice),
         "done_flag": done,
     }
 
@@ -240,6 +233,8 @@ class Fit:
     net: nn.Module  # the model, wrapped in DDP when several processes train
     optimizer: torch.optim.Optimizer
     scheduler: Any
+    choice: OptimizerChoice
+    average: WeightAverage | None = None  # train.ema_decay: the weights that are validated and saved
     start: int = 1
     best: float = -1.0
     history: list[dict[str, float]] = field(default_factory=list)
@@ -275,34 +270,31 @@ def _resume_checkpoint(t: TrainParams, spec: ModelSpec, classes: list[str]) -> d
 
 
 def _fit(
-    t: TrainParams, model: nn.Module, steps_per_epoch: int, dist: Dist, device: torch.device, ckpt: dict | None
+    t: TrainParams, model: nn.Module, steps: int, classes: int, dist: Dist, device: torch.device, ckpt: dict | None
 ) -> Fit:
-    """The model on its device, the optimizer and the schedule, restored from `ckpt` when resuming."""
+    """The model on its device, the optimizer, the schedule and the weight average, restored from `ckpt`
+    when resuming; `steps` is the number of steps per epoch."""
     model = model.to(device, memory_format=torch.channels_last)
     net: nn.Module = model
     if dist.world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    # One parameter group, weight decay on every tensor, as PaddleX's Momentum with L2 regularization;
-    # timm's optimizer factory (Nesterov, split groups) measured 7-10% slower per step on the CPU.
-    if t.optimizer == "sgd":
-        optimizer = torch.optim.SGD(
-            model.parameters(), lr=t.learning_rate, momentum=t.momentum, weight_decay=t.weight_decay
-        )
-    else:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
-    done = 0
+    choice = choose_optimizer(t, t.epochs * steps, classes)
+    optimizer = build_optimizer(model, choice, t)
+    done = ckpt["epoch"] * steps if ckpt else 0  # where the schedule stands in this run's steps per epoch
     if ckpt:
         optimizer.load_state_dict(ckpt["optimizer"])
-        done = ckpt["epoch"] * steps_per_epoch  # where the schedule stands in this run's steps per epoch
     for group in optimizer.param_groups:
-        group["initial_lr"] = t.learning_rate
-    warmup, total = t.warmup_epochs * steps_per_epoch, t.epochs * steps_per_epoch
+        group["initial_lr"] = choice.learning_rate
+    average = WeightAverage(model, t.ema_decay, done) if t.ema_decay else None
+    if average and ckpt:
+        average.model.load_state_dict(ckpt["model"])
+    warmup, total = t.warmup_epochs * steps, t.epochs * steps
     # Rebuilt from the epoch, not the old step count: a run resumed on another number of GPUs has other
     # steps per epoch, and the learning rate must stand where an uninterrupted run's would.
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, warmup, total), last_epoch=done - 1
     )
-    fit = Fit(model, net, optimizer, scheduler)
+    fit = Fit(model, net, optimizer, scheduler, choice, average)
     if ckpt:
         fit.start, fit.best, fit.history = ckpt["epoch"] + 1, ckpt["best_top1"], ckpt["history"]
         fit.run_id = ckpt["mlflow_run_id"]
@@ -345,13 +337,16 @@ def _train_epoch(fit: Fit, data: Any, t: TrainParams, epoch: int, dist: Dist, de
             bad = _nonfinite_ranks(loss, dist, device)
             if bad:
                 raise SortflowError(
-                    f"the training loss became {loss.item()} in epoch {epoch} on rank(s) {bad}; lower "
-                    f"train.learning_rate (now {t.learning_rate}) or raise train.batch_size (now {t.batch_size})"
+                    f"the training loss became {loss.item()} in epoch {epoch} on rank(s) {bad}; lower the learning "
+                    f"rate (now {fit.choice.learning_rate}, {fit.choice.reason}: set train.optimizer and "
+                    f"train.learning_rate) or raise train.batch_size (now {t.batch_size})"
                 )
             fit.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             fit.optimizer.step()
             fit.scheduler.step()
+            if fit.average is not None:
+                fit.average.update(fit.model)
             loss_sum += loss.item() * len(labels)
             seen += len(labels)
             ips = seen * dist.world / (time.perf_counter() - began)
@@ -381,7 +376,8 @@ def _out_of_memory_hint(t: TrainParams, dist: Dist, device: torch.device) -> Ite
 def _validate(fit: Fit, data: Any, t: TrainParams, num_classes: int, dist: Dist, device: torch.device) -> dict:
     """Val loss, top-1 and top-5 over every val image (each rank scores its share; the sums are combined)."""
     loader = _loader(data, t.batch_size, 0, dist, t.num_workers, shuffle=False)
-    logits, targets = predict_logits(fit.model, loader, device)  # fp32, as `sortflow evaluate` scores it
+    model = fit.average.model if fit.average is not None else fit.model
+    logits, targets = predict_logits(model, loader, device)  # fp32, as `sortflow evaluate` scores it
     scores, labels = logits.numpy(), targets.numpy()
     loss = nn.functional.cross_entropy(logits, targets, reduction="sum").item() if len(targets) else 0.0
     top1, top5, loss, n = _all_sum(
@@ -399,9 +395,11 @@ def _validate(fit: Fit, data: Any, t: TrainParams, num_classes: int, dist: Dist,
 
 def _save_epoch(out: Path, state: dict[str, Any], fit: Fit, improved: bool, summary: dict[str, Any]) -> None:
     """last.pt (and best.pt when val top-1 improved), metrics.csv and train_result.json after an epoch."""
+    # "model" holds the weights that were validated (the average, when on): evaluate and export use them.
+    averaged = {"model": fit.average.model.state_dict(), "trained_model": fit.model.state_dict()}
     checkpoint = {
         **state,
-        "model": fit.model.state_dict(),
+        **(averaged if fit.average is not None else {"model": fit.model.state_dict()}),
         "optimizer": fit.optimizer.state_dict(),
         "epoch": fit.history[-1]["epoch"],
         "best_top1": fit.best,
@@ -539,11 +537,11 @@ def _train(params: Params, root: Path, dist: Dist, device: torch.device) -> Trai
     torch.manual_seed(t.seed)
     model = create_model(spec, len(classes), "none" if ckpt else t.pretrained)
     if ckpt:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(ckpt.get("trained_model", ckpt["model"]))
     cfg = DataConfig.for_model(spec.timm_cfg(), t.image_size, t.crop_scale_min)
     data = split_images(root, cfg, t.cache_mb, _decode_workers())
     steps = _steps_per_epoch(data["train"], t, dist)
-    fit = _fit(t, model, steps, dist, device, ckpt)
+    fit = _fit(t, model, steps, len(classes), dist, device, ckpt)
     with _rank0_outputs(params, root, spec, fit, dist) as run:
         state = {
             "model_name": spec.name,
@@ -557,6 +555,9 @@ def _train(params: Params, root: Path, dist: Dist, device: torch.device) -> Trai
         }
         if run is not None:
             _log_start(spec, root, data, classes, device, dist, fit.run_id)
+            log.info(
+                "Optimizer %s at learning rate %g (%s)", fit.choice.name, fit.choice.learning_rate, fit.choice.reason
+            )
         for epoch in range(fit.start, t.epochs + 1):
             row = _epoch(fit, data, t, len(classes), epoch, dist, device)
             fit.history.append(row)

@@ -61,10 +61,13 @@ def _parameters(values: dict[str, str]) -> str:
     return "\n".join(f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in sorted(values.items()))
 
 
-def classifier_config(info: ModelInfo, max_batch_size: int, kind: str, instances: int) -> str:
+def classifier_config(info: ModelInfo, max_batch_size: int, kind: str, instances: int, threads: int) -> str:
     """The stock Triton config: onnxruntime_onnx, one NCHW image input, one FP32 vector output. It serves the
-    published version by number (not the latest folder), so a rollback to a lower version serves that one."""
+    published version by number (not the latest folder), so a rollback to a lower version serves that one.
+    `threads` is onnxruntime's intra-op thread count per instance (the onnxruntime backend's parameter, which
+    sortflow's own runner reads too; 0 = onnxruntime's default)."""
     size = info.image_size
+    parameters = {**info.lineage, "intra_op_thread_count": str(threads)}
     return f"""name: "{info.name}"
 platform: "onnxruntime_onnx"
 max_batch_size: {max_batch_size}
@@ -84,11 +87,11 @@ model_warmup [
     inputs {{ key: "{INPUT_NAME}" value: {{ data_type: TYPE_FP32 dims: [ 3, {size}, {size} ] zero_data: true }} }}
   }}
 ]
-{_parameters(info.lineage)}
+{_parameters(parameters)}
 """
 
 
-def bytes_config(info: ModelInfo, max_batch_size: int, settings: BytesSettings) -> str:
+def bytes_config(info: ModelInfo, max_batch_size: int, settings: BytesSettings, instances: int) -> str:
     """The encoded-image endpoint: one BYTES input (a file per item), the classifier's labelled output."""
     values = {
         "classifier": info.name,
@@ -109,7 +112,7 @@ input [ {{ name: "{BYTES_INPUT}" data_type: TYPE_STRING dims: [ 1 ] }} ]
 output [
   {{ name: "{OUTPUT_NAME}" data_type: TYPE_FP32 dims: [ {len(info.labels)} ] label_filename: "{LABELS_FILE}" }}
 ]
-instance_group [ {{ count: 1 kind: KIND_CPU }} ]
+instance_group [ {{ count: {instances} kind: KIND_CPU }} ]
 dynamic_batching {{ }}
 {_parameters(values)}
 """

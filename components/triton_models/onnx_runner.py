@@ -34,7 +34,12 @@ class TritonPythonModel:
         path = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
         kind, device = args.get("model_instance_kind", "CPU"), int(args.get("model_instance_device_id", 0))
         providers = providers_for(kind, device, ort.get_available_providers())
-        self.session = ort.InferenceSession(str(path), providers=providers)
+        options = ort.SessionOptions()
+        # The stock onnxruntime backend's parameter, so both servers run the model with the same threads.
+        options.intra_op_num_threads = int(
+            config.get("parameters", {}).get("intra_op_thread_count", {}).get("string_value", 0)
+        )
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
         if kind == "GPU" and self.session.get_providers()[0] != "CUDAExecutionProvider":
             raise RuntimeError(f"the CUDA provider did not load on GPU {device} (CUDA or cuDNN missing?)")
 

@@ -29,6 +29,7 @@ STEPS = {
     "review",
     "add_reviewed",
     "promote",
+    "bench_serve",
 }
 ENTRY = {"cli"}
 

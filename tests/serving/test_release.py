@@ -330,3 +330,62 @@ def test_a_kind_gpu_model_without_a_gpu_fails_at_once_with_tritons_reason(releas
     with pytest.raises(SortflowError, match=r"Triton could not load gpu-model: .*KIND_GPU but no GPUs are available"):
         start(gpu)
     assert time.monotonic() - began < 60  # told at once, not after the readiness timeout
+
+
+def _successes(client, model: str) -> int:
+    stats = client.get_inference_statistics(model, as_json=True)["model_stats"]
+    return sum(int(s["inference_stats"]["success"].get("count", 0)) for s in stats)
+
+
+def test_bench_serve_loads_both_endpoints_and_reports_latency(
+    release: Release, server: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{server['grpc_port']}")
+    models = ("sortflow-classifier", "sortflow-classifier_bytes")
+    before = {m: _successes(client, m) for m in models}
+    out = tmp_path / "bench.json"
+    argv = ["bench-serve", "--concurrency", "1,3", "--requests", "15", "--images", str(release.dataset / "images")]
+    assert release.run(*argv, "--json", str(out)) == 0
+    levels = json.loads(out.read_text())["levels"]
+    assert [(r["endpoint"], r["concurrency"]) for r in levels] == [
+        ("pixels", 1),
+        ("pixels", 3),
+        ("bytes", 1),
+        ("bytes", 3),
+    ]
+    for r in levels:
+        assert r["requests"] == 15 and r["errors"] == 0 and r["per_second"] > 0
+        assert 0 < r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]
+    assert "| bytes | 3 | 15 | 0 |" in capsys.readouterr().out
+    # Every measured and warm-up request reached the server: 2 x concurrency warm-up + 15 per level.
+    # The bytes model's requests reach the classifier too (one BLS call per dynamic batch, so not counted here).
+    assert _successes(client, models[1]) - before[models[1]] == (2 + 15) + (6 + 15)
+    assert _successes(client, models[0]) - before[models[0]] >= (2 + 15) + (6 + 15)
+
+
+def test_bench_serve_counts_failed_requests_and_names_a_missing_server(
+    release: Release, server: dict, tmp_path: Path
+) -> None:
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    argv = ["bench-serve", "--input", "bytes", "--concurrency", "2", "--requests", "6", "--images", str(tmp_path)]
+    assert release.run(*argv, "--json", str(tmp_path / "out.json")) == 1  # every request answered INVALID_ARGUMENT
+    (level,) = json.loads((tmp_path / "out.json").read_text())["levels"]
+    assert level["errors"] == 6 and level["requests"] == 0
+    assert release.run("bench-serve", "--url", f"127.0.0.1:{free_port()}", "--images", str(tmp_path)) == 2
+    assert release.run("bench-serve", "--images", str(tmp_path / "nowhere")) == 2
+
+
+def test_bench_serve_through_shared_memory_leaves_no_region(release: Release, server: dict, tmp_path: Path) -> None:
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{server['grpc_port']}")
+    before = _successes(client, "sortflow-classifier")
+    argv = ["bench-serve", "--input", "pixels", "--shared-memory", "system", "--concurrency", "2", "--requests", "10"]
+    assert release.run(*argv, "--images", str(release.dataset / "images"), "--json", str(tmp_path / "b.json")) == 0
+    (level,) = json.loads((tmp_path / "b.json").read_text())["levels"]
+    assert level["requests"] == 10 and level["errors"] == 0
+    assert _successes(client, "sortflow-classifier") - before == 4 + 10  # the pixels came through the region
+    assert not client.get_system_shared_memory_status(as_json=True).get("regions")  # unregistered afterwards
+    assert not [p for p in Path("/dev/shm").iterdir() if p.name.startswith("sortflow_bench_")]  # and removed

@@ -243,6 +243,10 @@ def test_dead_backend_is_reported_unhealthy_and_reload_brings_it_back(
     assert limited.run("serve", "--status") == 0
     report = json.loads(capsys.readouterr().out)
     assert report["status"] == "running" and set(report["health"].values()) == {"healthy"}
+    processes = [p["process"] for p in report["memory"]]  # resident memory of each process, by model
+    assert processes.count("tritonserver") == processes.count(MODEL) == 1
+    assert processes.count(f"{MODEL}_bytes") == 2  # publish.decode_instances
+    assert all(0 < p["rss_mb"] < 2000 for p in report["memory"])
 
 
 def test_crashed_server_is_reported_with_its_log_and_starts_again(
