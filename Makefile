@@ -42,12 +42,15 @@ browser:
 test: lint browser
 	$(BIN)/pytest
 
+# The peer of bench_peer.py (Ultralytics) comes from PyPI, with the numpy that sortflow already has.
 bench: $(STAMP)
+	$(BIN)/pip install --quiet ultralytics "numpy==$$($(BIN)/python -c 'import numpy; print(numpy.__version__)')"
 	$(BIN)/python bench/bench_check_dataset.py
 	$(BIN)/python bench/bench_train.py
 	$(BIN)/python bench/bench_serving.py
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python bench/bench_monitor.py
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python bench/bench_bytes.py
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python bench/bench_peer.py
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python bench/bench_orchestration.py
 
 clean:

@@ -396,10 +396,12 @@ def _validate(fit: Fit, data: Any, t: TrainParams, num_classes: int, dist: Dist,
 def _save_epoch(out: Path, state: dict[str, Any], fit: Fit, improved: bool, summary: dict[str, Any]) -> None:
     """last.pt (and best.pt when val top-1 improved), metrics.csv and train_result.json after an epoch."""
     # "model" holds the weights that were validated (the average, when on): evaluate and export use them.
-    averaged = {"model": fit.average.model.state_dict(), "trained_model": fit.model.state_dict()}
+    weights = {"model": fit.model.state_dict()}
+    if fit.average is not None:
+        weights = {"model": fit.average.model.state_dict(), "trained_model": fit.model.state_dict()}
     checkpoint = {
         **state,
-        **(averaged if fit.average is not None else {"model": fit.model.state_dict()}),
+        **weights,
         "optimizer": fit.optimizer.state_dict(),
         "epoch": fit.history[-1]["epoch"],
         "best_top1": fit.best,
