@@ -51,7 +51,7 @@ class TrainParams:
     seed: int = 42
     output: str = "output/train"
     resume: bool = False
-    optimizer: str = "auto"
+    optimizer: str = "sgd"
     momentum: float = 0.9
     weight_decay: float = 4e-5
     warmup_epochs: int = 1
@@ -231,8 +231,8 @@ def _validate(params: Params) -> None:
         if getattr(params.dataset, key) < 0:
             raise ParamsError(f"dataset.{key} must be 0 or more, got {getattr(params.dataset, key)}")
     t = params.train
-    if t.optimizer not in ("auto", "sgd", "adamw"):
-        raise ParamsError(f"train.optimizer must be auto, sgd or adamw, got {t.optimizer!r}")
+    if t.optimizer not in ("sgd", "adamw"):
+        raise ParamsError(f"train.optimizer must be sgd or adamw, got {t.optimizer!r}")
     if not 0 <= t.ema_decay < 1:
         raise ParamsError(f"train.ema_decay must be in [0, 1) (0 = no weight average), got {t.ema_decay}")
     for key in ("epochs", "batch_size", "image_size"):

@@ -1,59 +1,28 @@
 """The optimizer, its learning-rate schedule and the weight average that training uses.
 
-`train.optimizer=auto` chooses as Ultralytics does for short runs: a model trained from scratch for at most
-AUTO_SGD_STEPS steps gets AdamW at a learning rate fitted to the number of classes (SGD at a high rate
-swings a small from-scratch run by 10 points of val top-1 from epoch to epoch); a fine-tuned model, and a
-long run, get PaddleX's SGD with momentum at `train.learning_rate`. `sgd` and `adamw` name one recipe.
-
-The exponential moving average of the weights (`train.ema_decay`) is what is validated and saved: it
-smooths the last steps' noise, the way timm's ModelEmaV3 and Ultralytics' ModelEMA do.
+PaddleX's SGD with momentum (or AdamW) over one parameter group, warmup then cosine decay. The exponential
+moving average of the weights (`train.ema_decay`) is what is validated and saved: SGD at PaddleX's high
+learning rate swings a short from-scratch run by 10 points of val top-1 from epoch to epoch, and the
+average smooths that, the way timm's ModelEmaV3 and Ultralytics' ModelEMA do.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from components.config import TrainParams
 
-AUTO_SGD_STEPS = 10_000  # Ultralytics: above this many steps, SGD
 
-
-@dataclass(frozen=True)
-class OptimizerChoice:
-    name: str  # sgd or adamw
-    learning_rate: float
-    reason: str
-
-
-def choose_optimizer(t: TrainParams, total_steps: int, num_classes: int) -> OptimizerChoice:
-    """What `train.optimizer` means for this run; `auto` says why it chose what it chose."""
-    if t.optimizer != "auto":
-        return OptimizerChoice(t.optimizer, t.learning_rate, f"train.optimizer={t.optimizer}")
-    if t.pretrained != "none":
-        return OptimizerChoice("sgd", t.learning_rate, "auto: fine-tuning pretrained weights, PaddleX's SGD")
-    if total_steps > AUTO_SGD_STEPS:
-        return OptimizerChoice("sgd", t.learning_rate, f"auto: from scratch, {total_steps} steps > {AUTO_SGD_STEPS}")
-    rate = round(0.002 * 5 / (4 + num_classes), 6)  # Ultralytics' fit for short runs
-    return OptimizerChoice(
-        "adamw",
-        rate,
-        f"auto: from scratch, {total_steps} steps <= {AUTO_SGD_STEPS}, lr fitted to {num_classes} classes",
-    )
-
-
-def build_optimizer(model: nn.Module, choice: OptimizerChoice, t: TrainParams) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, t: TrainParams) -> torch.optim.Optimizer:
     """One parameter group, weight decay on every tensor, as PaddleX's Momentum with L2 regularization;
     timm's optimizer factory (Nesterov, split groups) measured 7-10% slower per step on the CPU."""
-    if choice.name == "sgd":
-        return torch.optim.SGD(
-            model.parameters(), lr=choice.learning_rate, momentum=t.momentum, weight_decay=t.weight_decay
-        )
-    return torch.optim.AdamW(model.parameters(), lr=choice.learning_rate, weight_decay=t.weight_decay)
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=t.learning_rate, momentum=t.momentum, weight_decay=t.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:

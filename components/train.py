@@ -37,7 +37,7 @@ from components.loader import DataConfig, model_input, read_classes, split_image
 from components.locks import output_lock
 from components.metrics import correct_at_k, predict_logits
 from components.models import ModelSpec, create_model, get_spec
-from components.optim import OptimizerChoice, WeightAverage, build_optimizer, choose_optimizer, lr_factor
+from components.optim import WeightAverage, build_optimizer, lr_factor
 from components.plots import figure, save_png
 from components.splitting import prepared_dataset
 
@@ -220,7 +220,6 @@ def _train_result(spec: ModelSpec, classes: list[str], fit: Fit, done: bool) -> 
         "models": {"last": {"score": last, "path": LAST}, "best": {"score": fit.best, "path": BEST}},
         "history": fit.history,
         "mlflow_run_id": fit.run_id,
-        "optimizer": asdict(fit.choice),
         "done_flag": done,
     }
 
@@ -233,7 +232,6 @@ class Fit:
     net: nn.Module  # the model, wrapped in DDP when several processes train
     optimizer: torch.optim.Optimizer
     scheduler: Any
-    choice: OptimizerChoice
     average: WeightAverage | None = None  # train.ema_decay: the weights that are validated and saved
     start: int = 1
     best: float = -1.0
@@ -269,22 +267,19 @@ def _resume_checkpoint(t: TrainParams, spec: ModelSpec, classes: list[str]) -> d
     return ckpt
 
 
-def _fit(
-    t: TrainParams, model: nn.Module, steps: int, classes: int, dist: Dist, device: torch.device, ckpt: dict | None
-) -> Fit:
+def _fit(t: TrainParams, model: nn.Module, steps: int, dist: Dist, device: torch.device, ckpt: dict | None) -> Fit:
     """The model on its device, the optimizer, the schedule and the weight average, restored from `ckpt`
     when resuming; `steps` is the number of steps per epoch."""
     model = model.to(device, memory_format=torch.channels_last)
     net: nn.Module = model
     if dist.world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    choice = choose_optimizer(t, t.epochs * steps, classes)
-    optimizer = build_optimizer(model, choice, t)
+    optimizer = build_optimizer(model, t)
     done = ckpt["epoch"] * steps if ckpt else 0  # where the schedule stands in this run's steps per epoch
     if ckpt:
         optimizer.load_state_dict(ckpt["optimizer"])
     for group in optimizer.param_groups:
-        group["initial_lr"] = choice.learning_rate
+        group["initial_lr"] = t.learning_rate
     average = WeightAverage(model, t.ema_decay, done) if t.ema_decay else None
     if average and ckpt:
         average.model.load_state_dict(ckpt["model"])
@@ -294,7 +289,7 @@ def _fit(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, warmup, total), last_epoch=done - 1
     )
-    fit = Fit(model, net, optimizer, scheduler, choice, average)
+    fit = Fit(model, net, optimizer, scheduler, average)
     if ckpt:
         fit.start, fit.best, fit.history = ckpt["epoch"] + 1, ckpt["best_top1"], ckpt["history"]
         fit.run_id = ckpt["mlflow_run_id"]
@@ -337,9 +332,8 @@ def _train_epoch(fit: Fit, data: Any, t: TrainParams, epoch: int, dist: Dist, de
             bad = _nonfinite_ranks(loss, dist, device)
             if bad:
                 raise SortflowError(
-                    f"the training loss became {loss.item()} in epoch {epoch} on rank(s) {bad}; lower the learning "
-                    f"rate (now {fit.choice.learning_rate}, {fit.choice.reason}: set train.optimizer and "
-                    f"train.learning_rate) or raise train.batch_size (now {t.batch_size})"
+                    f"the training loss became {loss.item()} in epoch {epoch} on rank(s) {bad}; lower "
+                    f"train.learning_rate (now {t.learning_rate}) or raise train.batch_size (now {t.batch_size})"
                 )
             fit.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -543,7 +537,7 @@ def _train(params: Params, root: Path, dist: Dist, device: torch.device) -> Trai
     cfg = DataConfig.for_model(spec.timm_cfg(), t.image_size, t.crop_scale_min)
     data = split_images(root, cfg, t.cache_mb, _decode_workers())
     steps = _steps_per_epoch(data["train"], t, dist)
-    fit = _fit(t, model, steps, len(classes), dist, device, ckpt)
+    fit = _fit(t, model, steps, dist, device, ckpt)
     with _rank0_outputs(params, root, spec, fit, dist) as run:
         state = {
             "model_name": spec.name,
@@ -557,9 +551,6 @@ def _train(params: Params, root: Path, dist: Dist, device: torch.device) -> Trai
         }
         if run is not None:
             _log_start(spec, root, data, classes, device, dist, fit.run_id)
-            log.info(
-                "Optimizer %s at learning rate %g (%s)", fit.choice.name, fit.choice.learning_rate, fit.choice.reason
-            )
         for epoch in range(fit.start, t.epochs + 1):
             row = _epoch(fit, data, t, len(classes), epoch, dist, device)
             fit.history.append(row)

@@ -1,4 +1,4 @@
-"""The optimizer choice of train.optimizer=auto, and the weight average (train.ema_decay)."""
+"""The optimizer of train.optimizer, and the weight average (train.ema_decay)."""
 
 from __future__ import annotations
 
@@ -7,32 +7,13 @@ import torch
 from torch import nn
 
 from components.config import TrainParams
-from components.optim import AUTO_SGD_STEPS, WeightAverage, build_optimizer, choose_optimizer
+from components.optim import WeightAverage, build_optimizer
 
 
-@pytest.mark.parametrize(
-    ("optimizer", "pretrained", "steps", "want"),
-    [
-        ("auto", "none", 1_000, ("adamw", 0.001)),  # short from-scratch run, 6 classes: Ultralytics' fit
-        ("auto", "none", AUTO_SGD_STEPS + 1, ("sgd", 0.1)),  # a long run: PaddleX's SGD at train.learning_rate
-        ("auto", "imagenet", 1_000, ("sgd", 0.1)),  # fine-tuning
-        ("sgd", "none", 1_000, ("sgd", 0.1)),  # PaddleX's recipe by name
-        ("adamw", "none", 1_000, ("adamw", 0.1)),
-    ],
-)
-def test_auto_chooses_by_weights_and_length(optimizer: str, pretrained: str, steps: int, want: tuple) -> None:
-    t = TrainParams(optimizer=optimizer, pretrained=pretrained, learning_rate=0.1)
-    choice = choose_optimizer(t, steps, 6)
-    assert (choice.name, choice.learning_rate) == want and choice.reason
-    built = build_optimizer(nn.Linear(2, 2), choice, t)
-    assert isinstance(built, torch.optim.AdamW if want[0] == "adamw" else torch.optim.SGD)
-    assert built.param_groups[0]["lr"] == want[1]
-
-
-def test_auto_learning_rate_falls_with_the_number_of_classes() -> None:
-    t = TrainParams(optimizer="auto")
-    rates = [choose_optimizer(t, 100, n).learning_rate for n in (2, 6, 100)]
-    assert rates == sorted(rates, reverse=True) and rates[0] == pytest.approx(0.01 / 6, abs=1e-6)
+@pytest.mark.parametrize(("name", "kind"), [("sgd", torch.optim.SGD), ("adamw", torch.optim.AdamW)])
+def test_the_optimizer_is_the_one_named_at_the_learning_rate(name: str, kind: type) -> None:
+    built = build_optimizer(nn.Linear(2, 2), TrainParams(optimizer=name, learning_rate=0.05))
+    assert isinstance(built, kind) and len(built.param_groups) == 1 and built.param_groups[0]["lr"] == 0.05
 
 
 def test_weight_average_follows_the_weights_with_a_ramped_decay() -> None:
