@@ -155,13 +155,13 @@ def compare(name: str, files: list[bytes], count: int, setups: dict[str, list[st
     rates: dict[tuple, list[float]] = {}
     p99: dict[tuple, list[float]] = {}
     for _ in range(rounds):
-        for name, args in setups.items():
+        for setup, args in setups.items():
             url = f"127.0.0.1:{setting(args, 'serve.grpc_port')}"
             for level in LEVELS:
                 fields, error = run_level(url, MODEL, inputs, level, count, 60)
                 assert error is None, error
-                rates.setdefault((name, level), []).append(fields["per_second"])
-                p99.setdefault((name, level), []).append(fields["p99_ms"])
+                rates.setdefault((setup, level), []).append(fields["per_second"])
+                p99.setdefault((setup, level), []).append(fields["p99_ms"])
         rates.setdefault("new", []).append(in_process(files, preprocess, config, 4.0))
         rates.setdefault("previous", []).append(in_process(files, torch_preprocess, config, 4.0))
     med = {k: statistics.median(v) for k, v in rates.items()}
@@ -172,13 +172,13 @@ def compare(name: str, files: list[bytes], count: int, setups: dict[str, list[st
     )
     print("| publish settings | " + " | ".join(f"c{level}" for level in LEVELS) + " |")
     print("|---|" + "---|" * len(LEVELS))
-    for name in setups:
+    for setup in setups:
         cells = [
-            f"{med[(name, level)]:.0f}/s ({med[(name, level)] / base:.2f}x, p99 "
-            f"{statistics.median(p99[(name, level)]):.0f} ms)"
+            f"{med[(setup, level)]:.0f}/s ({med[(setup, level)] / base:.2f}x, p99 "
+            f"{statistics.median(p99[(setup, level)]):.0f} ms)"
             for level in LEVELS
         ]
-        print(f"| {name} {' '.join(SETUPS[name])} | " + " | ".join(cells) + " |")
+        print(f"| {setup} {' '.join(SETUPS[setup])} | " + " | ".join(cells) + " |")
 
 
 def main() -> None:

@@ -115,3 +115,13 @@ def test_bad_params_file(tmp_path: Path) -> None:
         load_params(bad)
     with pytest.raises(ParamsError, match="parameter file not found"):
         load_params(tmp_path / "missing.yaml")
+
+
+def test_every_params_file_in_the_repository_loads() -> None:
+    from components.config import load_params
+
+    root = Path(__file__).resolve().parents[2]
+    files = sorted(root.glob("params*.yaml"))
+    assert [f.name for f in files] == ["params.trashnet.yaml", "params.yaml"]
+    for path in files:
+        load_params(path)  # valid keys and values, or ParamsError with the file and line
