@@ -15,9 +15,7 @@ TrashNet from its offline ImageNet weights.
 from __future__ import annotations
 
 import io
-import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,8 +27,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_monitor import free_port  # noqa: E402
-from bench_train import OUT, SORTFLOW, dataset  # noqa: E402
+import bench_monitor  # noqa: E402
+from bench_monitor import lite0_training, server_ports  # noqa: E402
+from bench_train import OUT, dataset  # noqa: E402
 
 from components.bench_serve import image_files, run_level  # noqa: E402
 from components.serve import resident_memory  # noqa: E402
@@ -49,24 +48,17 @@ SETUPS = {  # name: publish settings
 
 def overrides(data: Path, name: str, settings: tuple[str, ...]) -> list[str]:
     items = [
-        f"dataset.dir={data}",
-        "split.enable=false",
-        "split.output=",
-        "train.model=EfficientNet-Lite0",
-        "train.pretrained=imagenet",
-        "train.image_size=64",
-        "train.epochs=1",
-        f"mlflow.tracking_uri=sqlite:///{WORK}/mlflow.db",
+        *lite0_training(data, WORK, 64, 1),
         f"publish.repo={WORK / ('repo_' + name)}",
         *settings,
         f"serve.workdir={WORK / ('serve_' + name)}",
-        *(f"serve.{key}={free_port()}" for key in ("grpc_port", "http_port", "metrics_port")),
+        *server_ports(),
     ]
     return [x for item in items for x in ("-o", item)]
 
 
 def sortflow(*args: str) -> None:
-    subprocess.run([SORTFLOW, *args], cwd=WORK, check=True, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    bench_monitor.sortflow(*args, cwd=WORK)
 
 
 def servers(data: Path) -> dict[str, list[str]]:

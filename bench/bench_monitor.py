@@ -46,28 +46,40 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def overrides(data: Path, repo: str, rate: float, serve: str) -> list[str]:
-    items = [
+def lite0_training(data: Path, work: Path, size: int, epochs: int) -> list[str]:
+    """Overrides that fine-tune EfficientNet-Lite0 from its offline weights on `data`, tracked under `work`."""
+    return [
         f"dataset.dir={data}",
         "split.enable=false",
         "split.output=",
         "train.model=EfficientNet-Lite0",
         "train.pretrained=imagenet",
-        "train.image_size=96",
-        "train.epochs=2",
+        f"train.image_size={size}",
+        f"train.epochs={epochs}",
         "train.learning_rate=0.05",
-        f"mlflow.tracking_uri=sqlite:///{WORK}/mlflow.db",
+        f"mlflow.tracking_uri=sqlite:///{work}/mlflow.db",
+    ]
+
+
+def overrides(data: Path, repo: str, rate: float, serve: str) -> list[str]:
+    items = [
+        *lite0_training(data, WORK, 96, 2),
         f"publish.repo={WORK / repo}",
         f"serve.capture_rate={rate}",
         f"serve.capture_dir={WORK / 'capture'}",
         f"serve.workdir={WORK / serve}",
-        *(f"serve.{key}={free_port()}" for key in ("grpc_port", "http_port", "metrics_port")),
+        *server_ports(),
     ]
     return [x for item in items for x in ("-o", item)]
 
 
-def sortflow(*args: str) -> None:
-    subprocess.run([SORTFLOW, *args], cwd=WORK, check=True, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+def server_ports() -> list[str]:
+    """Free ports for one server, as serve.* overrides."""
+    return [f"serve.{key}={free_port()}" for key in ("grpc_port", "http_port", "metrics_port")]
+
+
+def sortflow(*args: str, cwd: Path = WORK) -> None:
+    subprocess.run([SORTFLOW, *args], cwd=cwd, check=True, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
 
 
 def release(data: Path) -> tuple[list[str], list[str]]:
