@@ -212,9 +212,11 @@ def resident_memory(pid: int) -> list[dict[str, Any]]:
     children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
     for child in map(int, children):
         try:
-            args = Path(f"/proc/{child}/cmdline").read_text().split("\0")
+            args = [a for a in Path(f"/proc/{child}/cmdline").read_text().split("\0") if a]
             rss = _resident_mb(child)
         except OSError:  # ended since pgrep listed it
+            continue
+        if not args:  # exited, not yet reaped: it holds no memory
             continue
         # A python-backend stub's arguments hold <repository>/<model>/<version>/model.py.
         model = next((Path(a).parts[-3] for a in args if a.endswith("model.py")), Path(args[0]).name)

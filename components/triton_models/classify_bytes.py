@@ -47,8 +47,11 @@ class TritonPythonModel:
             kind=pb_utils.MetricFamily.COUNTER,
         )
         self.family = family  # metrics must not outlive their family
+        # One series per instance (publish.decode_instances): two instances with the same labels would share
+        # one series, and each would overwrite the other's count. The monitor sums them.
+        instance = args.get("model_instance_name", "")
         self.metrics = {
-            outcome: family.Metric(labels={"model": self.classifier, "outcome": outcome})
+            outcome: family.Metric(labels={"model": self.classifier, "outcome": outcome, "instance": instance})
             for outcome in ("captured", "dropped")
         }
         self.reported = {"captured": 0, "dropped": 0}

@@ -26,7 +26,16 @@ from tests.orchestration.conftest import command_env, project_copy, sh
 
 MODEL = "sortflow-classifier"
 # Capture every request; a window of 20 requests is enough for these tiny tests; every new version is promoted.
-LOOP = ("serve.capture_rate=1", "monitor.min_samples=20", "register.min_improvement=-1", "review.size=40")
+# One decoding instance: each instance refreshes its capture counters on the metrics port when it serves a
+# request (at most every 0.25 s), so with two an idle one may show a count up to 0.25 s old, and the exact
+# count below would depend on which instance served the last request.
+LOOP = (
+    "serve.capture_rate=1",
+    "monitor.min_samples=20",
+    "register.min_improvement=-1",
+    "review.size=40",
+    "publish.decode_instances=1",
+)
 REPEAT = 5  # each val image is sent this many times
 
 

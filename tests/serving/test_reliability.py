@@ -243,9 +243,17 @@ def test_dead_backend_is_reported_unhealthy_and_reload_brings_it_back(
     assert limited.run("serve", "--status") == 0
     report = json.loads(capsys.readouterr().out)
     assert report["status"] == "running" and set(report["health"].values()) == {"healthy"}
-    processes = [p["process"] for p in report["memory"]]  # resident memory of each process, by model
+    from components.serve import resident_memory
+
+    deadline = time.monotonic() + 30
+    while True:  # the instances that reload replaced end shortly after the new ones are ready
+        processes = [p["process"] for p in resident_memory(server["pid"])]
+        if processes.count(f"{MODEL}_bytes") == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert processes.count("tritonserver") == processes.count(MODEL) == 1
-    assert processes.count(f"{MODEL}_bytes") == 2  # publish.decode_instances
+    assert processes.count(f"{MODEL}_bytes") == 2  # publish.decode_instances, by model
+    assert report["memory"][0]["process"] == "tritonserver"
     assert all(0 < p["rss_mb"] < 2000 for p in report["memory"])
 
 
