@@ -113,14 +113,19 @@ def _bytes_inputs(files: list[Path]) -> list[Any]:
 
 def _pixels(config: BenchConfig, files: list[Path]) -> tuple[str, list[np.ndarray]]:
     """The classifier's input name and each image as it takes it (decoded, resized and cropped as served)."""
-    from components.triton_models.preprocess import preprocess
+    from components.triton_models.preprocess import BadImage, preprocess
 
     spec = _model_config(config.url, config.model)
     params = {k: v["string_value"] for k, v in spec.get("parameters", {}).items()}
     name, size = spec["input"][0]["name"], int(spec["input"][0]["dims"][-1])
     resize, interpolation = int(params.get("resize_size", size)), params.get("interpolation", "bicubic")
-    files = files[:MAX_PIXEL_IMAGES]
-    return name, [preprocess(path.read_bytes(), size, resize, interpolation)[None] for path in files]
+    arrays = []
+    for path in files[:MAX_PIXEL_IMAGES]:
+        try:
+            arrays.append(preprocess(path.read_bytes(), size, resize, interpolation)[None])
+        except BadImage as exc:
+            raise SortflowError(f"{path}: {exc}; --input pixels needs images that decode (or --input bytes)") from exc
+    return name, arrays
 
 
 @contextlib.contextmanager

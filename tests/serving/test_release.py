@@ -373,6 +373,7 @@ def test_bench_serve_counts_failed_requests_and_names_a_missing_server(
     assert release.run(*argv, "--json", str(tmp_path / "out.json")) == 1  # every request answered INVALID_ARGUMENT
     (level,) = json.loads((tmp_path / "out.json").read_text())["levels"]
     assert level["errors"] == 6 and level["requests"] == 0
+    assert release.run("bench-serve", "--input", "pixels", "--images", str(tmp_path)) == 2  # named, not a traceback
     assert release.run("bench-serve", "--url", f"127.0.0.1:{free_port()}", "--images", str(tmp_path)) == 2
     assert release.run("bench-serve", "--images", str(tmp_path / "nowhere")) == 2
 
