@@ -238,6 +238,11 @@ class Fit:
     history: list[dict[str, float]] = field(default_factory=list)
     run_id: str | None = None
 
+    @property
+    def scored(self) -> nn.Module:
+        """The weights that are validated and saved as "model": the average when on, else the trained ones."""
+        return self.average.model if self.average is not None else self.model
+
 
 def _prepared_root(params: Params, dist: Dist) -> Path:
     """The dataset to train on, before any process group exists: rank 0 checks it (a failure ends rank 0,
@@ -370,8 +375,7 @@ def _out_of_memory_hint(t: TrainParams, dist: Dist, device: torch.device) -> Ite
 def _validate(fit: Fit, data: Any, t: TrainParams, num_classes: int, dist: Dist, device: torch.device) -> dict:
     """Val loss, top-1 and top-5 over every val image (each rank scores its share; the sums are combined)."""
     loader = _loader(data, t.batch_size, 0, dist, t.num_workers, shuffle=False)
-    model = fit.average.model if fit.average is not None else fit.model
-    logits, targets = predict_logits(model, loader, device)  # fp32, as `sortflow evaluate` scores it
+    logits, targets = predict_logits(fit.scored, loader, device)  # fp32, as `sortflow evaluate` scores it
     scores, labels = logits.numpy(), targets.numpy()
     loss = nn.functional.cross_entropy(logits, targets, reduction="sum").item() if len(targets) else 0.0
     top1, top5, loss, n = _all_sum(
@@ -389,10 +393,10 @@ def _validate(fit: Fit, data: Any, t: TrainParams, num_classes: int, dist: Dist,
 
 def _save_epoch(out: Path, state: dict[str, Any], fit: Fit, improved: bool, summary: dict[str, Any]) -> None:
     """last.pt (and best.pt when val top-1 improved), metrics.csv and train_result.json after an epoch."""
-    # "model" holds the weights that were validated (the average, when on): evaluate and export use them.
-    weights = {"model": fit.model.state_dict()}
+    # "model" holds the weights that were validated: evaluate and export use them; a resume trains on.
+    weights = {"model": fit.scored.state_dict()}
     if fit.average is not None:
-        weights = {"model": fit.average.model.state_dict(), "trained_model": fit.model.state_dict()}
+        weights["trained_model"] = fit.model.state_dict()
     checkpoint = {
         **state,
         **weights,
