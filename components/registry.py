@@ -88,6 +88,32 @@ def repair_half_registered(mlflow_client: Any, name: str) -> list[int]:
     return removed
 
 
+def wait_for_earlier(mlflow_client: Any, name: str, version: int, timeout: float, poll: float = 0.5) -> None:
+    """Wait until no version of `name` below `version` is still being registered by a live process.
+
+    The registry's database numbers versions atomically, so gate decisions taken in version order are those
+    that one registration at a time would take, from however many processes or machines register at once.
+    Raises SortflowError after `timeout` seconds, naming the version and process waited for.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        busy = [
+            v
+            for v in mlflow_client.search_model_versions(f"name='{name}'")
+            if int(v.version) < version and REGISTERING in v.tags and not _dead(v.tags[REGISTERING])
+        ]
+        if not busy:
+            return
+        if time.monotonic() >= deadline:
+            earliest = min(busy, key=lambda v: int(v.version))
+            raise SortflowError(
+                f"version {earliest.version} of {name!r} is still being registered by {earliest.tags[REGISTERING]} "
+                f"after {timeout:.0f} s: wait for it, or raise register.queue_timeout. If that process was killed "
+                f"on another machine, delete version {earliest.version} in MLflow, then register again"
+            )
+        time.sleep(poll)
+
+
 def who() -> str:
     """user@host of this process, for the record of a change."""
     return f"{getpass.getuser()}@{socket.gethostname()}"

@@ -1,11 +1,9 @@
-"""Temporary git copies of the project on tiny data, and a real local Prefect server."""
+"""Temporary git copies of the project on tiny data, a real local Prefect server, and the team stack
+(PostgreSQL, MLflow and Prefect servers on it: services.py)."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -18,8 +16,23 @@ import yaml
 
 from components.config import load_params
 from tests.helpers import TINY_TRAIN, cls_dataset, free_port
+from tests.orchestration.services import (  # noqa: F401 (fixtures)
+    command_env,
+    mlflow_server,
+    postgres,
+    prefect_pg_server,
+    sh,
+    startup_summary,
+    stop_group,
+)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    startup_summary(terminalreporter)
+
 
 ROOT = Path(__file__).resolve().parents[2]
+MODEL = "sortflow-classifier"  # register.model_name
 TINY_PIPELINE = (
     *TINY_TRAIN,
     "train.epochs=1",
@@ -27,31 +40,6 @@ TINY_PIPELINE = (
     "dataset.sample_num=2",
     "export.parity_images=8",
 )
-
-
-def command_env(**extra: str) -> dict[str, str]:
-    """The environment of a user in the project: the venv's commands first on PATH, quiet tools."""
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "DVC_NO_ANALYTICS": "1",
-        "GX_ANALYTICS_ENABLED": "false",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "MPLBACKEND": "Agg",
-    }
-    env.pop("PREFECT_API_URL", None)
-    env.update(extra)
-    return env
-
-
-def sh(args: Sequence[str], cwd: Path, check: bool = True, timeout: float = 600, **env: str) -> str:
-    """Run a command in `cwd`; return stdout+stderr; fail the test with the output if it fails and `check`."""
-    run = subprocess.run(list(args), cwd=cwd, env=command_env(**env), capture_output=True, text=True, timeout=timeout)
-    output = run.stdout + run.stderr
-    if check:
-        assert run.returncode == 0, f"{' '.join(args)} exited with {run.returncode}:\n{output[-6000:]}"
-    return output
 
 
 def project_copy(dst: Path, *extra: str, data: bool = True, base: Sequence[str] = TINY_PIPELINE) -> Path:
@@ -118,17 +106,6 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         stop_group(process)
         log.close()
-
-
-def stop_group(process: subprocess.Popen, grace: float = 20) -> None:
-    """SIGTERM a process started with start_new_session and everything it started; SIGKILL what is left."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(grace)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
 
 
 @pytest.fixture(scope="session")

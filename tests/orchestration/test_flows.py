@@ -16,9 +16,7 @@ import yaml
 from components.errors import ParamsError
 from components.triton_config import parse_config
 from tests.helpers import free_port
-from tests.orchestration.conftest import command_env, project_copy, sh, stop_group
-
-MODEL = "sortflow-classifier"
+from tests.orchestration.conftest import MODEL, command_env, project_copy, sh, stop_group
 
 
 def _artifacts(api: str, key: str) -> list[dict]:

@@ -22,9 +22,8 @@ import yaml
 from PIL import Image, ImageEnhance
 
 from tests.helpers import free_port
-from tests.orchestration.conftest import command_env, project_copy, sh
+from tests.orchestration.conftest import MODEL, command_env, project_copy, sh
 
-MODEL = "sortflow-classifier"
 # Capture every request; a window of 20 requests is enough for these tiny tests; every new version is promoted.
 # One decoding instance: each instance refreshes its capture counters on the metrics port when it serves a
 # request (at most every 0.25 s), so with two an idle one may show a count up to 0.25 s old, and the exact

