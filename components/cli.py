@@ -370,15 +370,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
+    if args.image and not args.work_pool:
+        raise SortflowError("--image names what a work pool runs: add --work-pool NAME (a docker or kubernetes pool)")
     params, overrides = _flow_overrides(args)
     if _prefect_api() is None:
         raise SortflowError(
             "sortflow deploy registers deployments with a Prefect server: start one (`prefect server start`) "
             "and set PREFECT_API_URL (e.g. http://127.0.0.1:4200/api), or log in to Prefect Cloud"
         )
-    from flows.deploy import serve_deployments
+    from flows import deploy
 
-    serve_deployments(params, args.params, overrides)
+    if not args.work_pool:
+        deploy.serve_deployments(params, args.params, overrides)
+        return 0
+    names = deploy.deploy_to_work_pool(params, args.params, overrides, args.work_pool, args.image)
+    print(f"Deployed to work pool {args.work_pool!r}: {', '.join(names)}")
+    print(f"Start a worker where the runs should execute: prefect worker start --pool {args.work_pool}")
     return 0
 
 
@@ -549,11 +556,14 @@ def _tool_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--force", action="store_true", help="training-pipeline: train even when the data is unchanged")
     p.set_defaults(func=cmd_run)
-    for name, func, text in (
-        ("deploy", cmd_deploy, "register the scheduled Prefect deployments and run them (serve)"),
-        ("summary", cmd_summary, "what the last pipeline run produced, from its reports"),
-    ):
-        sub.add_parser(name, parents=[common], help=text).set_defaults(func=func)
+    p = sub.add_parser(
+        "deploy", parents=[common], help="register the scheduled Prefect deployments: run them here, or by a work pool"
+    )
+    p.add_argument("--work-pool", metavar="NAME", help="deploy to this work pool, whose workers run the flows")
+    p.add_argument("--image", help="with --work-pool: the image a docker or kubernetes pool runs (not built here)")
+    p.set_defaults(func=cmd_deploy)
+    p = sub.add_parser("summary", parents=[common], help="what the last pipeline run produced, from its reports")
+    p.set_defaults(func=cmd_summary)
     p = sub.add_parser("params", parents=[common], help="print the resolved parameters")
     p.add_argument("--keys", action="store_true", help="list every section.key name instead")
     p.set_defaults(func=cmd_params)

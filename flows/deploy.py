@@ -1,56 +1,88 @@
-"""Scheduled deployments of the flows, served by this process (`sortflow deploy`).
+"""Scheduled deployments of the flows, served by this process or deployed to a work pool (`sortflow deploy`).
 
 `training-pipeline/nightly`, `data-check/hourly` and `monitor/hourly` run on the cron schedules of
-params.yaml's `deploy` section, in its time zone; `promote-and-serve/manual` runs when triggered. Runs
-execute here, in the project folder; for a Docker or Kubernetes work pool, see the README.
+params.yaml's `deploy` section, in its time zone; `promote-and-serve/manual` runs when triggered. Served
+(`sortflow deploy`), runs execute in this process, in the project folder. Deployed to a work pool
+(`sortflow deploy --work-pool`), that pool's workers run them: a `process` worker from this folder, a
+`docker` or `kubernetes` one from the image given with `--image`.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from prefect import serve
+from prefect import deploy, serve
 from prefect.schedules import Cron
 
 from components.config import Params
-from flows.pipeline import data_check, monitor, promote_and_serve, training_pipeline
+
+# (flow function in flows/pipeline.py, deployment name, params.yaml deploy key of its cron, description)
+DEPLOYMENTS = (
+    (
+        "training_pipeline",
+        "nightly",
+        "training_cron",
+        "The whole pipeline when the DVC data changed since the champion, then publish it to Triton.",
+    ),
+    (
+        "data_check",
+        "hourly",
+        "data_check_cron",
+        "check-dataset on the current DVC data; fails with the report when a check fails.",
+    ),
+    (
+        "monitor",
+        "hourly",
+        "monitor_cron",
+        "Captured traffic against the served version's reference; drift emits sortflow.monitor.drift.",
+    ),
+    ("promote_and_serve", "manual", None, "Publish the registry champion and (re)load it in Triton."),
+)
+ENTRYPOINT = "flows/pipeline.py:{}"  # relative to the project folder, where every flow run works
 
 
-def deployments(params: Params, params_file: str | None, overrides: dict[str, Any]) -> list[Any]:
-    """The four deployments, parameterised with the same params file and overrides as this command."""
+def deployments(
+    params: Params, params_file: str | None, overrides: dict[str, Any], source: str | None = None
+) -> list[Any]:
+    """The four deployments, parameterised with the same params file and overrides as this command.
+
+    `source` (a project folder or a git URL) is where a work pool's workers get the code from; without it,
+    the flows of this process are deployed (served here, or run from a container image that holds them).
+    """
+    from flows import pipeline
+
     d = params.deploy
-    return [
-        flow.to_deployment(
+    result = []
+    for function, name, cron_key, description in DEPLOYMENTS:
+        flow = getattr(pipeline, function)
+        if source is not None:
+            flow = flow.from_source(source=source, entrypoint=ENTRYPOINT.format(function))
+        cron = getattr(d, cron_key) if cron_key else None
+        deployment = flow.to_deployment(
             name=name,
             schedule=Cron(cron, timezone=d.timezone) if cron else None,
             parameters={"overrides": overrides, "params_file": params_file},
             description=description,
             tags=["sortflow"],
         )
-        for flow, name, cron, description in (
-            (
-                training_pipeline,
-                "nightly",
-                d.training_cron,
-                "The whole pipeline when the DVC data changed since the champion, then publish it to Triton.",
-            ),
-            (
-                data_check,
-                "hourly",
-                d.data_check_cron,
-                "check-dataset on the current DVC data; fails with the report when a check fails.",
-            ),
-            (
-                monitor,
-                "hourly",
-                d.monitor_cron,
-                "Captured traffic against the served version's reference; drift emits sortflow.monitor.drift.",
-            ),
-            (promote_and_serve, "manual", None, "Publish the registry champion and (re)load it in Triton."),
-        )
-    ]
+        result.append(deployment)
+    return result
 
 
 def serve_deployments(params: Params, params_file: str | None, overrides: dict[str, Any]) -> None:
     """Register the deployments with the Prefect server and run their flow runs until interrupted."""
     serve(*deployments(params, params_file, overrides))
+
+
+def deploy_to_work_pool(
+    params: Params, params_file: str | None, overrides: dict[str, Any], pool: str, image: str | None = None
+) -> list[str]:
+    """Register the deployments with the Prefect server for the work pool `pool`, whose workers run them;
+    return their names. Without `image` (a `process` pool), workers run the code of this project folder;
+    with it (a `docker` or `kubernetes` pool), each run starts that image, which must hold the project at
+    its working directory (the Dockerfile's /opt/sortflow). Nothing is built or pushed."""
+    source = None if image else str(Path.cwd())
+    built = deployments(params, params_file, overrides, source)
+    deploy(*built, work_pool_name=pool, image=image, build=False, push=False, print_next_steps_message=False)
+    return [f"{d.flow_name}/{d.name}" for d in built]

@@ -1,0 +1,103 @@
+"""`sortflow deploy --work-pool` on a Prefect server backed by PostgreSQL: a `process` worker started in
+another folder runs a triggered training pipeline to Completed; docker and kubernetes pools get the image."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.orchestration.conftest import MODEL, command_env, project_copy, sh, stop_group
+
+DEPLOYMENTS = ("training-pipeline/nightly", "data-check/hourly", "monitor/hourly", "promote-and-serve/manual")
+IMAGE = "registry.example.com/sortflow:1.0"
+
+
+def _deployments(api: str) -> dict[str, dict]:
+    return {name: httpx.get(f"{api}/deployments/name/{name}", timeout=10).json() for name in DEPLOYMENTS}
+
+
+def _wait_for_end(api: str, run_id: str, log: Path, timeout: float = 600) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        state = httpx.get(f"{api}/flow_runs/{run_id}", timeout=10).json()["state"]
+        if state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            return state
+        assert time.monotonic() < deadline, f"flow run still {state['type']}:\n{log.read_text()[-5000:]}"
+        time.sleep(2)
+
+
+@pytest.mark.slow
+def test_a_process_worker_in_another_folder_runs_the_training_pipeline(tmp_path: Path, prefect_pg_server: str) -> None:
+    api, pool = prefect_pg_server, "sortflow-process"
+    project = project_copy(tmp_path / "project")
+    sh(["prefect", "work-pool", "create", pool, "--type", "process"], tmp_path, PREFECT_API_URL=api)
+    printed = sh(["sortflow", "deploy", "--work-pool", pool], project, PREFECT_API_URL=api)
+    assert "prefect worker start --pool sortflow-process" in printed
+    deployed = _deployments(api)
+    for name, d in deployed.items():
+        assert d["work_pool_name"] == pool, name
+        assert d["pull_steps"] == [{"prefect.deployments.steps.set_working_directory": {"directory": str(project)}}], (
+            name
+        )
+    assert deployed["training-pipeline/nightly"]["entrypoint"] == "flows/pipeline.py:training_pipeline"
+
+    triggered = sh(["prefect", "deployment", "run", "training-pipeline/nightly"], tmp_path, PREFECT_API_URL=api)
+    run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", triggered).group(1)
+    elsewhere, log = tmp_path / "worker", tmp_path / "worker.log"
+    elsewhere.mkdir()
+    with log.open("w") as out:
+        worker = subprocess.Popen(
+            ["prefect", "worker", "start", "--pool", pool, "--run-once"],
+            cwd=elsewhere,
+            env=command_env(PREFECT_API_URL=api),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            state = _wait_for_end(api, run_id, log)
+        finally:
+            stop_group(worker)
+    assert state["type"] == "COMPLETED", log.read_text()[-5000:]
+    assert (project / f"triton_repo/{MODEL}/1/model.onnx").is_file()
+    assert list(elsewhere.iterdir()) == []  # the run worked in the project folder
+    filtered = {"artifacts": {"flow_run_id": {"any_": [run_id]}}}
+    artifacts = httpx.post(f"{api}/artifacts/filter", json=filtered, timeout=10).json()
+    keys = {a["key"] for a in artifacts}
+    assert {"check-dataset", "data-docs", "training-pipeline-summary"} <= keys, keys
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["docker", "kubernetes"])
+def test_docker_and_kubernetes_pools_get_the_image_and_no_local_folder(
+    tmp_path: Path, prefect_pg_server: str, kind: str
+) -> None:
+    """What a docker or kubernetes worker would be sent: the image as job variable, the entrypoint inside it,
+    the flow parameters; no pull step pointing at this machine's folder. No container runs here."""
+    api, pool = prefect_pg_server, f"sortflow-{kind}"
+    project = project_copy(tmp_path / "project", data=False)
+    sh(["prefect", "work-pool", "create", pool, "--type", kind], tmp_path, PREFECT_API_URL=api)
+    command = ["sortflow", "deploy", "--work-pool", pool, "--image", IMAGE, "-o", "train.epochs=3"]
+    sh(command, project, PREFECT_API_URL=api)
+    for name, d in _deployments(api).items():
+        assert d["work_pool_name"] == pool and d["job_variables"] == {"image": IMAGE}, (name, d["job_variables"])
+        assert not d["pull_steps"], name
+        assert d["parameters"]["overrides"] == {"train.epochs": "3"}, name
+    template = httpx.get(f"{api}/work_pools/{pool}", timeout=10).json()["base_job_template"]
+    assert "image" in template["variables"]["properties"]  # the pool's template takes the image
+
+
+def test_image_without_a_work_pool_is_refused(tmp_path: Path) -> None:
+    refused = subprocess.run(
+        ["sortflow", "deploy", "--image", IMAGE],
+        cwd=tmp_path,
+        env=command_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert refused.returncode == 2 and "add --work-pool NAME" in refused.stderr
