@@ -227,6 +227,40 @@ def test_ddp_two_processes_on_cpu_with_gloo(dataset: Path, tmp_path: Path) -> No
     assert load_checkpoint(tmp_path / "ddp/best.pt")["num_classes"] == 3
 
 
+@pytest.mark.slow
+def test_two_nodes_meeting_at_a_c10d_rendezvous_train_as_one_two_process_run(dataset: Path, tmp_path: Path) -> None:
+    """Two torchrun launches, one per node folder (--nnodes=2 --nproc-per-node=1, c10d rendezvous on 127.0.0.1),
+    train together over gloo: the node that got rank 0 alone writes the checkpoint, and its weights are those
+    of the 2-process single-node run."""
+    from tests.helpers import free_port
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    args = train_args(dataset, "-o", "train.output=train", "-o", f"dataset.output={tmp_path}/out")
+    launcher = [sys.executable, "-m", "torch.distributed.run"]
+    rendezvous = ["--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}", "--rdzv-id=sortflow-test"]
+    nodes = [tmp_path / f"node{i}" for i in range(2)]
+    launches = []
+    for node in nodes:
+        node.mkdir()
+        command = [*launcher, "--nnodes=2", "--nproc-per-node=1", *rendezvous, "-m", "components.cli", *args]
+        launches.append(subprocess.Popen(command, env=env, cwd=node, stderr=subprocess.PIPE, text=True))
+    for launch in launches:
+        _, err = launch.communicate(timeout=300)
+        assert launch.returncode == 0, err[-3000:]
+    written = [node for node in nodes if (node / "train/best.pt").is_file()]
+    assert len(written) == 1 and not any((node / "train").exists() for node in nodes if node not in written)
+    single = tmp_path / "single"
+    single.mkdir()
+    command = [*launcher, "--standalone", "--nproc-per-node=2", "-m", "components.cli", *args]
+    run = subprocess.run(command, env=env, cwd=single, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    both = [load_checkpoint(folder / "train/best.pt") for folder in (written[0], single)]
+    assert both[0]["world_size"] == both[1]["world_size"] == 2
+    assert both[0]["model"].keys() == both[1]["model"].keys()
+    for key, tensor in both[0]["model"].items():
+        assert torch.equal(tensor, both[1]["model"][key]), key
+
+
 def _torchrun(dataset: Path, tmp_path: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"]
