@@ -60,6 +60,7 @@ class TrainParams:
     num_workers: int = 0
     cache_mb: int = 2048
     crop_scale_min: float = 0.08
+    augment: str = "none"
     ema_decay: float = 0.9998
 
 
@@ -236,6 +237,8 @@ def _validate(params: Params) -> None:
     t = params.train
     if t.optimizer not in ("sgd", "adamw"):
         raise ParamsError(f"train.optimizer must be sgd or adamw, got {t.optimizer!r}")
+    if t.augment not in ("none", "randaugment", "trivialaugment"):
+        raise ParamsError(f"train.augment must be none, randaugment or trivialaugment, got {t.augment!r}")
     if not 0 <= t.ema_decay < 1:
         raise ParamsError(f"train.ema_decay must be in [0, 1) (0 = no weight average), got {t.ema_decay}")
     for key in ("epochs", "batch_size", "image_size"):

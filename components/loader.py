@@ -102,10 +102,18 @@ class ImageStore:
         return self._map[offset : offset + math.prod(shape)].reshape(shape)
 
 
+# train.augment: torchvision's policies on uint8 images (timm's rand-m9 and Ultralytics' default is RandAugment).
+AUGMENT = {
+    "none": lambda: [],
+    "randaugment": lambda: [v2.RandAugment(num_ops=2, magnitude=9)],
+    "trivialaugment": lambda: [v2.TrivialAugmentWide()],
+}
+
+
 def transform(cfg: DataConfig, training: bool, normalize: bool = True) -> v2.Compose:
-    """uint8 CHW in, float out. Training: random resized crop and flip. Evaluation: resize the short side,
-    then center crop. With `normalize=False` the floats stay raw pixel values 0-255 (what an exported
-    model takes).
+    """uint8 CHW in, float out. Training: random resized crop and flip, then `cfg.augment`'s policy (RandAugment
+    with 2 operations at magnitude 9, or TrivialAugment). Evaluation: resize the short side, then center crop.
+    With `normalize=False` the floats stay raw pixel values 0-255 (what an exported model takes).
 
     Normalizing image by image stays in the CPU cache; on a whole batch it measured 7x slower.
     """
@@ -119,6 +127,7 @@ def transform(cfg: DataConfig, training: bool, normalize: bool = True) -> v2.Com
                 antialias=True,
             ),
             v2.RandomHorizontalFlip(),
+            *AUGMENT[cfg.augment](),
         ]
     else:
         mode = InterpolationMode.BILINEAR if cfg.interpolation == "bilinear" else InterpolationMode.BICUBIC

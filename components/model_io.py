@@ -27,12 +27,16 @@ class DataConfig:
     crop_pct: float
     interpolation: str
     crop_scale_min: float = 0.08
+    augment: str = "none"  # training only: none, randaugment or trivialaugment (train.augment)
 
     @classmethod
-    def for_model(cls, timm_cfg: object, image_size: int, crop_scale_min: float = 0.08) -> DataConfig:
+    def for_model(
+        cls, timm_cfg: object, image_size: int, crop_scale_min: float = 0.08, augment: str = "none"
+    ) -> DataConfig:
         return cls(
             image_size=image_size,
             crop_scale_min=crop_scale_min,
+            augment=augment,
             mean=tuple(float(x) for x in timm_cfg.mean),
             std=tuple(float(x) for x in timm_cfg.std),
             crop_pct=float(timm_cfg.crop_pct or 0.875),

@@ -538,7 +538,7 @@ def _train(params: Params, root: Path, dist: Dist, device: torch.device) -> Trai
     model = create_model(spec, len(classes), "none" if ckpt else t.pretrained)
     if ckpt:
         model.load_state_dict(ckpt.get("trained_model", ckpt["model"]))
-    cfg = DataConfig.for_model(spec.timm_cfg(), t.image_size, t.crop_scale_min)
+    cfg = DataConfig.for_model(spec.timm_cfg(), t.image_size, t.crop_scale_min, t.augment)
     data = split_images(root, cfg, t.cache_mb, _decode_workers())
     steps = _steps_per_epoch(data["train"], t, dist)
     fit = _fit(t, model, steps, dist, device, ckpt)
