@@ -52,6 +52,7 @@ bench: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python bench/bench_bytes.py
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python bench/bench_peer.py
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python bench/bench_orchestration.py
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python bench/bench_team.py
 
 clean:
 	rm -rf output bench/out .pytest_cache .ruff_cache

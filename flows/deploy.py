@@ -16,6 +16,7 @@ from prefect import deploy, serve
 from prefect.schedules import Cron
 
 from components.config import Params
+from components.errors import SortflowError
 
 # (flow function in flows/pipeline.py, deployment name, params.yaml deploy key of its cron, description)
 DEPLOYMENTS = (
@@ -75,6 +76,22 @@ def serve_deployments(params: Params, params_file: str | None, overrides: dict[s
     serve(*deployments(params, params_file, overrides))
 
 
+def _pool_takes_image(pool: str) -> bool:
+    """Whether work pool `pool` starts each run in a container image (docker, kubernetes, ...)."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        with get_client(sync_client=True) as client:
+            template = client.read_work_pool(pool).base_job_template
+    except ObjectNotFound as exc:
+        raise SortflowError(
+            f"work pool {pool!r} is not on the Prefect server: create it first, for example "
+            f"`prefect work-pool create {pool} --type process` (or --type docker, --type kubernetes)"
+        ) from exc
+    return "image" in template.get("variables", {}).get("properties", {})
+
+
 def deploy_to_work_pool(
     params: Params, params_file: str | None, overrides: dict[str, Any], pool: str, image: str | None = None
 ) -> list[str]:
@@ -82,6 +99,17 @@ def deploy_to_work_pool(
     return their names. Without `image` (a `process` pool), workers run the code of this project folder;
     with it (a `docker` or `kubernetes` pool), each run starts that image, which must hold the project at
     its working directory (the Dockerfile's /opt/sortflow). Nothing is built or pushed."""
+    takes_image = _pool_takes_image(pool)
+    if takes_image and not image:
+        raise SortflowError(
+            f"work pool {pool!r} starts each run in a container: name the image that holds this project, "
+            "--image REGISTRY/sortflow:TAG (built from the Dockerfile)"
+        )
+    if image and not takes_image:
+        raise SortflowError(
+            f"work pool {pool!r} runs flows as processes and takes no image: drop --image, or deploy to a "
+            "docker or kubernetes pool"
+        )
     source = None if image else str(Path.cwd())
     built = deployments(params, params_file, overrides, source)
     deploy(*built, work_pool_name=pool, image=image, build=False, push=False, print_next_steps_message=False)

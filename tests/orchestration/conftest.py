@@ -5,22 +5,20 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 
 from components.config import load_params
-from tests.helpers import TINY_TRAIN, cls_dataset, free_port
+from tests.helpers import TINY_TRAIN, cls_dataset
 from tests.orchestration.services import (  # noqa: F401 (fixtures)
     command_env,
     mlflow_server,
     postgres,
     prefect_pg_server,
+    running_prefect,
     sh,
     startup_summary,
     stop_group,
@@ -80,32 +78,8 @@ def project_copy(dst: Path, *extra: str, data: bool = True, base: Sequence[str] 
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Prefect server (SQLite) on a free port; its API URL. Stopped, with its children, afterwards."""
-    home = tmp_path_factory.mktemp("prefect-home")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/api"
-    log = (home / "server.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=command_env(PREFECT_HOME=str(home)),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert process.poll() is None, (home / "server.log").read_text()
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "Prefect server not ready:\n" + (home / "server.log").read_text()
-            time.sleep(0.5)
+    with running_prefect("Prefect server on SQLite", tmp_path_factory.mktemp("prefect-home")) as url:
         yield url
-    finally:
-        stop_group(process)
-        log.close()
 
 
 @pytest.fixture(scope="session")

@@ -95,9 +95,10 @@ def _as_user(user: str | None) -> list[str]:
     return ["runuser", "-u", user, "--"] if user else []
 
 
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[Postgres]:
-    """PostgreSQL on a free port, trust authentication for `postgres` on 127.0.0.1 only."""
+@contextlib.contextmanager
+def running_postgres() -> Iterator[Postgres]:
+    """PostgreSQL on a free port, trust authentication for `postgres` on 127.0.0.1 only; stopped, its files
+    and (as root) its system user removed afterwards."""
     user = f"sfpg{os.getpid()}" if os.geteuid() == 0 else None
     if user:
         subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", user], check=True)
@@ -144,54 +145,59 @@ def _start_server(
         time.sleep(0.25)
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(postgres: Postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`mlflow server` on PostgreSQL, proxying artifacts (`--serve-artifacts`); its tracking URI."""
-    home = tmp_path_factory.mktemp("mlflow-server")
-    postgres.create_database("mlflow")
+@contextlib.contextmanager
+def running_mlflow(name: str, store_uri: str, home: Path) -> Iterator[str]:
+    """`mlflow server` on `store_uri`, proxying artifacts (`--serve-artifacts`) from `home`; its tracking URI."""
     port = free_port()
-    command = [
-        str(Path(sys.executable).parent / "mlflow"),
-        "server",
-        "--backend-store-uri",
-        postgres.url("postgresql+psycopg2", "mlflow"),
-        "--serve-artifacts",
-        "--artifacts-destination",
-        str(home / "artifacts"),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
+    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", store_uri]
+    command += ["--serve-artifacts", "--artifacts-destination", str(home / "artifacts")]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     env = command_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    process = _start_server(
-        "MLflow server on PostgreSQL", command, f"http://127.0.0.1:{port}/health", home / "log", env
-    )
+    process = _start_server(name, command, f"http://127.0.0.1:{port}/health", home / "mlflow.log", env)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
         stop_group(process, grace=30)
 
 
-@pytest.fixture(scope="session")
-def prefect_pg_server(postgres: Postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`prefect server start` on PostgreSQL; its API URL."""
-    home = tmp_path_factory.mktemp("prefect-pg")
-    postgres.create_database("prefect")
+@contextlib.contextmanager
+def running_prefect(name: str, home: Path, database_url: str = "") -> Iterator[str]:
+    """`prefect server start` (on `database_url`, else SQLite in `home`); its API URL."""
     port = free_port()
-    env = command_env(
-        PREFECT_HOME=str(home),
-        PREFECT_API_DATABASE_CONNECTION_URL=postgres.url("postgresql+asyncpg", "prefect"),
-    )
+    env = command_env(PREFECT_HOME=str(home))
+    if database_url:
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
     command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     url = f"http://127.0.0.1:{port}/api"
-    process = _start_server("Prefect server on PostgreSQL", command, f"{url}/health", home / "log", env)
+    process = _start_server(name, command, f"{url}/health", home / "prefect.log", env)
     try:
         yield url
     finally:
         stop_group(process)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    with running_postgres() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(postgres: Postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The MLflow tracking server on PostgreSQL, artifacts proxied; its tracking URI."""
+    postgres.create_database("mlflow")
+    store = postgres.url("postgresql+psycopg2", "mlflow")
+    with running_mlflow("MLflow server on PostgreSQL", store, tmp_path_factory.mktemp("mlflow-server")) as uri:
+        yield uri
+
+
+@pytest.fixture(scope="session")
+def prefect_pg_server(postgres: Postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The Prefect server on PostgreSQL; its API URL."""
+    postgres.create_database("prefect")
+    database = postgres.url("postgresql+asyncpg", "prefect")
+    with running_prefect("Prefect server on PostgreSQL", tmp_path_factory.mktemp("prefect-pg"), database) as url:
+        yield url
 
 
 def startup_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -21,6 +21,10 @@ def _deployments(api: str) -> dict[str, dict]:
     return {name: httpx.get(f"{api}/deployments/name/{name}", timeout=10).json() for name in DEPLOYMENTS}
 
 
+def _all_deployments(api: str) -> list[dict]:
+    return httpx.post(f"{api}/deployments/filter", json={}, timeout=10).json()
+
+
 def _wait_for_end(api: str, run_id: str, log: Path, timeout: float = 600) -> dict:
     deadline = time.monotonic() + timeout
     while True:
@@ -90,6 +94,27 @@ def test_docker_and_kubernetes_pools_get_the_image_and_no_local_folder(
         assert d["parameters"]["overrides"] == {"train.epochs": "3"}, name
     template = httpx.get(f"{api}/work_pools/{pool}", timeout=10).json()["base_job_template"]
     assert "image" in template["variables"]["properties"]  # the pool's template takes the image
+
+
+@pytest.mark.slow
+def test_a_missing_pool_or_an_image_for_the_wrong_kind_of_pool_is_refused_with_the_fix(
+    tmp_path: Path, prefect_pg_server: str
+) -> None:
+    api = prefect_pg_server
+    project = project_copy(tmp_path / "project", data=False)
+    for pool, kind in (("refuse-process", "process"), ("refuse-docker", "docker")):
+        sh(["prefect", "work-pool", "create", pool, "--type", kind], tmp_path, PREFECT_API_URL=api)
+    for extra, message in (
+        (["--work-pool", "nowhere"], "`prefect work-pool create nowhere --type process`"),
+        (["--work-pool", "refuse-process", "--image", IMAGE], "takes no image: drop --image"),
+        (["--work-pool", "refuse-docker"], "--image REGISTRY/sortflow:TAG"),
+    ):
+        run = subprocess.run(
+            ["sortflow", "deploy", *extra], cwd=project, env=command_env(PREFECT_API_URL=api), capture_output=True,
+            text=True,
+        )  # fmt: skip
+        assert run.returncode == 2 and message in run.stderr, (extra, run.stderr[-2000:])
+    assert not [d for d in _all_deployments(api) if d["work_pool_name"] in ("refuse-process", "refuse-docker")]
 
 
 def test_image_without_a_work_pool_is_refused(tmp_path: Path) -> None:
