@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import deploy, serve
+from prefect.deployments.runner import EntrypointType
 from prefect.schedules import Cron
 
 from components.config import Params
@@ -44,7 +45,11 @@ ENTRYPOINT = "flows/pipeline.py:{}"  # relative to the project folder, where eve
 
 
 def deployments(
-    params: Params, params_file: str | None, overrides: dict[str, Any], source: str | None = None
+    params: Params,
+    params_file: str | None,
+    overrides: dict[str, Any],
+    source: str | None = None,
+    entrypoint_type: EntrypointType = EntrypointType.FILE_PATH,
 ) -> list[Any]:
     """The four deployments, parameterised with the same params file and overrides as this command.
 
@@ -66,6 +71,7 @@ def deployments(
             parameters={"overrides": overrides, "params_file": params_file},
             description=description,
             tags=["sortflow"],
+            entrypoint_type=entrypoint_type,
         )
         result.append(deployment)
     return result
@@ -98,7 +104,8 @@ def deploy_to_work_pool(
     """Register the deployments with the Prefect server for the work pool `pool`, whose workers run them;
     return their names. Without `image` (a `process` pool), workers run the code of this project folder;
     with it (a `docker` or `kubernetes` pool), each run starts that image, which must hold the project at
-    its working directory (the Dockerfile's /opt/sortflow). Nothing is built or pushed."""
+    its working directory (the Dockerfile's /opt/sortflow) and the flows as an installed module. Nothing is
+    built or pushed. Raises SortflowError for a pool that is missing or takes the other kind of run."""
     takes_image = _pool_takes_image(pool)
     if takes_image and not image:
         raise SortflowError(
@@ -110,7 +117,9 @@ def deploy_to_work_pool(
             f"work pool {pool!r} runs flows as processes and takes no image: drop --image, or deploy to a "
             "docker or kubernetes pool"
         )
-    source = None if image else str(Path.cwd())
-    built = deployments(params, params_file, overrides, source)
+    if image:  # the code is where the image installed it: found by module, wherever this command runs
+        built = deployments(params, params_file, overrides, entrypoint_type=EntrypointType.MODULE_PATH)
+    else:
+        built = deployments(params, params_file, overrides, source=str(Path.cwd()))
     deploy(*built, work_pool_name=pool, image=image, build=False, push=False, print_next_steps_message=False)
     return [f"{d.flow_name}/{d.name}" for d in built]

@@ -90,7 +90,7 @@ def test_docker_and_kubernetes_pools_get_the_image_and_no_local_folder(
     sh(command, project, PREFECT_API_URL=api)
     for name, d in _deployments(api).items():
         assert d["work_pool_name"] == pool and d["job_variables"] == {"image": IMAGE}, (name, d["job_variables"])
-        assert not d["pull_steps"] and d["entrypoint"].startswith("flows/pipeline.py:"), name  # the image's WORKDIR
+        assert not d["pull_steps"] and d["entrypoint"].startswith("flows.pipeline."), name  # installed in the image
         assert d["parameters"]["overrides"] == {"train.epochs": "3"}, name
     template = httpx.get(f"{api}/work_pools/{pool}", timeout=10).json()["base_job_template"]
     assert "image" in template["variables"]["properties"]  # the pool's template takes the image
