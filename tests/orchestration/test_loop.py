@@ -36,6 +36,7 @@ LOOP = (
     "publish.decode_instances=1",
 )
 REPEAT = 5  # each val image is sent this many times
+PAUSE = 20  # seconds between ordinary and shifted traffic: more than a flow run takes to start on a loaded CI machine
 
 
 def browser() -> str:
@@ -77,8 +78,11 @@ def monitor(project: Path, *extra: str) -> tuple[int, str, dict]:
     )
 
 
-def window_since(start: float) -> str:
-    return f"monitor.window_hours={(time.time() - start + 2) / 3600:.6f}"
+def window_after(ordinary_end: float) -> str:
+    """A window that reaches back to just after the ordinary traffic ended. The command computes its window
+    when it runs, seconds later for a flow run (Prefect's start-up), so the window also holds the shifted
+    traffic while that delay stays below the pause between the two."""
+    return f"monitor.window_hours={(time.time() - ordinary_end - 1) / 3600:.6f}"
 
 
 def drift_event(api: str, timeout: float = 30) -> dict:
@@ -134,10 +138,11 @@ def test_loop_from_served_traffic_back_to_training(tmp_path: Path, prefect_serve
         assert result["triton"]["sortflow_capture_samples_total"][f"{MODEL}:captured"] >= sent - 1
 
         # Darker photos (a new camera): drift, exit 3, and the brightness test says so.
-        start = time.time()
+        ordinary_end = time.time()
+        time.sleep(PAUSE)
         shifted = {p.name: darker(p) for p in val}
         send(ports["http_port"], list(shifted.values()) * REPEAT)
-        code, printed, result = monitor(project, "-o", window_since(start))
+        code, printed, result = monitor(project, "-o", window_after(ordinary_end))
         assert code == 3, printed
         assert (
             "drift in" in result["verdict"] and next(c for c in result["checks"] if c["check"] == "brightness")["drift"]
@@ -147,14 +152,16 @@ def test_loop_from_served_traffic_back_to_training(tmp_path: Path, prefect_serve
         ).is_file()
 
         # The same window through the `monitor` flow: its run says drift, with a report and a Prefect event.
-        flow = sh(["sortflow", "run", "monitor", "-o", window_since(start)], project, PREFECT_API_URL=prefect_server)
+        flow = sh(
+            ["sortflow", "run", "monitor", "-o", window_after(ordinary_end)], project, PREFECT_API_URL=prefect_server
+        )
         assert "Completed('drift in" in flow and '"drift": true' in flow
         assert drift_event(prefect_server)["resource"]["prefect.resource.id"] == f"sortflow.model.{MODEL}"
         report = httpx.post(f"{prefect_server}/artifacts/filter", json={"artifacts": {"key": {"any_": ["monitor"]}}})
         assert "brightness" in report.json()[-1]["data"]
 
         # The review queue: each shifted image once, in a contact sheet that a browser shows.
-        sh(["sortflow", "review", "-o", window_since(start)], project)
+        sh(["sortflow", "review", "-o", window_after(ordinary_end)], project)
         queue = project / "output/review/review.csv"
         rows = list(csv.DictReader(queue.open()))
         assert len(rows) == len(val) and all(r["label"] == "" for r in rows)

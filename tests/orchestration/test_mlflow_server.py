@@ -70,20 +70,22 @@ def test_pipeline_on_the_server_has_the_lineage_of_sqlite(
 
 @pytest.mark.slow
 def test_compare_promote_and_rollback_on_the_server(served_project: Path, mlflow_server: str) -> None:
-    project, uri = served_project, {"MLFLOW_TRACKING_URI": mlflow_server}
+    """The same commands with the parameter instead of the environment: -o mlflow.tracking_uri=http://..."""
+    project, uri = served_project, ["-o", f"mlflow.tracking_uri={mlflow_server}"]
     for step in ("train", "evaluate", "export", "register"):
-        sh(["sortflow", step, "-o", "train.seed=7"], project, **uri)
-    compared = sh(["sortflow", "compare"], project, **uri)
+        sh(["sortflow", step, "-o", "train.seed=7", *uri], project)
+    compared = sh(["sortflow", "compare", *uri], project)
     assert "train.seed" in compared and compared.count("FINISHED") >= 2, compared  # the parameter that differs
     registered = json.loads((project / "output/register/register_result.json").read_text())
     assert registered["version"] == 2
-    sh(["sortflow", "promote", "2", "--reason", "team test"], project, **uri)
+    sh(["sortflow", "promote", "2", "--reason", "team test", *uri], project)
     assert (project / f"triton_repo/{MODEL}/2/model.onnx").is_file()
-    printed = sh(["sortflow", "rollback", "--reason", "team test"], project, **uri)
+    printed = sh(["sortflow", "rollback", "--reason", "team test", *uri], project)
     assert "-> 1" in printed, printed
     assert (project / f"triton_repo/{MODEL}/1/model.onnx").is_file()
-    history = sh(["sortflow", "history"], project, **uri)
+    history = sh(["sortflow", "history", *uri], project)
     assert "team test" in history and "yes" in history, history
+    assert not (project / "mlruns").exists() and not (project / "mlflow.db").exists()
 
 
 @pytest.mark.slow
