@@ -1,7 +1,8 @@
 """The encoded-image endpoint (`<model>_bytes`) on camera frames, side by side in one run (issue 13).
 
 1. Requests/s and latency at concurrency 1, 4 and 8 for 1920x1080 JPEG frames and for TrashNet's 112 px
-   JPEGs on a real Triton server (`sortflow bench-serve`'s load), published with the default settings and
+   JPEGs on a real Triton server (`sortflow bench-serve`'s load), published with the default settings, with
+   the decoding instances calling the classifier through Triton (`publish.bytes_inference=classifier`) and
    with the settings before issue 13 (one decoding instance, onnxruntime's own thread count), next to an
    in-process baseline doing the same work in one process (the same decode, resize and crop, then
    onnxruntime at batch 1).
@@ -41,8 +42,13 @@ MODEL = "sortflow-classifier_bytes"
 
 
 SETUPS = {  # name: publish settings
-    "default": (),  # params' defaults: 2 decoding instances, 1 onnxruntime thread in the classifier
-    "previous": ("publish.decode_instances=1", "publish.threads=0"),  # before issue 13's tuning
+    "default": (),  # params' defaults: 2 decoding instances running the model themselves, 1 onnxruntime thread
+    "classifier": ("publish.bytes_inference=classifier",),  # the decoding instances call <model> (BLS)
+    "previous": (  # before issue 13's tuning
+        "publish.decode_instances=1",
+        "publish.threads=0",
+        "publish.bytes_inference=classifier",
+    ),
 }
 
 

@@ -97,6 +97,7 @@ class PublishParams:
     instances: int = 1
     threads: int = 1
     decode_instances: int = 2
+    bytes_inference: str = "auto"
 
 
 @dataclass
@@ -254,6 +255,11 @@ def _validate(params: Params) -> None:
         raise ParamsError(
             "publish.instance_kind must be cpu or gpu (Triton's KIND_CPU or KIND_GPU), got "
             f"{params.publish.instance_kind!r}"
+        )
+    if params.publish.bytes_inference not in ("auto", "local", "classifier"):
+        raise ParamsError(
+            "publish.bytes_inference must be auto, local (the ONNX file runs in each decoding instance) or "
+            f"classifier (<model>_bytes calls <model> through Triton), got {params.publish.bytes_inference!r}"
         )
     for key, least in (("max_batch_size", 1), ("instances", 1), ("decode_instances", 1), ("threads", 0)):
         if getattr(params.publish, key) < least:

@@ -25,6 +25,7 @@ from components.triton_config import (
     BytesSettings,
     ModelInfo,
     bytes_config,
+    bytes_inference,
     check_labels,
     classifier_config,
     model_names,
@@ -35,7 +36,12 @@ log = logging.getLogger(__name__)
 
 KEEP_VERSIONS = 2  # on disk, for a quick rollback; the server loads only the latest
 TEMPLATES = Path(__file__).parent / "triton_models"
-BYTES_MODEL_FILES = {"model.py": "classify_bytes.py", "preprocess.py": "preprocess.py", "capture.py": "capture.py"}
+BYTES_MODEL_FILES = {
+    "model.py": "classify_bytes.py",
+    "preprocess.py": "preprocess.py",
+    "capture.py": "capture.py",
+    "onnx_runner.py": "onnx_runner.py",  # its session for publish.bytes_inference=local
+}
 
 
 def _write_config(path: Path, text: str) -> None:
@@ -106,7 +112,13 @@ def write_repository(
 
     bytes_dir = repo / f"{info.name}{BYTES}"
     settings = BytesSettings(
-        serve.max_image_pixels, serve.max_request_mb, serve.capture_rate, serve.capture_dir, serve.capture_max_mb
+        serve.max_image_pixels,
+        serve.max_request_mb,
+        serve.capture_rate,
+        serve.capture_dir,
+        serve.capture_max_mb,
+        bytes_inference(publish.bytes_inference, publish.instance_kind),
+        publish.threads,
     )
     _write_config(
         bytes_dir / "config.pbtxt", bytes_config(info, publish.max_batch_size, settings, publish.decode_instances)

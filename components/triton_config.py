@@ -29,6 +29,18 @@ class BytesSettings:
     capture_rate: float
     capture_dir: str
     capture_max_mb: int
+    inference: str = "classifier"  # local: the ONNX file runs in each decoding instance; classifier: BLS
+    threads: int = 0  # onnxruntime intra-op threads of a local session (0 = onnxruntime's default)
+
+
+def bytes_inference(setting: str, instance_kind: str) -> str:
+    """Where `<model>_bytes` runs the classifier (publish.bytes_inference): `local`, inside each decoding
+    instance, saves the second backend process and Triton's round trip to it per request (1.4x on 1080p
+    frames on 2 CPU cores, BENCHMARKS.md); `classifier` calls `<model>` through Triton (BLS), which a GPU
+    classifier needs. `auto` is local for a CPU classifier and `classifier` for a GPU one."""
+    if setting != "auto":
+        return setting
+    return "classifier" if instance_kind == "gpu" else "local"
 
 
 @dataclass(frozen=True)
@@ -104,6 +116,8 @@ def bytes_config(info: ModelInfo, max_batch_size: int, settings: BytesSettings, 
         "capture_rate": f"{settings.capture_rate:g}",
         "capture_dir": settings.capture_dir,
         "capture_max_mb": str(settings.capture_max_mb),
+        "inference": settings.inference,
+        "intra_op_thread_count": str(settings.threads),
     }
     return f"""name: "{info.name}{BYTES}"
 backend: "python"

@@ -1,9 +1,10 @@
 """Triton python-backend model `<model>_bytes`: encoded image files (JPEG/PNG bytes) in, class probabilities out.
 
-Each file is decoded and resized as sortflow evaluates (`preprocess.py`), the pixels of all the requests
-of a dynamic batch go to the classifier `<model>` in one BLS call, and, with capture on, the requests are
-sampled into the capture folder (`capture.py`): the bytes, the served version and the top-k
-probabilities, or the decoding error. Its parameters come from config.pbtxt.
+Each file is decoded and resized as sortflow evaluates (`preprocess.py`), and the pixels of all the requests
+of a dynamic batch are classified at once: by the classifier's ONNX file in this process (parameter
+`inference` local, publish.bytes_inference) or by `<model>` in one BLS call (`classifier`). With capture
+on, the requests are sampled into the capture folder (`capture.py`): the bytes, the served version and
+the top-k probabilities, or the decoding error. Its parameters come from config.pbtxt.
 
 A request that is the client's mistake (an empty, undecodable or truncated file, an image above
 `max_image_pixels`, a request above `max_request_mb`) answers INVALID_ARGUMENT (HTTP 400) with the reason;
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 from capture import Capture
@@ -32,6 +34,12 @@ class TritonPythonModel:
         p = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self.size, self.resize, self.interpolation = int(p["image_size"]), int(p["resize_size"]), p["interpolation"]
         self.classifier = p["classifier"]
+        self.session = None
+        if p.get("inference") == "local":  # the classifier's published version, beside this model in the repository
+            from onnx_runner import open_session
+
+            onnx_file = Path(args["model_repository"]).parent / self.classifier / p["registry_version"] / "model.onnx"
+            self.session = open_session(onnx_file, int(p.get("intra_op_thread_count", "0")))
         self.max_pixels = int(p.get("max_image_pixels", "0"))
         self.max_request_mb = float(p.get("max_request_mb", "inf"))
         self.capture = Capture(
@@ -76,6 +84,8 @@ class TritonPythonModel:
     def _classify(self, pixels: np.ndarray) -> np.ndarray:
         import triton_python_backend_utils as pb_utils
 
+        if self.session is not None:
+            return self.session.run([OUTPUT], {PIXELS: pixels})[0]
         request = pb_utils.InferenceRequest(
             model_name=self.classifier,
             requested_output_names=[OUTPUT],

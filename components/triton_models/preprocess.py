@@ -63,8 +63,12 @@ def preprocess(data: bytes, size: int, resize: int, interpolation: str, max_pixe
     # torchvision's Resize(int): the short side becomes `resize`, the long side int(resize * long / short).
     new = (resize, int(resize * height / width)) if width <= height else (int(resize * width / height), resize)
     mode = Image.Resampling.BILINEAR if interpolation == "bilinear" else Image.Resampling.BICUBIC
-    image = image.resize(new, mode)  # antialiased, as torchvision's antialias=True matches
     # torchvision's CenterCrop: Python's round of half the margin.
     top, left = round((new[1] - size) / 2.0), round((new[0] - size) / 2.0)
-    pixels = np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.float32)
+    # Only the crop's columns are resized: Pillow's box keeps the whole resize's scale and reads the source
+    # pixels outside it for the filter, so this equals resize-then-crop at half the work on a 16:9 frame. Not
+    # the rows: a box there can change Pillow's order of passes, and with it the rounding (up to 6 levels).
+    scale = width / new[0]
+    image = image.resize((size, new[1]), mode, box=(left * scale, 0, (left + size) * scale, height))  # antialiased
+    pixels = np.asarray(image.crop((0, top, size, top + size)), dtype=np.float32)
     return np.ascontiguousarray(pixels.transpose(2, 0, 1))

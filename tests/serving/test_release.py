@@ -121,8 +121,9 @@ def test_config_parses_with_tritons_schema(release: Release) -> None:
     assert encoded.output[0].label_filename == "labels.txt"
     assert encoded.parameters["classifier"].string_value == "sortflow-classifier"
     assert encoded.parameters["capture_rate"].string_value == "0"  # capture is off unless asked for
+    assert encoded.parameters["inference"].string_value == "local"  # publish.bytes_inference auto, on the CPU
     files = {p.name for p in (repo / "sortflow-classifier_bytes/1").iterdir()}
-    assert files >= {"model.py", "preprocess.py", "capture.py"}
+    assert files >= {"model.py", "preprocess.py", "capture.py", "onnx_runner.py"}
     assert (repo / "sortflow-classifier/1/model.onnx").is_file()
     # Readable as the user's umask allows (a server running as another user must read it), not 0600/0700.
     mask = umask()
@@ -226,6 +227,45 @@ def test_bytes_model_classifies_encoded_files(release: Release, server: dict, fm
     assert got[local["class_ids"]] == pytest.approx(local["scores"], abs=1e-5)
 
 
+def _bytes_probabilities(port: int, files: list[bytes]) -> np.ndarray:
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+    inputs = [grpcclient.InferInput("image_bytes", [len(files), 1], "BYTES")]
+    inputs[0].set_data_from_numpy(np.array([[f] for f in files], dtype=object))
+    return client.infer("sortflow-classifier_bytes", inputs).as_numpy("probabilities")
+
+
+def test_bytes_model_through_the_classifier_answers_as_the_local_model(
+    release: Release, server: dict, tmp_path: Path
+) -> None:
+    """publish.bytes_inference=classifier (the GPU's way: a BLS call to <model>) gives what the default
+    local session in the decoding instance gives, for a batch of files."""
+    from components.model_io import DataConfig
+    from components.publish import write_repository
+    from components.serve import start, stop
+    from components.triton_config import ModelInfo
+
+    ports = [f"serve.{key}={free_port()}" for key in ("grpc_port", "http_port", "metrics_port")]
+    bls = params(release, f"publish.repo={tmp_path}/repo", "publish.bytes_inference=classifier", *ports)
+    bls.serve.workdir = str(tmp_path / "serve")
+    data = DataConfig(**load(release, "output/export/export_result.json")["data_config"])
+    info = ModelInfo(
+        "sortflow-classifier", 1, 32, data.resize_size, data.interpolation, ["glass", "metal", "paper"], {}
+    )
+    export = release.workdir / "output/export"
+    write_repository(tmp_path / "repo", info, export / "model.onnx", bls)
+    config = (tmp_path / "repo/sortflow-classifier_bytes/config.pbtxt").read_text()
+    assert 'key: "inference" value: { string_value: "classifier" }' in config
+    files = [p.read_bytes() for p in sorted((release.dataset / "images").rglob("*.jpg"))[:5]]
+    start(bls)
+    try:
+        through_classifier = _bytes_probabilities(bls.serve.grpc_port, files)
+    finally:
+        stop(bls)
+    assert through_classifier == pytest.approx(_bytes_probabilities(server["grpc_port"], files), abs=1e-6)
+
+
 def test_predict_cli_over_triton_and_bad_inputs(release: Release, server: dict, tmp_path: Path) -> None:
     good = next((release.dataset / "images/paper").glob("*.jpg"))
     broken = tmp_path / "broken.jpg"
@@ -281,6 +321,9 @@ def test_new_version_is_served_without_restart(release: Release, server: dict) -
     assert client.is_model_ready("sortflow-classifier", str(version))
     config = client.get_model_config("sortflow-classifier")
     assert config["parameters"]["registry_version"]["string_value"] == str(version)
+    # The decoding instances run the classifier's file of the version they are configured with.
+    encoded = client.get_model_config("sortflow-classifier_bytes")
+    assert encoded["parameters"]["registry_version"]["string_value"] == str(version)
     os.kill(server["pid"], 0)  # the same server process is still the one serving
 
 
@@ -326,6 +369,8 @@ def test_a_kind_gpu_model_without_a_gpu_fails_at_once_with_tritons_reason(releas
     export = release.workdir / "output/export"
     info = ModelInfo("gpu-model", 1, 32, 32, "bicubic", ["glass", "metal", "paper"], {})
     write_repository(tmp_path / "repo", info, export / "model.onnx", gpu)
+    # publish.bytes_inference auto: a GPU classifier is called through Triton, not run on the decoding CPU
+    assert 'string_value: "classifier"' in (tmp_path / "repo/gpu-model_bytes/config.pbtxt").read_text()
     began = time.monotonic()
     with pytest.raises(SortflowError, match=r"Triton could not load gpu-model: .*KIND_GPU but no GPUs are available"):
         start(gpu)
