@@ -2,8 +2,9 @@
 
 Two models per classifier: `<model>` (what a stock Triton serves directly: onnxruntime_onnx, an NCHW
 image in, probabilities out with labels for the classification extension) and `<model>_bytes` (a
-python-backend model that takes encoded image files, decodes them as evaluation does, calls `<model>`
-through BLS and, when asked, captures the traffic for monitoring).
+python-backend model that takes encoded image files, decodes them as evaluation does, runs the
+classifier's ONNX file itself or calls `<model>` through BLS, and, when asked, captures the traffic for
+monitoring).
 """
 
 from __future__ import annotations

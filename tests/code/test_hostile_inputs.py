@@ -120,3 +120,17 @@ def test_hostile_parameters_are_named_with_their_line(run_cli: Run, kind: str) -
     code, _, err = run_cli("check-dataset")
     assert code == 2 and says in err and "Traceback" not in err, err
     record_figure(f"hostile parameter: {kind}", 1, notes="exit 2, the file:line or the key named")
+
+
+def test_the_runners_nan_check_is_exact_also_when_the_sum_overflows() -> None:
+    import numpy as np
+
+    from components.triton_models.onnx_runner import finite
+
+    pixels = np.full((1, 3, 8, 8), 128, np.float32)
+    assert finite(pixels)
+    assert finite(np.full_like(pixels, 3e38))  # the sum overflows to inf; every value is still finite
+    for bad in (np.nan, np.inf, -np.inf):
+        broken = pixels.copy()
+        broken[0, 1, 2, 3] = bad
+        assert not finite(broken)
