@@ -36,7 +36,7 @@ class BytesSettings:
 
 def bytes_inference(setting: str, instance_kind: str) -> str:
     """Where `<model>_bytes` runs the classifier (publish.bytes_inference): `local`, inside each decoding
-    instance, saves the second backend process and Triton's round trip to it per request (1.4x on 1080p
+    instance, saves the second backend process and Triton's round trip to it per request (1.3x on 1080p
     frames on 2 CPU cores, BENCHMARKS.md); `classifier` calls `<model>` through Triton (BLS), which a GPU
     classifier needs. `auto` is local for a CPU classifier and `classifier` for a GPU one."""
     if setting != "auto":
