@@ -28,6 +28,7 @@ from components.registry import (
     TRAIN_LIST,
     champion_version,
     downloaded,
+    ensure_registered_model,
     registering_tag,
     repair_half_registered,
     set_champion,
@@ -181,7 +182,6 @@ def compare_on_current_val(
 
 def _new_version(params: Params, run: Any, exported: dict[str, Any], root: Path, val_hash: str) -> Any:
     """Log the model to `run` (one artifact folder per distinct model file) and register it as a new version."""
-    from mlflow.exceptions import MlflowException
 
     export_dir = Path(params.export.output)
     artifact_path = f"{ARTIFACT_PREFIX}-{file_digest(export_dir / MODEL_FILE)[:12]}"
@@ -189,10 +189,7 @@ def _new_version(params: Params, run: Any, exported: dict[str, Any], root: Path,
         _save_mlflow_model(export_dir, exported, Path(tmp) / artifact_path, root / TRAIN_LIST)
         run.client.log_artifacts(run.run_id, str(Path(tmp) / artifact_path), artifact_path=artifact_path)
     name = params.register.model_name
-    try:
-        run.client.get_registered_model(name)
-    except MlflowException:
-        run.client.create_registered_model(name, description="sortflow image classifier (ONNX, raw RGB 0-255 in)")
+    ensure_registered_model(run.client, name, "sortflow image classifier (ONNX, raw RGB 0-255 in)")
     lineage = run.tags()
     tags = {
         "mlflow_run_id": run.run_id,

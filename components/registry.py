@@ -88,6 +88,18 @@ def repair_half_registered(mlflow_client: Any, name: str) -> list[int]:
     return removed
 
 
+def ensure_registered_model(client: Any, name: str, description: str) -> None:
+    """Create registered model `name` unless it exists. Another machine may create it at the same moment
+    (both asked, neither found it): the second create's RESOURCE_ALREADY_EXISTS means the model is there."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(name, description=description)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+
+
 def wait_for_earlier(mlflow_client: Any, name: str, version: int, timeout: float, poll: float = 0.5) -> None:
     """Wait until no version of `name` below `version` is still being registered by a live process.
 

@@ -28,3 +28,16 @@ def test_a_registration_waits_for_earlier_versions_still_being_registered(tmp_pa
     began = time.monotonic()
     wait_for_earlier(client, "m", 2, timeout=30, poll=0.05)
     assert 0.4 < time.monotonic() - began < 10
+
+
+def test_a_registered_model_created_by_another_machine_meanwhile_is_used(tmp_path: Path) -> None:
+    """Two machines that both found no registered model both create it: the second one's create finds it there
+    and goes on (it failed with RESOURCE_ALREADY_EXISTS when the MLflow server made the race real)."""
+    from components.registry import ensure_registered_model
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    ensure_registered_model(client, "m", "first machine")
+    ensure_registered_model(client, "m", "second machine")
+    assert [m.name for m in client.search_registered_models()] == ["m"]
+    assert client.get_registered_model("m").description == "first machine"
