@@ -22,16 +22,16 @@ RETIRED = ("_preprocess",)  # models of earlier releases that publish removes (t
 
 @dataclass(frozen=True)
 class BytesSettings:
-    """What the bytes model takes (serve.max_image_pixels, serve.max_request_mb) and captures (serve.capture_*:
-    rate 0 is off)."""
+    """What the bytes model takes (serve.max_image_pixels, serve.max_request_mb), captures (serve.capture_*:
+    rate 0 is off) and where it runs the classifier (publish.bytes_inference, publish.threads)."""
 
     max_image_pixels: int
     max_request_mb: float
     capture_rate: float
     capture_dir: str
     capture_max_mb: int
-    inference: str = "classifier"  # local: the ONNX file runs in each decoding instance; classifier: BLS
-    threads: int = 0  # onnxruntime intra-op threads of a local session (0 = onnxruntime's default)
+    inference: str  # bytes_inference(): local, the ONNX file runs in each decoding instance; classifier, BLS
+    threads: int  # onnxruntime intra-op threads of a local session (publish.threads; 0 = onnxruntime's own)
 
 
 def bytes_inference(setting: str, instance_kind: str) -> str:

@@ -82,10 +82,10 @@ class TritonPythonModel:
         return np.stack(pixels)
 
     def _classify(self, pixels: np.ndarray) -> np.ndarray:
-        import triton_python_backend_utils as pb_utils
-
         if self.session is not None:
             return self.session.run([OUTPUT], {PIXELS: pixels})[0]
+        import triton_python_backend_utils as pb_utils
+
         request = pb_utils.InferenceRequest(
             model_name=self.classifier,
             requested_output_names=[OUTPUT],
