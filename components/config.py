@@ -61,6 +61,10 @@ class TrainParams:
     cache_mb: int = 2048
     crop_scale_min: float = 0.08
     augment: str = "none"
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
     ema_decay: float = 0.9998
 
 
@@ -249,6 +253,14 @@ def _validate(params: Params) -> None:
         raise ParamsError(f"train.learning_rate must be above 0, got {t.learning_rate}")
     if not 0 < t.crop_scale_min <= 1:
         raise ParamsError(f"train.crop_scale_min must be in (0, 1], got {t.crop_scale_min}")
+    if t.mixup_alpha < 0 or t.cutmix_alpha < 0:
+        raise ParamsError(
+            "train.mixup_alpha and train.cutmix_alpha must be 0 (off) or more, got "
+            f"{t.mixup_alpha} and {t.cutmix_alpha}"
+        )
+    for key in ("drop_rate", "drop_path_rate"):
+        if not 0 <= getattr(t, key) < 1:
+            raise ParamsError(f"train.{key} must be in [0, 1) (0 = off), got {getattr(t, key)}")
     if not 0 <= t.label_smoothing < 1:
         raise ParamsError(f"train.label_smoothing must be in [0, 1), got {t.label_smoothing}")
     if params.publish.instance_kind not in ("cpu", "gpu"):

@@ -12,7 +12,7 @@ import math
 import multiprocessing
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,6 +135,18 @@ def transform(cfg: DataConfig, training: bool, normalize: bool = True) -> v2.Com
     if not normalize:
         return v2.Compose([*steps, v2.ToDtype(torch.float32, scale=False)])
     return v2.Compose([*steps, v2.ToDtype(torch.float32, scale=True), v2.Normalize(cfg.mean, cfg.std)])
+
+
+def batch_mixer(mixup_alpha: float, cutmix_alpha: float, num_classes: int) -> Callable | None:
+    """train.mixup_alpha and train.cutmix_alpha: MixUp or CutMix on each training batch (one of the two,
+    at random, when both are set, as timm's mixup switch), which turns the labels into class probabilities.
+    None when both are 0."""
+    mixers = [
+        mixer(alpha=alpha, num_classes=num_classes)
+        for mixer, alpha in ((v2.MixUp, mixup_alpha), (v2.CutMix, cutmix_alpha))
+        if alpha > 0
+    ]
+    return v2.RandomChoice(mixers) if mixers else None
 
 
 def model_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -131,18 +131,19 @@ def _load_positional(model: nn.Module, path: Path) -> None:
     model.load_state_dict(mapped, strict=True)
 
 
-def create_model(spec: ModelSpec, num_classes: int, pretrained: str = "none") -> nn.Module:
+def create_model(spec: ModelSpec, num_classes: int, pretrained: str = "none", **timm_kwargs: float) -> nn.Module:
     """Build the model with a `num_classes` head. `pretrained`: none, imagenet, or a weights file.
+    `timm_kwargs` go to timm's constructor (train.drop_rate, train.drop_path_rate).
 
     The classifier of pretrained weights is dropped whenever `num_classes` differs from theirs.
     """
     import timm
 
     if pretrained in ("", "none"):
-        return timm.create_model(spec.timm_name, pretrained=False, num_classes=num_classes)
+        return timm.create_model(spec.timm_name, pretrained=False, num_classes=num_classes, **timm_kwargs)
     if pretrained == "imagenet":
         if spec.offline_weights is not None:
-            model = timm.create_model(spec.timm_name, pretrained=False, num_classes=1000)
+            model = timm.create_model(spec.timm_name, pretrained=False, num_classes=1000, **timm_kwargs)
             _load_positional(model, spec.offline_weights())
             if num_classes != 1000:
                 model.reset_classifier(num_classes)
@@ -150,7 +151,7 @@ def create_model(spec: ModelSpec, num_classes: int, pretrained: str = "none") ->
             return model
         cached = _hub_cached_file(spec)
         if cached is not None:
-            return _from_file(spec, cached, num_classes)
+            return _from_file(spec, cached, num_classes, **timm_kwargs)
         if not _hub_reachable():
             raise ParamsError(
                 f"train.pretrained=imagenet: ImageNet weights for {spec.name} ({spec.timm_name}) are not available "
@@ -158,19 +159,23 @@ def create_model(spec: ModelSpec, num_classes: int, pretrained: str = "none") ->
                 f"-o train.pretrained=/path/to/{spec.timm_name}.safetensors (or .pth), "
                 "or use -o train.pretrained=none. EfficientNet-Lite0, -Lite1 and -Lite2 have ImageNet weights offline."
             )
-        return timm.create_model(spec.timm_name, pretrained=True, num_classes=num_classes)
+        return timm.create_model(spec.timm_name, pretrained=True, num_classes=num_classes, **timm_kwargs)
     path = Path(pretrained)
     if not path.is_file():
         raise ParamsError(f"train.pretrained: {path} not found; pass none, imagenet, or a .safetensors/.pth file")
-    return _from_file(spec, path, num_classes)
+    return _from_file(spec, path, num_classes, **timm_kwargs)
 
 
-def _from_file(spec: ModelSpec, path: Path, num_classes: int) -> nn.Module:
+def _from_file(spec: ModelSpec, path: Path, num_classes: int, **timm_kwargs: float) -> nn.Module:
     import timm
 
     try:
         return timm.create_model(
-            spec.timm_name, pretrained=True, num_classes=num_classes, pretrained_cfg_overlay={"file": str(path)}
+            spec.timm_name,
+            pretrained=True,
+            num_classes=num_classes,
+            pretrained_cfg_overlay={"file": str(path)},
+            **timm_kwargs,
         )
     except (RuntimeError, KeyError) as exc:
         raise ParamsError(

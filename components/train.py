@@ -33,7 +33,7 @@ from components.config import Params, TrainParams
 from components.devices import parse_device, visible_devices
 from components.errors import ParamsError, SortflowError
 from components.fsutil import atomic_write_json, atomic_write_text
-from components.loader import DataConfig, model_input, read_classes, split_images
+from components.loader import DataConfig, batch_mixer, model_input, read_classes, split_images
 from components.locks import output_lock
 from components.metrics import correct_at_k, predict_logits
 from components.models import ModelSpec, create_model, get_spec
@@ -316,7 +316,9 @@ def _nonfinite_ranks(loss: torch.Tensor, dist: Dist, device: torch.device) -> li
     return [rank for rank, flag in enumerate(bad.tolist()) if flag]
 
 
-def _train_epoch(fit: Fit, data: Any, t: TrainParams, epoch: int, dist: Dist, device: torch.device) -> dict:
+def _train_epoch(
+    fit: Fit, data: Any, t: TrainParams, num_classes: int, epoch: int, dist: Dist, device: torch.device
+) -> dict:
     """One pass over the train images; reseeded from (train.seed, epoch) so a resumed run repeats it exactly.
     Every rank shuffles alike (the sampler splits one order) and augments with its own seed."""
     epoch_seed = t.seed * 1000 + epoch
@@ -324,13 +326,16 @@ def _train_epoch(fit: Fit, data: Any, t: TrainParams, epoch: int, dist: Dist, de
     loader = _loader(data, t.batch_size, epoch_seed, dist, t.num_workers, shuffle=True, pin=device.type == "cuda")
     if hasattr(loader.sampler, "set_epoch"):
         loader.sampler.set_epoch(epoch)
-    criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
+    criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)  # also smooths mixed labels
+    mix = batch_mixer(t.mixup_alpha, t.cutmix_alpha, num_classes)
     fit.net.train()
     loss_sum = seen = 0.0
     began = time.perf_counter()
     with _progress(dist.main) as progress, _out_of_memory_hint(t, dist, device):
         task = progress.add_task(f"epoch {epoch}/{t.epochs}", total=len(loader), loss=0.0, ips=0.0)
         for images, labels in loader:
+            if mix is not None:
+                images, labels = mix(images, labels)
             labels = labels.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 loss = criterion(fit.net(model_input(images, device)), labels)
@@ -508,7 +513,7 @@ def _epoch(
 ) -> dict:
     """Train one epoch, then validate: the epoch's row of metrics.csv."""
     began = time.perf_counter()
-    trained = _train_epoch(fit, data["train"], t, epoch, dist, device)
+    trained = _train_epoch(fit, data["train"], t, num_classes, epoch, dist, device)
     val = _validate(fit, data["val"], t, num_classes, dist, device)
     return {
         "epoch": epoch,
@@ -535,7 +540,9 @@ def _train(params: Params, root: Path, dist: Dist, device: torch.device) -> Trai
     classes = _classes(root, t)
     ckpt = _resume_checkpoint(t, spec, classes)
     torch.manual_seed(t.seed)
-    model = create_model(spec, len(classes), "none" if ckpt else t.pretrained)
+    model = create_model(
+        spec, len(classes), "none" if ckpt else t.pretrained, drop_rate=t.drop_rate, drop_path_rate=t.drop_path_rate
+    )
     if ckpt:
         model.load_state_dict(ckpt.get("trained_model", ckpt["model"]))
     cfg = DataConfig.for_model(spec.timm_cfg(), t.image_size, t.crop_scale_min, t.augment)

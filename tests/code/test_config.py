@@ -85,6 +85,8 @@ def test_params_file_then_overrides(tmp_path: Path) -> None:
         ("split.enable=maybe", "split.enable: expected bool"),
         ("train.epochs", "expected section.key=value"),
         ("split.train_percent=70", "must both be above 0 and add up to 100"),
+        ("train.drop_rate=1", "train.drop_rate must be in [0, 1) (0 = off), got 1.0"),
+        ("train.drop_path_rate=-0.1", "train.drop_path_rate must be in [0, 1) (0 = off), got -0.1"),
     ],
 )
 def test_bad_overrides(override: str, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -85,3 +85,20 @@ def test_pretrained_from_a_local_file(tmp_path: Path) -> None:
         create_model(get_spec("PP-LCNet_x0_5"), num_classes=3, pretrained=str(tmp_path / "nope.pth"))
     with pytest.raises(ParamsError, match="not weights for MobileNetV3_small_x1_0"):
         create_model(get_spec("MobileNetV3_small_x1_0"), num_classes=3, pretrained=str(path))
+
+
+def test_dropout_and_stochastic_depth_reach_the_model(tmp_path: Path) -> None:
+    """train.drop_rate and train.drop_path_rate reach timm for every kind of train.pretrained."""
+    from timm.layers import DropPath
+
+    spec = get_spec("EfficientNet-Lite0")
+    path = tmp_path / "lite0.pth"
+    torch.save(create_model(spec, num_classes=1000).state_dict(), path)
+    for pretrained in ("none", "imagenet", str(path)):
+        model = create_model(spec, 6, pretrained, drop_rate=0.2, drop_path_rate=0.1)
+        rates = [m.drop_prob for m in model.modules() if isinstance(m, DropPath)]
+        assert model.drop_rate == 0.2 and rates and 0 < max(rates) <= 0.1, pretrained
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), model(x))  # both off in evaluation, so export is unchanged
+        assert not torch.equal(model.train()(x), model(x))
