@@ -49,6 +49,13 @@ def test_stages_read_sections_of_params_and_depend_on_the_code_they_run() -> Non
     assert "components/triton_models" in pipeline["stages"]["publish"]["deps"]
 
 
+def test_every_train_key_that_changes_the_model_reruns_the_train_stage() -> None:
+    """A new train.* key is a param of the stage unless dvc.yaml's header says why it is left out."""
+    tracked = set(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train"]["params"])
+    speed_only = {"train.num_workers", "train.cache_mb", "train.resume"}
+    assert {k for k in valid_keys() if k.startswith("train.")} - speed_only == tracked
+
+
 @pytest.mark.slow
 def test_dvc_repro_runs_every_stage_then_nothing(dvc_project: tuple[Path, str, Path]) -> None:
     project, first, _ = dvc_project
