@@ -6,7 +6,9 @@ the CLI, DVC stages and Prefect flows alike.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -65,6 +67,7 @@ class TrainParams:
     cutmix_alpha: float = 0.0
     drop_rate: float = 0.0
     drop_path_rate: float = 0.0
+    clip_grad_norm: float = 0.0
     ema_decay: float = 0.9998
 
 
@@ -203,6 +206,10 @@ def _coerce(value: Any, expected: type, where: str) -> Any:
     elif expected is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        # PyYAML reads `1e-4` (no dot) as text, though it is how learning rates are written.
+        with contextlib.suppress(ValueError):
+            if isinstance(value, str) and math.isfinite(number := float(value)):
+                return number
     elif expected is str:
         # `-o train.device=0` or `model_name: 2024` parse as numbers in YAML; the key wants text.
         if isinstance(value, str):
@@ -258,6 +265,8 @@ def _validate(params: Params) -> None:
             "train.mixup_alpha and train.cutmix_alpha must be 0 (off) or more, got "
             f"{t.mixup_alpha} and {t.cutmix_alpha}"
         )
+    if t.clip_grad_norm < 0:
+        raise ParamsError(f"train.clip_grad_norm must be 0 (off) or more, got {t.clip_grad_norm}")
     for key in ("drop_rate", "drop_path_rate"):
         if not 0 <= getattr(t, key) < 1:
             raise ParamsError(f"train.{key} must be in [0, 1) (0 = off), got {getattr(t, key)}")

@@ -73,6 +73,16 @@ def test_params_file_then_overrides(tmp_path: Path) -> None:
     assert params.dataset.dir == "my data"
 
 
+def test_floats_in_exponent_notation_are_floats(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """YAML reads 1e-4 as text; a float key takes it as the number, and still refuses nan and words."""
+    monkeypatch.chdir(tmp_path)
+    assert load_params(None, ["train.learning_rate=1e-4"]).train.learning_rate == 1e-4
+    assert load_params(None, ["train.clip_grad_norm=1E1"]).train.clip_grad_norm == 10.0
+    for bad in ("nan", "fast"):
+        with pytest.raises(ParamsError, match=f"train.learning_rate: expected float, got '{bad}'"):
+            load_params(None, [f"train.learning_rate={bad}"])
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
@@ -87,6 +97,7 @@ def test_params_file_then_overrides(tmp_path: Path) -> None:
         ("split.train_percent=70", "must both be above 0 and add up to 100"),
         ("train.drop_rate=1", "train.drop_rate must be in [0, 1) (0 = off), got 1.0"),
         ("train.drop_path_rate=-0.1", "train.drop_path_rate must be in [0, 1) (0 = off), got -0.1"),
+        ("train.clip_grad_norm=-1", "train.clip_grad_norm must be 0 (off) or more, got -1.0"),
     ],
 )
 def test_bad_overrides(override: str, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

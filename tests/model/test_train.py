@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -105,6 +106,21 @@ def test_the_weight_average_is_validated_saved_and_evaluated(run_cli: Run, datas
 
     assert run_cli(*train_args(dataset, "-o", "train.output=plain", "-o", "train.ema_decay=0"))[0] == 0
     assert "trained_model" not in load_checkpoint("plain/last.pt")
+
+
+def test_batch_mixing_dropout_and_clipping_train_on_mixed_labels(run_cli: Run, dataset: Path) -> None:
+    """MixUp or CutMix turn each batch's labels into class shares; the loss takes them, smoothed. With
+    train.clip_grad_norm, each epoch's row has the gradients' mean norm before clipping."""
+    mixed = ("train.mixup_alpha=0.8", "train.cutmix_alpha=1.0", "train.drop_rate=0.2", "train.drop_path_rate=0.1")
+    histories = {}
+    for name, extra in (("plain", ()), ("mixed", (*mixed, "train.clip_grad_norm=0.5"))):
+        code, _, err = run_cli(*train_args(dataset, "-o", f"train.output={name}", *overrides(*extra)))
+        assert code == 0, err
+        histories[name] = json.loads(Path(f"{name}/train_result.json").read_text())["history"]
+    losses = {name: [h["train_loss"] for h in history] for name, history in histories.items()}
+    assert all(math.isfinite(x) for x in losses["mixed"]) and losses["mixed"] != losses["plain"]
+    assert all(h["grad_norm"] > 0 for h in histories["mixed"]) and "grad_norm" not in histories["plain"][0]
+    assert "grad_norm" in Path("mixed/metrics.csv").read_text().splitlines()[0]
 
 
 def test_evaluate_reports_topk_per_class_and_confusion(run_cli: Run, dataset: Path) -> None:
