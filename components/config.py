@@ -67,7 +67,7 @@ class TrainParams:
     cutmix_alpha: float = 0.0
     drop_rate: float = 0.0
     drop_path_rate: float = 0.0
-    clip_grad_norm: float = 0.0
+    clip_grad_norm: float = 2.0
     ema_decay: float = 0.9998
 
 
