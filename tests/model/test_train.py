@@ -144,12 +144,13 @@ def test_evaluate_reports_topk_per_class_and_confusion(run_cli: Run, dataset: Pa
 
 
 def test_compare_lists_runs_with_differing_params(run_cli: Run, dataset: Path) -> None:
+    own = ("-o", "mlflow.experiment=compare")  # the other tests' runs share the tracking store
     for lr in ("0.1", "0.01"):
         args = train_args(
-            dataset, "-o", "train.epochs=1", "-o", f"train.learning_rate={lr}", "-o", f"train.output=lr{lr}"
+            dataset, "-o", "train.epochs=1", "-o", f"train.learning_rate={lr}", "-o", f"train.output=lr{lr}", *own
         )
         assert run_cli(*args)[0] == 0
-    code, out, _ = run_cli("compare")
+    code, out, _ = run_cli("compare", *own)
     assert code == 0
     assert "train.learning_rate" in out and "0.01" in out and "val_top1" in out
     assert "train.output" in out and "train.model" not in out  # only what differs
