@@ -2,7 +2,7 @@
 
 Ultralytics YOLOv8n-cls from scratch, as a new user runs it (`yolo classify train model=yolov8n-cls.yaml
 imgsz=112 epochs=18`, its defaults otherwise), and `sortflow train` with its defaults (no params.yaml:
-SGD at 0.1, the weight average) for PP-LCNet_x1_0 from scratch at 112 px, on the same TrashNet
+SGD at 0.1, gradients clipped at 2.0, the weight average) for PP-LCNet_x1_0 from scratch at 112 px, on the same TrashNet
 split (seed 42, 80/20): best val top-1 and wall time each. sortflow also runs at half its epochs, to show
 that more epochs do not make its result worse.
 
