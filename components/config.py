@@ -10,7 +10,7 @@ import contextlib
 import dataclasses
 import math
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -234,6 +234,23 @@ def _set(params: Params, key: str, value: Any, where: str) -> None:
     setattr(getattr(params, section), name, _coerce(value, hints[name], f"{where}: {key}"))
 
 
+# train.* ranges: key -> (test, the rule as the error states it)
+_TRAIN_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "epochs": (lambda v: v >= 1, "1 or more"),
+    "batch_size": (lambda v: v >= 1, "1 or more"),
+    "image_size": (lambda v: v >= 1, "1 or more"),
+    "learning_rate": (lambda v: v > 0, "above 0"),
+    "crop_scale_min": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "ema_decay": (lambda v: 0 <= v < 1, "in [0, 1) (0 = no weight average)"),
+    "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "mixup_alpha": (lambda v: v >= 0, "0 (off) or more"),
+    "cutmix_alpha": (lambda v: v >= 0, "0 (off) or more"),
+    "clip_grad_norm": (lambda v: v >= 0, "0 (off) or more"),
+    "drop_rate": (lambda v: 0 <= v < 1, "in [0, 1) (0 = off)"),
+    "drop_path_rate": (lambda v: 0 <= v < 1, "in [0, 1) (0 = off)"),
+}
+
+
 def _validate(params: Params) -> None:
     s = params.split
     if s.train_percent <= 0 or s.val_percent <= 0 or s.train_percent + s.val_percent != 100:
@@ -251,27 +268,9 @@ def _validate(params: Params) -> None:
         raise ParamsError(f"train.optimizer must be sgd or adamw, got {t.optimizer!r}")
     if t.augment not in ("none", "randaugment", "trivialaugment"):
         raise ParamsError(f"train.augment must be none, randaugment or trivialaugment, got {t.augment!r}")
-    if not 0 <= t.ema_decay < 1:
-        raise ParamsError(f"train.ema_decay must be in [0, 1) (0 = no weight average), got {t.ema_decay}")
-    for key in ("epochs", "batch_size", "image_size"):
-        if getattr(t, key) < 1:
-            raise ParamsError(f"train.{key} must be 1 or more, got {getattr(t, key)}")
-    if t.learning_rate <= 0:
-        raise ParamsError(f"train.learning_rate must be above 0, got {t.learning_rate}")
-    if not 0 < t.crop_scale_min <= 1:
-        raise ParamsError(f"train.crop_scale_min must be in (0, 1], got {t.crop_scale_min}")
-    if t.mixup_alpha < 0 or t.cutmix_alpha < 0:
-        raise ParamsError(
-            "train.mixup_alpha and train.cutmix_alpha must be 0 (off) or more, got "
-            f"{t.mixup_alpha} and {t.cutmix_alpha}"
-        )
-    if t.clip_grad_norm < 0:
-        raise ParamsError(f"train.clip_grad_norm must be 0 (off) or more, got {t.clip_grad_norm}")
-    for key in ("drop_rate", "drop_path_rate"):
-        if not 0 <= getattr(t, key) < 1:
-            raise ParamsError(f"train.{key} must be in [0, 1) (0 = off), got {getattr(t, key)}")
-    if not 0 <= t.label_smoothing < 1:
-        raise ParamsError(f"train.label_smoothing must be in [0, 1), got {t.label_smoothing}")
+    for key, (allowed, rule) in _TRAIN_RANGES.items():
+        if not allowed(getattr(t, key)):
+            raise ParamsError(f"train.{key} must be {rule}, got {getattr(t, key)}")
     if params.publish.instance_kind not in ("cpu", "gpu"):
         raise ParamsError(
             "publish.instance_kind must be cpu or gpu (Triton's KIND_CPU or KIND_GPU), got "

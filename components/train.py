@@ -330,7 +330,7 @@ def _train_epoch(
     mix = batch_mixer(t.mixup_alpha, t.cutmix_alpha, num_classes)
     fit.net.train()
     loss_sum = seen = 0.0
-    norms: list[float] = []  # the gradients' norms before clipping (train.clip_grad_norm)
+    norm_sum = torch.zeros((), device=device)  # the gradients' norms before clipping, read once per epoch
     began = time.perf_counter()
     with _progress(dist.main) as progress, _out_of_memory_hint(t, dist, device):
         task = progress.add_task(f"epoch {epoch}/{t.epochs}", total=len(loader), loss=0.0, ips=0.0)
@@ -349,7 +349,7 @@ def _train_epoch(
             fit.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if t.clip_grad_norm > 0:
-                norms.append(nn.utils.clip_grad_norm_(fit.net.parameters(), t.clip_grad_norm).item())
+                norm_sum += nn.utils.clip_grad_norm_(fit.net.parameters(), t.clip_grad_norm).detach()
             fit.optimizer.step()
             fit.scheduler.step()
             if fit.average is not None:
@@ -364,7 +364,7 @@ def _train_epoch(
         "train_loss": loss_sum / max(seen, 1),
         "lr": fit.optimizer.param_groups[0]["lr"],
         "img_per_s": seen / seconds,
-        **({"grad_norm": sum(norms) / len(norms)} if norms else {}),
+        **({"grad_norm": norm_sum.item() / max(len(loader), 1)} if t.clip_grad_norm > 0 else {}),
     }
 
 

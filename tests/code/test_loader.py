@@ -59,7 +59,7 @@ def test_batch_mixing_blends_images_and_labels_alike(mixup: float, cutmix: float
 
 def test_batch_mixing_is_off_at_zero_and_refuses_negative_alphas() -> None:
     assert batch_mixer(0.0, 0.0, num_classes=5) is None
-    with pytest.raises(ParamsError, match=r"train\.mixup_alpha and train\.cutmix_alpha must be 0 \(off\) or more"):
+    with pytest.raises(ParamsError, match=r"train\.cutmix_alpha must be 0 \(off\) or more, got -1\.0"):
         load_params(None, ["train.cutmix_alpha=-1"])
 
 
