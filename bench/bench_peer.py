@@ -2,11 +2,11 @@
 
 Ultralytics YOLOv8n-cls from scratch, as a new user runs it (`yolo classify train model=yolov8n-cls.yaml
 imgsz=112 epochs=18`, its defaults otherwise), and `sortflow train` with its defaults (no params.yaml:
-SGD at 0.1, gradients clipped at 2.0, the weight average) for PP-LCNet_x1_0 from scratch at 112 px, on the same TrashNet
-split (seed 42, 80/20): best val top-1 and wall time each. The ratio is taken at equal wall time: sortflow's
-best val top-1 among the epochs that had ended when the peer's wall time ran out (its cosine schedule
-unfinished, which only counts against it), since the two tools' speeds differ from one processor to the
-next. sortflow also runs at half its epochs, to show that more epochs do not make its result worse.
+SGD at 0.1, gradients clipped at 2.0, the weight average) for PP-LCNet_x1_0 from scratch at 112 px, on the
+same TrashNet split (seed 42, 80/20): best val top-1 and wall time each. The ratio is taken at equal wall
+time: sortflow's best val top-1 among the epochs that had ended when the peer's wall time ran out (its
+cosine schedule unfinished, which only counts against it), since the two tools' speeds differ from one
+processor to the next. sortflow also runs at half its epochs, to show that more epochs do not make its result worse.
 
 `--seeds N` repeats both tools with the seeds 1 to N-1 (after the default seeds, Ultralytics' 0 and
 sortflow's 42) and prints the mean of each: one run of 2,021 images from scratch moves by a few points with
@@ -103,7 +103,7 @@ def other_seeds(root: Path, folders: Path, seeds: int, first: tuple[float, float
     print(
         f"over {seeds} seeds each: YOLOv8n-cls mean {sum(theirs) / seeds:.4f} (range {min(theirs):.4f}-"
         f"{max(theirs):.4f}), sortflow mean {sum(mine) / seeds:.4f} (range {min(mine):.4f}-{max(mine):.4f}); "
-        f"ratio of the means {sum(mine) / sum(theirs):.3f}"
+        f"ratio of the means at equal wall time {sum(mine) / sum(theirs):.3f}"
     )
 
 
