@@ -105,6 +105,7 @@ class PublishParams:
     threads: int = 1
     decode_instances: int = 2
     bytes_inference: str = "auto"
+    max_queue_delay_us: int = 0
 
 
 @dataclass
@@ -250,6 +251,9 @@ _TRAIN_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     "drop_path_rate": (lambda v: 0 <= v < 1, "in [0, 1) (0 = off)"),
 }
 
+# publish.* integers: key -> the least value allowed
+_PUBLISH_LEAST = {"max_batch_size": 1, "instances": 1, "decode_instances": 1, "threads": 0, "max_queue_delay_us": 0}
+
 
 def _validate(params: Params) -> None:
     s = params.split
@@ -281,7 +285,7 @@ def _validate(params: Params) -> None:
             "publish.bytes_inference must be auto, local (the ONNX file runs in each decoding instance) or "
             f"classifier (<model>_bytes calls <model> through Triton), got {params.publish.bytes_inference!r}"
         )
-    for key, least in (("max_batch_size", 1), ("instances", 1), ("decode_instances", 1), ("threads", 0)):
+    for key, least in _PUBLISH_LEAST.items():
         if getattr(params.publish, key) < least:
             raise ParamsError(f"publish.{key} must be {least} or more, got {getattr(params.publish, key)}")
     _validate_monitoring(params)

@@ -101,7 +101,9 @@ def write_repository(
     published = _published(model_dir / str(info.version), version_files)  # refused before anything is written
     _write_config(
         model_dir / "config.pbtxt",
-        classifier_config(info, publish.max_batch_size, kind, publish.instances, publish.threads),
+        classifier_config(
+            info, publish.max_batch_size, kind, publish.instances, publish.threads, publish.max_queue_delay_us
+        ),
     )
     atomic_write_text(model_dir / LABELS_FILE, "".join(f"{label}\n" for label in info.labels))
     if published:

@@ -74,13 +74,17 @@ def _parameters(values: dict[str, str]) -> str:
     return "\n".join(f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in sorted(values.items()))
 
 
-def classifier_config(info: ModelInfo, max_batch_size: int, kind: str, instances: int, threads: int) -> str:
+def classifier_config(
+    info: ModelInfo, max_batch_size: int, kind: str, instances: int, threads: int, queue_delay_us: int = 0
+) -> str:
     """The stock Triton config: onnxruntime_onnx, one NCHW image input, one FP32 vector output. It serves the
     published version by number (not the latest folder), so a rollback to a lower version serves that one.
     `threads` is onnxruntime's intra-op thread count per instance (the onnxruntime backend's parameter, which
-    sortflow's own runner reads too; 0 = onnxruntime's default)."""
+    sortflow's own runner reads too; 0 = onnxruntime's default). `queue_delay_us` is how long the dynamic
+    batcher may hold a request to fill a bigger batch (0: it runs what has arrived)."""
     size = info.image_size
     parameters = {**info.lineage, "intra_op_thread_count": str(threads)}
+    delay = f" max_queue_delay_microseconds: {queue_delay_us} " if queue_delay_us else " "
     return f"""name: "{info.name}"
 platform: "onnxruntime_onnx"
 max_batch_size: {max_batch_size}
@@ -92,7 +96,7 @@ output [
   {{ name: "{OUTPUT_NAME}" data_type: TYPE_FP32 dims: [ {len(info.labels)} ] label_filename: "{LABELS_FILE}" }}
 ]
 instance_group [ {{ count: {instances} kind: {kind} }} ]
-dynamic_batching {{ }}
+dynamic_batching {{{delay}}}
 model_warmup [
   {{
     name: "zeros"

@@ -98,6 +98,7 @@ def test_floats_in_exponent_notation_are_floats(tmp_path: Path, monkeypatch: pyt
         ("train.drop_rate=1", "train.drop_rate must be in [0, 1) (0 = off), got 1.0"),
         ("train.drop_path_rate=-0.1", "train.drop_path_rate must be in [0, 1) (0 = off), got -0.1"),
         ("train.clip_grad_norm=-1", "train.clip_grad_norm must be 0 (off) or more, got -1.0"),
+        ("publish.max_queue_delay_us=-5", "publish.max_queue_delay_us must be 0 or more, got -5"),
     ],
 )
 def test_bad_overrides(override: str, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
