@@ -591,6 +591,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Prefect waits 20 s for its temporary server (no PREFECT_API_URL); on a busy 2-core machine it has taken
+    # 21 s to start, and `sortflow run` then failed with "Timed out while attempting to connect".
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     # The steps' own log lines also go to the Prefect run logs (UI and API), not only to this terminal.
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "components")
     os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")  # outside a run: terminal only
