@@ -75,7 +75,7 @@ def _parameters(values: dict[str, str]) -> str:
 
 
 def classifier_config(
-    info: ModelInfo, max_batch_size: int, kind: str, instances: int, threads: int, queue_delay_us: int = 0
+    info: ModelInfo, max_batch_size: int, kind: str, instances: int, threads: int, queue_delay_us: int
 ) -> str:
     """The stock Triton config: onnxruntime_onnx, one NCHW image input, one FP32 vector output. It serves the
     published version by number (not the latest folder), so a rollback to a lower version serves that one.

@@ -14,7 +14,7 @@ from components.triton_config import ModelInfo, parse_config
 INFO = ModelInfo("waste", 3, 32, 36, "bicubic", ["glass", "metal", "paper"], {})
 
 
-def _published_config(tmp_path: Path, *overrides: str) -> object:
+def _published_model(tmp_path: Path, *overrides: str) -> Path:
     onnx = tmp_path / "model.onnx"
     onnx.write_bytes(b"not parsed by publish")
     params = load_params(None, [f"publish.repo={tmp_path / 'repo'}", *overrides])
@@ -27,7 +27,7 @@ def test_queue_delay_reaches_both_servers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, delay: str | None, expected: int
 ) -> None:
     monkeypatch.chdir(tmp_path)  # the defaults, not the repository's params.yaml
-    model = _published_config(tmp_path, *([f"publish.max_queue_delay_us={delay}"] if delay else []))
+    model = _published_model(tmp_path, *([f"publish.max_queue_delay_us={delay}"] if delay else []))
     stock = parse_config((model / "config.pbtxt").read_text(), "stock")
     assert stock.platform == "onnxruntime_onnx" and stock.HasField("dynamic_batching")
     assert stock.dynamic_batching.max_queue_delay_microseconds == expected
