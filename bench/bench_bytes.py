@@ -32,8 +32,8 @@ import bench_monitor  # noqa: E402
 from bench_monitor import lite0_training, server_ports  # noqa: E402
 from bench_train import OUT, dataset  # noqa: E402
 
-from components.bench_serve import image_files, run_level  # noqa: E402
-from components.serve import resident_memory  # noqa: E402
+from components.steps.bench_serve import image_files, run_level  # noqa: E402
+from components.steps.serve import resident_memory  # noqa: E402
 from components.triton_models.preprocess import preprocess  # noqa: E402
 
 WORK = OUT / "bytes"
@@ -110,7 +110,7 @@ def torch_preprocess(data: bytes, size: int, resize: int, interpolation: str) ->
 
 def in_process(files: list[bytes], fn: object, config: dict[str, str], seconds: float) -> float:
     """Frames/s of decode + resize + crop + onnxruntime (batch 1) in this process, cycling over `files`."""
-    from components.onnx_io import onnx_session
+    from components.model.onnx_session import onnx_session
 
     session = onnx_session(WORK / "output/export/model.onnx")
     size, resize, interpolation = int(config["image_size"]), int(config["resize_size"]), config["interpolation"]

@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from bench_train import OUT, SORTFLOW, dataset  # noqa: E402
 
-from components.config import load_params  # noqa: E402
+from components.core.config import load_params  # noqa: E402
 
 WORK = OUT / "monitor"
 WINDOW, CONCURRENCY = 200, 4
@@ -170,7 +170,7 @@ def captured(folder: Path) -> int:
 
 
 def detection(on: list[str], val: list[tuple[Path, int]], labels: list[str]) -> dict[str, list[bool]]:
-    from components.traffic import drift_tests, live_table, load_profile, served_window
+    from components.traffic.windows import drift_tests, live_table, load_profile, served_window
 
     params = load_params(None, on[1::2])
     os.chdir(WORK)
@@ -192,7 +192,7 @@ def detection(on: list[str], val: list[tuple[Path, int]], labels: list[str]) -> 
 
 def monitor_10k(on: list[str], val: list[tuple[Path, int]]) -> float:
     """Write 10,000 captured requests (val images, their real probabilities) and time `sortflow monitor`."""
-    from components.onnx_io import onnx_probabilities, onnx_session, raw_images
+    from components.model.onnx_session import onnx_probabilities, onnx_session, raw_images
     from components.triton_models.capture import Capture
 
     params = load_params(None, on[1::2])

@@ -43,8 +43,9 @@ def bare(project: Path) -> dict[str, float]:
     code = """
 import json, sys, time
 t0 = time.perf_counter()
-from components.config import load_params
-from components import dvc_data, check_dataset, split, train, evaluate, export, register, publish
+from components.core.config import load_params
+from components.integrations import dvc_data
+from components.steps import check_dataset, evaluate, export, publish, register, split, train
 params = load_params("params.yaml")
 steps = {
     "pull": lambda: dvc_data.pull(params.dataset.dir),

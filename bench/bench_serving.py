@@ -24,10 +24,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from components.config import Params  # noqa: E402
-from components.deployable import Deployable, export_onnx  # noqa: E402
-from components.models import create_model, get_spec  # noqa: E402
-from components.onnx_io import onnx_session  # noqa: E402
+from components.core.config import Params  # noqa: E402
+from components.model.deployable import Deployable, export_onnx  # noqa: E402
+from components.model.onnx_session import onnx_session  # noqa: E402
+from components.model.zoo import create_model, get_spec  # noqa: E402
 
 SIZE = 224
 
@@ -116,11 +116,11 @@ SETTINGS = {"threads 0 (pixel clients)": 0, "threads 1 (default)": 1}  # publish
 def triton(out: Path, onnx_file: Path, label: str, size: int, rounds: int = 3) -> None:
     """Pixel requests at concurrency 1, 4 and 8 over gRPC and over shared memory, for each SETTINGS value,
     in alternating rounds (medians) next to in-process onnxruntime; then the servers' resident memory."""
-    from components import serve
-    from components.bench_serve import BenchConfig, bench_serve
-    from components.publish import write_repository
-    from components.serve import resident_memory
-    from components.triton_config import ModelInfo
+    from components.integrations.triton_config import ModelInfo
+    from components.steps import serve
+    from components.steps.bench_serve import BenchConfig, bench_serve
+    from components.steps.publish import write_repository
+    from components.steps.serve import resident_memory
 
     images = photos(out / f"photos-{size}", size)
     servers = {}

@@ -9,7 +9,7 @@ from typing import Any
 def __getattr__(name: str) -> Any:
     # Lazy, so that `import components.<step>` does not pull in onnxruntime and torch.
     if name == "create_pipeline":
-        from components.predict import create_pipeline
+        from components.steps.predict import create_pipeline
 
         return create_pipeline
     raise AttributeError(name)

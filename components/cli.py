@@ -12,8 +12,8 @@ from typing import Any
 
 import yaml
 
-from components.config import Params, load_params, valid_keys
-from components.errors import ServiceError, SortflowError
+from components.core.config import Params, load_params, valid_keys
+from components.core.errors import ServiceError, SortflowError
 
 
 def _common() -> argparse.ArgumentParser:
@@ -38,8 +38,8 @@ def _params(args: argparse.Namespace) -> Params:
 
 
 def _check(params: Params) -> int:
-    from components.check_dataset import check_step
-    from components.dataset_checks import format_report
+    from components.data.expectations import format_report
+    from components.steps.check_dataset import check_step
 
     outcome = check_step(params)
     if outcome.resplit:
@@ -53,7 +53,7 @@ def cmd_check_dataset(args: argparse.Namespace) -> int:
 
 
 def cmd_split(args: argparse.Namespace) -> int:
-    from components.split import split_step
+    from components.steps.split import split_step
 
     params = _params(args)
     if not params.split.output:
@@ -69,7 +69,7 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from components.convert import convert_folders
+    from components.steps.convert import convert_folders
 
     params = _params(args)
     result = convert_folders(args.src, args.dst, params.split, link=params.dataset.link)
@@ -78,7 +78,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from components.demo_data import demo_step
+    from components.steps.demo_data import demo_step
 
     result = demo_step(args.dst, force=args.force)
     print(f"Demo dataset in {args.dst}: {result.classes} classes, {result.train} train, {result.val} val")
@@ -86,7 +86,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_add_reviewed(args: argparse.Namespace) -> int:
-    from components.add_reviewed import add_reviewed
+    from components.steps.add_reviewed import add_reviewed
 
     r = add_reviewed(_params(args), args.file)
     print(
@@ -99,7 +99,7 @@ def cmd_add_reviewed(args: argparse.Namespace) -> int:
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
-    from components.monitor import DRIFT_EXIT, RESULT_FILE, format_result, monitor
+    from components.steps.monitor import DRIFT_EXIT, RESULT_FILE, format_result, monitor
 
     params = _params(args)
     result = monitor(params)
@@ -109,7 +109,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 
 
 def cmd_review(args: argparse.Namespace) -> int:
-    from components.review import review
+    from components.steps.review import review
 
     result = review(_params(args))
     print(
@@ -121,7 +121,7 @@ def cmd_review(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from components.train import run_training
+    from components.steps.train import run_training
 
     result = run_training(_params(args), args.argv)
     if result is not None and int(os.environ.get("RANK", 0)) == 0:
@@ -131,7 +131,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from components.evaluate import evaluate
+    from components.steps.evaluate import evaluate
 
     params = _params(args)
     result = evaluate(params)
@@ -144,8 +144,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from components.export import export
-    from components.model_io import MODEL_FILE
+    from components.model.contract import MODEL_FILE
+    from components.steps.export import export
 
     params = _params(args)
     result = export(params)
@@ -165,7 +165,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_register(args: argparse.Namespace) -> int:
-    from components.register import register
+    from components.steps.register import register
 
     result = register(_params(args))
     print(f"Registered {result['model_name']} version {result['version']}: {result['decision']}")
@@ -173,8 +173,8 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 
 def _publish(params: Params) -> int:
-    from components.publish import publish
-    from components.serve import reload_if_running
+    from components.steps.publish import publish
+    from components.steps.serve import reload_if_running
 
     result = publish(params)
     reloaded = reload_if_running(params, result["models"])
@@ -190,7 +190,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    from components import promote
+    from components.steps import promote
 
     params = _params(args)
     if args.command == "promote":
@@ -208,7 +208,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    from components.promote import history
+    from components.steps.promote import history
 
     rows = history(_params(args))
     if not rows:
@@ -222,7 +222,7 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def _serve_status(params: Params) -> int:
-    from components.serve import inspect
+    from components.steps.serve import inspect
 
     report = inspect(params)
     if report["status"] == "stopped":
@@ -242,7 +242,7 @@ def _serve_status(params: Params) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from components import serve
+    from components.steps import serve
 
     params = _params(args)
     if args.stop:
@@ -266,7 +266,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from components.predict import command_config, create_pipeline
+    from components.steps.predict import command_config, create_pipeline
 
     config = command_config(_params(args), args.config, args.model, args.topk, args.triton)
     failed = 0
@@ -283,8 +283,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_serve(args: argparse.Namespace) -> int:
-    from components.bench_serve import BenchConfig, as_records, bench_serve, format_table
-    from components.serve import client_host
+    from components.steps.bench_serve import BenchConfig, as_records, bench_serve, format_table
+    from components.steps.serve import client_host
 
     params = _params(args)
     config = BenchConfig(
@@ -303,7 +303,7 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
     if args.json:
         from pathlib import Path
 
-        from components.fsutil import atomic_write_json
+        from components.core.fsutil import atomic_write_json
 
         atomic_write_json(Path(args.json), {"url": config.url, "model": config.model, "levels": as_records(results)})
     return 1 if any(r.errors for r in results) else 0
@@ -322,7 +322,7 @@ def _concurrency(text: str) -> list[int]:
 def cmd_get_pipeline_config(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from components.predict import PipelineConfig
+    from components.steps.predict import PipelineConfig
 
     params = _params(args)
     config = PipelineConfig(model_dir=params.export.output, triton_model=params.register.model_name)
@@ -390,7 +390,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from components.summary import pipeline_summary, summary_markdown
+    from components.steps.summary import pipeline_summary, summary_markdown
 
     print(summary_markdown(pipeline_summary(_params(args))), end="")
     return 0
@@ -407,7 +407,7 @@ def _print_table(columns: list[str], rows: list[dict]) -> None:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from components.models import model_table
+    from components.model.zoo import model_table
 
     rows = model_table()
     for row in rows:
@@ -417,7 +417,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from components.tracking import compare_runs
+    from components.integrations.mlflow_tracking import compare_runs
 
     columns, rows = compare_runs(_params(args).mlflow, limit=args.limit)
     if not rows:

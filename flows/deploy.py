@@ -16,8 +16,8 @@ from prefect import deploy, serve
 from prefect.deployments.runner import EntrypointType
 from prefect.schedules import Cron
 
-from components.config import Params
-from components.errors import SortflowError
+from components.core.config import Params
+from components.core.errors import SortflowError
 
 # (flow function in flows/pipeline.py, deployment name, params.yaml deploy key of its cron, description)
 DEPLOYMENTS = (

@@ -16,8 +16,8 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
-from components.config import Params, load_params
-from components.errors import ServiceError, SortflowError
+from components.core.config import Params, load_params
+from components.core.errors import ServiceError, SortflowError
 
 
 def _transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -48,7 +48,7 @@ def resolve_params(params_file: str | None, overrides: dict[str, Any] | None) ->
 @service_step(name="new-data")
 def new_data(params: Params) -> tuple[bool, str]:
     """Whether the dataset's DVC version differs from the one the champion was trained on."""
-    from components.registry import training_needed
+    from components.integrations.mlflow_registry import training_needed
 
     needed, reason = training_needed(params)
     get_run_logger().info(reason)
@@ -57,7 +57,7 @@ def new_data(params: Params) -> tuple[bool, str]:
 
 @service_step(name="pull-data")
 def pull_data(params: Params) -> str:
-    from components.dvc_data import pull
+    from components.integrations.dvc_data import pull
 
     done = pull(params.dataset.dir)
     get_run_logger().info(done)
@@ -67,8 +67,8 @@ def pull_data(params: Params) -> str:
 @step(name="check-dataset")
 def check(params: Params) -> dict[str, Any]:
     """check-dataset; its report becomes an artifact, and a failed check stops the flow."""
-    from components.check_dataset import check_step
-    from components.dataset_checks import data_docs_index, format_report
+    from components.data.expectations import data_docs_index, format_report
+    from components.steps.check_dataset import check_step
 
     outcome = check_step(params)
     report = outcome.report
@@ -86,7 +86,7 @@ def check(params: Params) -> dict[str, Any]:
 def split(params: Params) -> dict[str, int] | None:
     from dataclasses import asdict
 
-    from components.split import split_step
+    from components.steps.split import split_step
 
     result = split_step(params)
     return asdict(result) if result else None
@@ -94,7 +94,7 @@ def split(params: Params) -> dict[str, int] | None:
 
 @step(name="train")
 def train(params: Params, params_file: str | None, overrides: dict[str, Any] | None) -> dict[str, Any]:
-    from components.train import run_training
+    from components.steps.train import run_training
 
     # The command that several GPUs relaunch under torchrun: `sortflow train` with this flow's parameters.
     argv = ["train", *(["--params", params_file] if params_file else [])]
@@ -108,21 +108,21 @@ def train(params: Params, params_file: str | None, overrides: dict[str, Any] | N
 
 @step(name="evaluate")
 def evaluate(params: Params) -> dict[str, Any]:
-    from components.evaluate import evaluate as evaluate_model
+    from components.steps.evaluate import evaluate as evaluate_model
 
     return evaluate_model(params)
 
 
 @step(name="export")
 def export(params: Params) -> dict[str, Any]:
-    from components.export import export as export_model
+    from components.steps.export import export as export_model
 
     return export_model(params)
 
 
 @service_step(name="register")
 def register(params: Params) -> dict[str, Any]:
-    from components.register import register as register_model
+    from components.steps.register import register as register_model
 
     return register_model(params)
 
@@ -130,8 +130,8 @@ def register(params: Params) -> dict[str, Any]:
 @service_step(name="publish")
 def publish(params: Params) -> dict[str, Any]:
     """Publish the champion, then load it into the running Triton server, if there is one."""
-    from components.publish import publish as publish_model
-    from components.serve import reload_if_running
+    from components.steps.publish import publish as publish_model
+    from components.steps.serve import reload_if_running
 
     published = publish_model(params)
     return {**published, "reloaded": reload_if_running(params, published["models"])}
@@ -139,13 +139,13 @@ def publish(params: Params) -> dict[str, Any]:
 
 @service_step(name="serve")
 def serve(params: Params) -> dict[str, Any]:
-    from components import serve as triton
+    from components.steps import serve as triton
 
     return triton.status(params) or triton.start(params)
 
 
 def _summary_artifact(params: Params, key: str) -> str:
-    from components.summary import pipeline_summary, summary_markdown
+    from components.steps.summary import pipeline_summary, summary_markdown
 
     markdown = summary_markdown(pipeline_summary(params))
     create_markdown_artifact(markdown, key=key, description="dataset, accuracy, promotion and the served model")
@@ -184,8 +184,8 @@ def data_check(overrides: dict[str, Any] | None = None, params_file: str | None 
 @service_step(name="set-champion")
 def set_champion(params: Params, version: int | None, rollback: bool, reason: str) -> dict[str, Any]:
     """Move the registry's champion by hand: to `version`, or back to the previous champion."""
-    from components import promote
-    from components.registry import who
+    from components.integrations.mlflow_registry import who
+    from components.steps import promote
 
     by = f"prefect flow run ({who()})"
     return promote.rollback(params, reason, by) if rollback else promote.promote(params, version, reason, by)
@@ -215,7 +215,7 @@ def promote_and_serve(
 
 @service_step(name="monitor-window")
 def monitor_window(params: Params) -> dict[str, Any]:
-    from components.monitor import monitor
+    from components.steps.monitor import monitor
 
     return monitor(params)
 
@@ -229,7 +229,7 @@ def monitor(overrides: dict[str, Any] | None = None, params_file: str | None = N
     from prefect.events import emit_event
     from prefect.states import Completed
 
-    from components.monitor import format_result
+    from components.steps.monitor import format_result
 
     params = resolve_params(params_file, overrides)
     result = monitor_window(params)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from components.bench_serve import image_files, percentile
 from components.cli import main
-from components.errors import SortflowError
+from components.core.errors import SortflowError
+from components.steps.bench_serve import image_files, percentile
 
 
 def test_nearest_rank_percentiles() -> None:

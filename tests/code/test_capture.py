@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from components.capture_store import read_window
-from components.errors import SortflowError
+from components.core.errors import SortflowError
+from components.traffic.captures import read_window
 from components.triton_models.capture import IMAGES, RECORDS, Capture, sniff_ext
 
 JPEG = b"\xff\xd8\xff\xe0" + b"x" * 1000

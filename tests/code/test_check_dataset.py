@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from components.config import DatasetParams
-from components.dataset_checks import build_manifest, check_dataset
+from components.core.config import DatasetParams
+from components.data.expectations import build_manifest, check_dataset
 from tests.helpers import snapshot, write_image
 
 Run = Callable[..., tuple[int, str, str]]

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from components.config import Params, load_params, valid_keys
-from components.errors import ParamsError
+from components.core.config import Params, load_params, valid_keys
+from components.core.errors import ParamsError
 
 FIXED_NAMES = [
     "dataset.dir",
@@ -132,7 +132,7 @@ def test_bad_params_file(tmp_path: Path) -> None:
 
 
 def test_every_params_file_in_the_repository_loads() -> None:
-    from components.config import load_params
+    from components.core.config import load_params
 
     root = Path(__file__).resolve().parents[2]
     files = sorted(root.glob("params*.yaml"))

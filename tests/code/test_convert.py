@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from components.cls_dataset import read_labels, read_list
+from components.data.cls_dataset import read_labels, read_list
 from tests.helpers import folder_dataset, snapshot, write_image
 
 Run = Callable[..., tuple[int, str, str]]

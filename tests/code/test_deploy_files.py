@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from components.cli import build_parser
-from components.config import Params
-from components.deployable import OPSET
+from components.core.config import Params
+from components.model.deployable import OPSET
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from components.devices import DeviceSpec, parse_device, visible_devices
-from components.errors import ParamsError, SortflowError
+from components.core.devices import DeviceSpec, parse_device, visible_devices
+from components.core.errors import ParamsError, SortflowError
 
 
 @pytest.mark.parametrize(
@@ -71,7 +71,7 @@ def test_a_gpu_that_is_not_visible_is_named_with_what_is() -> None:
 def test_torchrun_children_see_only_their_mapped_gpus(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     import torch
 
-    from components import train
+    from components.steps import train
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
@@ -91,7 +91,7 @@ def test_triton_runner_takes_cuda_on_its_own_gpu_or_fails() -> None:
 
 
 def test_gpu_inference_that_fell_back_to_the_cpu_is_an_error() -> None:
-    from components.onnx_io import require_cuda
+    from components.model.onnx_session import require_cuda
 
     require_cuda(["CUDAExecutionProvider", "CPUExecutionProvider"], "gpu")
     with pytest.raises(SortflowError, match="did not load its CUDA provider"):
@@ -99,7 +99,7 @@ def test_gpu_inference_that_fell_back_to_the_cpu_is_an_error() -> None:
 
 
 def test_instance_kind_is_cpu_or_gpu() -> None:
-    from components.config import load_params
+    from components.core.config import load_params
 
     assert load_params(None, ["publish.instance_kind=gpu"]).publish.instance_kind == "gpu"
     with pytest.raises(ParamsError, match=r"publish\.instance_kind must be cpu or gpu"):

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance, ImageFilter
 
-from components import drift
-from components.images import image_stats
+from components.data.images import image_stats
+from components.traffic import drift
 
 
 def test_class_mix_matches_scipy_and_sees_a_dominant_class() -> None:
@@ -81,7 +81,7 @@ def test_image_stats_see_darker_grayscale_and_blurred_photos() -> None:
 
 def test_profile_statistics_equal_live_ones_for_the_same_images(tmp_path) -> None:
     """Constant statistics (every photo 4:3) must compare equal, not as two separated distributions."""
-    from components.profiles import reference_profile
+    from components.traffic.profiles import reference_profile
 
     paths = []
     for i in range(30):

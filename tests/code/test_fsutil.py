@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from components.fsutil import atomic_write_text, staged_dir, umask
+from components.core.fsutil import atomic_write_text, staged_dir, umask
 
 
 @pytest.mark.parametrize("mask", [0o022, 0o027, 0o077])

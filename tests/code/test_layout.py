@@ -1,59 +1,38 @@
-"""The shape of `components/`: short functions, layers without cycles, steps that do not import each other,
-and a README map that names every module."""
+"""The shape of `components/`: packages by layer, short functions, no import cycles, steps that do not import
+each other, and a layout page that names every module."""
 
 from __future__ import annotations
 
 import ast
 import re
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-COMPONENTS = ROOT / "components"
+from tests.support.imports import COMPONENTS, ROOT, imports, modules
+
 MAX_LINES = 80
 # Declarative tables, allowed to be long: the GX expectation list.
-TABLES = {("dataset_checks", "_expectations")}
-STEPS = {
-    "check_dataset",
-    "split",
-    "convert",
-    "demo_data",
-    "train",
-    "evaluate",
-    "export",
-    "register",
-    "publish",
-    "serve",
-    "predict",
-    "summary",
-    "monitor",
-    "review",
-    "add_reviewed",
-    "promote",
-    "bench_serve",
-}
-ENTRY = {"cli"}
+TABLES = {("data.expectations", "_expectations")}
+TOP_LEVEL = {"__init__.py", "__main__.py", "cli.py"}
+HELPERS = ("data", "model", "traffic", "integrations")
+# What each layer may import: steps use helpers and the base, helpers each other and the base, the base itself.
+MAY_IMPORT = {"steps": {*HELPERS, "core"}, **{h: {*HELPERS, "core"} for h in HELPERS}, "core": {"core"}}
 
 
-def _modules() -> dict[str, ast.Module]:
-    return {p.stem: ast.parse(p.read_text()) for p in sorted(COMPONENTS.glob("*.py")) if p.stem != "__init__"}
+def _layer(name: str) -> str:
+    return name.split(".")[0]
 
 
-def _imports(tree: ast.Module) -> set[str]:
-    """`components` modules imported anywhere in the module, lazily or not."""
-    found = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("components"):
-            parts = node.module.split(".")
-            found |= {parts[1]} if len(parts) > 1 else {a.name for a in node.names}
-        elif isinstance(node, ast.Import):
-            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("components.")}
-    return found - {"triton_models"}
+def test_components_has_only_the_entry_point_at_its_top() -> None:
+    loose = {p.name for p in COMPONENTS.glob("*.py")} - TOP_LEVEL
+    assert loose == set(), "modules outside a package"
+    packages = {p.name for p in COMPONENTS.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert packages == {"steps", "core", "triton_models", *HELPERS}
+    assert all((COMPONENTS / p / "__init__.py").is_file() for p in packages)
 
 
 def test_no_function_is_longer_than_a_screen() -> None:
     long = [
         f"{name}.{node.name}: {node.end_lineno - node.lineno + 1} lines"
-        for name, tree in _modules().items()
+        for name, tree in modules().items()
         for node in ast.walk(tree)
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
         and node.end_lineno - node.lineno + 1 > MAX_LINES
@@ -63,7 +42,7 @@ def test_no_function_is_longer_than_a_screen() -> None:
 
 
 def test_modules_form_layers_without_cycles() -> None:
-    graph = {name: _imports(tree) for name, tree in _modules().items()}
+    graph = {name: imports(tree) for name, tree in modules().items()}
     assert set().union(*graph.values()) <= set(graph), "imports of modules that do not exist"
     done: set[str] = set()
 
@@ -79,20 +58,26 @@ def test_modules_form_layers_without_cycles() -> None:
         visit(name, ())
 
 
-def test_steps_import_only_helpers() -> None:
-    """A step module never imports another step (nor the CLI): what two steps share lives in a helper."""
-    graph = {name: _imports(tree) for name, tree in _modules().items()}
-    assert set(graph) >= STEPS | ENTRY
-    crossing = {step: sorted(graph[step] & (STEPS | ENTRY)) for step in STEPS if graph[step] & (STEPS | ENTRY)}
-    assert crossing == {}
-    helpers = set(graph) - STEPS - ENTRY
-    upward = {h: sorted(graph[h] & (STEPS | ENTRY)) for h in helpers if graph[h] & (STEPS | ENTRY)}
-    assert upward == {}
+def test_each_layer_imports_only_what_is_below_it() -> None:
+    """A step never imports another step (nor the CLI): what two steps share lives in a helper. Helpers never
+    import steps, and the base imports only the base."""
+    graph = {name: imports(tree) for name, tree in modules().items() if name != "cli"}
+    crossing = {
+        name: sorted(dep for dep in deps if _layer(dep) not in MAY_IMPORT[_layer(name)])
+        for name, deps in graph.items()
+    }
+    assert {name: deps for name, deps in crossing.items() if deps} == {}
 
 
-def test_readme_layout_names_every_module() -> None:
-    section = (ROOT / "README.md").read_text().split("## Layout", 1)[1].split("\n## ", 1)[0]
-    named = set(re.findall(r"`(\w+)\.py`", section))
-    assert set(_modules()) - named == set(), "modules the README's layout does not name"
-    existing = {p.stem for p in COMPONENTS.rglob("*.py")}
-    assert named - existing == set(), "modules the README's layout names but that do not exist"
+def test_triton_model_files_import_nothing_from_sortflow() -> None:
+    for path in (COMPONENTS / "triton_models").glob("*.py"):
+        assert "components" not in path.read_text(), path.name
+
+
+def test_layout_page_names_every_module() -> None:
+    page = (ROOT / "README.md").read_text().split("## Layout", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"`([\w/]+)\.py`", page))
+    paths = {name.replace(".", "/") for name in modules()}
+    paths |= {f"triton_models/{p.stem}" for p in (COMPONENTS / "triton_models").glob("*.py")} | {"cli"}
+    assert paths - {"triton_models/__init__"} - named == set(), "paths the layout does not name"
+    assert {n for n in named if n.split("/")[0] in MAY_IMPORT or n.startswith("triton_models")} <= paths

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from components.config import load_params
-from components.errors import ParamsError
-from components.loader import DataConfig, batch_mixer, transform
+from components.core.config import load_params
+from components.core.errors import ParamsError
+from components.data.loader import DataConfig, batch_mixer, transform
 
 
 def test_resize_size_round_trips_through_crop_pct() -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from components.locks import lock_path, output_lock
+from components.core.locks import lock_path, output_lock
 from tests.helpers import record_figure
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # lines would show two writers at once.
 WRITER = """
 import logging, sys, time
-from components.locks import output_lock
+from components.core.locks import output_lock
 logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
 output, journal, pause = sys.argv[1], sys.argv[2], float(sys.argv[3])
 with output_lock(output, "test writer"):
@@ -70,7 +70,7 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path: Path, caplog: p
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait(10)
     started = time.monotonic()
-    with caplog.at_level(logging.WARNING, logger="components.locks"), output_lock(tmp_path / "out", "rerun"):
+    with caplog.at_level(logging.WARNING, logger="components.core.locks"), output_lock(tmp_path / "out", "rerun"):
         pass
     assert time.monotonic() - started < 5  # the kernel dropped the dead holder's lock: no waiting
     assert f"left by pid {holder['pid']}" in caplog.text and "no longer running" in caplog.text

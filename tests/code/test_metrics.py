@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-from components.metrics import class_metrics
+from components.model.metrics import class_metrics
 
 
 def test_class_metrics_match_scikit_learn_including_empty_classes() -> None:

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from components.config import TrainParams
-from components.optim import WeightAverage, build_optimizer
+from components.core.config import TrainParams
+from components.model.optim import WeightAverage, build_optimizer
 
 
 @pytest.mark.parametrize(("name", "kind"), [("sgd", torch.optim.SGD), ("adamw", torch.optim.AdamW)])

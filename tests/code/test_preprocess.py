@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from components.images import load_rgb
-from components.loader import transform
-from components.model_io import DataConfig
+from components.data.images import load_rgb
+from components.data.loader import transform
+from components.model.contract import DataConfig
 from components.triton_models.preprocess import DRAFT_MARGIN, preprocess
 
 EXACT = (2.0, 0.02)  # max and mean absolute difference, in 0-255 levels, without DCT scaling

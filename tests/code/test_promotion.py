@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from components.register import Comparison, decide_promotion
+from components.steps.register import Comparison, decide_promotion
 
 
 def test_first_version_becomes_champion() -> None:
@@ -49,7 +49,7 @@ def test_champion_that_cannot_be_compared_is_replaced() -> None:
 
 
 def test_rollback_goes_back_one_champion_per_call() -> None:
-    from components.registry import ChampionChange, rollback_target
+    from components.integrations.mlflow_registry import ChampionChange, rollback_target
 
     def change(version: int, previous: int | None, rollback: bool = False) -> ChampionChange:
         return ChampionChange("2026-12-01T00:00:00+00:00", version, previous, "me@host", "why", rollback)

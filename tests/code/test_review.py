@@ -14,7 +14,7 @@ Run = Callable[..., tuple[int, str, str]]
 
 
 def test_queue_puts_the_unsure_first_then_the_drift_drivers_each_image_once() -> None:
-    from components.review import review_queue
+    from components.steps.review import review_queue
 
     live = pd.DataFrame(
         {

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from components.config import MlflowParams, load_params
-from components.errors import DatasetError, ServiceError, SortflowError
+from components.core.config import MlflowParams, load_params
+from components.core.errors import DatasetError, ServiceError, SortflowError
 from tests.helpers import free_port
 
 
 def test_registry_download_from_a_store_that_does_not_answer(monkeypatch: pytest.MonkeyPatch) -> None:
-    from components.registry import downloaded
+    from components.integrations.mlflow_registry import downloaded
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     url = f"http://127.0.0.1:{free_port()}"
@@ -28,7 +28,7 @@ def test_registry_download_from_a_store_that_does_not_answer(monkeypatch: pytest
 
 def test_reload_in_a_triton_server_that_does_not_answer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A server whose process lives but whose port answers nothing: the files are published, the load is not."""
-    from components.serve import STATE_FILE, reload_if_running
+    from components.steps.serve import STATE_FILE, reload_if_running
 
     monkeypatch.chdir(tmp_path)
     params = load_params(None, [f"serve.workdir={tmp_path}/serve", f"publish.repo={tmp_path}/repo"])
@@ -47,7 +47,7 @@ def test_reload_in_a_triton_server_that_does_not_answer(tmp_path: Path, monkeypa
 
 
 def test_predict_through_triton_that_does_not_answer() -> None:
-    from components.predict import create_pipeline
+    from components.steps.predict import create_pipeline
 
     url = f"127.0.0.1:{free_port()}"
     with pytest.raises(ServiceError, match=rf"no Triton server answers at {url}.*sortflow serve"):
@@ -70,7 +70,7 @@ def test_flows_retry_service_failures_only() -> None:
 
 
 def test_a_server_reachable_from_other_machines_says_so() -> None:
-    from components.serve import exposure_warning
+    from components.steps.serve import exposure_warning
 
     for host in ("127.0.0.1", "127.0.0.2", "::1", "localhost"):
         assert exposure_warning(host, [8001]) is None, host

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from components.cls_dataset import read_list
-from components.config import SplitParams
-from components.errors import DatasetError
-from components.splitting import split_dataset, stratified_split
+from components.core.config import SplitParams
+from components.core.errors import DatasetError
+from components.data.cls_dataset import read_list
+from components.data.partition import split_dataset, stratified_split
 from tests.helpers import cls_dataset, snapshot
 
 Run = Callable[..., tuple[int, str, str]]

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-import components.dataset_checks as dataset_checks
-from components.errors import DatasetError
+import components.data.expectations as dataset_checks
+from components.core.errors import DatasetError
 from tests.helpers import folder_dataset, write_image
 
 Run = Callable[..., tuple[int, str, str]]
@@ -52,9 +52,9 @@ def test_a_link_inside_the_root_is_fine(run_cli: Run, dataset: Path) -> None:
 
 
 def test_split_and_the_loader_refuse_it(dataset: Path, outside: Path, tmp_path: Path) -> None:
-    from components.config import SplitParams
-    from components.loader import read_split
-    from components.splitting import split_into
+    from components.core.config import SplitParams
+    from components.data.loader import read_split
+    from components.data.partition import split_into
 
     line = _link_in(dataset, outside)
     with pytest.raises(DatasetError, match=rf"train.txt:{line}: path 'images/glass/link.jpg' leaves the dataset root"):

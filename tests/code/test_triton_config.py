@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from components.config import load_params
-from components.publish import write_repository
-from components.serve import runtime_model
-from components.triton_config import ModelInfo, parse_config
+from components.core.config import load_params
+from components.integrations.triton_config import ModelInfo, parse_config
+from components.steps.publish import write_repository
+from components.steps.serve import runtime_model
 
 INFO = ModelInfo("waste", 3, 32, 36, "bicubic", ["glass", "metal", "paper"], {})
 

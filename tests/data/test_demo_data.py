@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.cls_dataset import read_labels, read_list
-from components.demo_data import build_demo_dataset
+from components.data.cls_dataset import read_labels, read_list
+from components.steps.demo_data import build_demo_dataset
 from tests.helpers import snapshot
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from components.deployable import Deployable, export_onnx
-from components.errors import SortflowError
-from components.export import check_parity
-from components.models import create_model, get_spec
-from components.onnx_io import onnx_probabilities, onnx_session
+from components.core.errors import SortflowError
+from components.model.deployable import Deployable, export_onnx
+from components.model.onnx_session import onnx_probabilities, onnx_session
+from components.model.zoo import create_model, get_spec
+from components.steps.export import check_parity
 
 SIZE = 64
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field")

@@ -57,8 +57,8 @@ def test_ddp_over_nccl_on_two_gpus(dataset: Path, tmp_path: Path) -> None:
 def test_gpu_inference_runs_on_cuda_or_says_why(tmp_path: Path) -> None:
     import onnxruntime as ort
 
-    from components.errors import SortflowError
-    from components.onnx_io import onnx_session
+    from components.core.errors import SortflowError
+    from components.model.onnx_session import onnx_session
 
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2))
     path = tmp_path / "m.onnx"

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from components.errors import ParamsError
-from components.models import ZOO, create_model, get_spec, model_table
+from components.core.errors import ParamsError
+from components.model.zoo import ZOO, create_model, get_spec, model_table
 
 Run = Callable[..., tuple[int, str, str]]
 PADDLEX_NAMES = {

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import torch
 
-import components.train as train_module
-from components.checkpoints import load_checkpoint
+import components.steps.train as train_module
+from components.model.checkpoints import load_checkpoint
 from tests.helpers import TINY_TRAIN, overrides
 
 Run = Callable[..., tuple[int, str, str]]
@@ -338,7 +338,7 @@ def test_resume_on_another_number_of_processes_keeps_the_lr_schedule(tmp_path: P
 def _nonfinite_on_rank(rank: int, world: int, port: int, found: Any) -> None:
     import torch.distributed as distributed
 
-    from components.train import Dist, _nonfinite_ranks
+    from components.steps.train import Dist, _nonfinite_ranks
 
     distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
@@ -361,7 +361,7 @@ def test_a_nan_on_one_rank_stops_every_rank() -> None:
 
 
 def test_each_rank_augments_with_its_own_seed() -> None:
-    from components.train import augment_seed
+    from components.steps.train import augment_seed
 
     seeds = {augment_seed(42, epoch, rank) for epoch in range(1, 4) for rank in range(8)}
     assert len(seeds) == 24  # no two (epoch, rank) pairs share augmentation
@@ -392,7 +392,7 @@ def test_sigterm_ends_the_mlflow_run_killed(dataset: Path, tmp_path: Path) -> No
 
 def test_a_failed_distributed_run_names_the_failing_rank(tmp_path: Path) -> None:
     """The launcher's error carries the end of the failing rank's own output, which train.log never holds."""
-    from components.train import _rank_failure
+    from components.steps.train import _rank_failure
 
     for rank, text in (
         ("0", "epoch 1/2 ...\nSignal 15 (SIGTERM) received\n"),

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.config import load_params
+from components.core.config import load_params
 from tests.helpers import TINY_TRAIN, cls_dataset
 from tests.orchestration.services import (  # noqa: F401 (fixtures)
     command_env,

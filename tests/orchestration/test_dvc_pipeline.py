@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import json
 import re
 from pathlib import Path
@@ -10,29 +9,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.config import valid_keys
+from components.core.config import valid_keys
 from tests.orchestration.conftest import ROOT, sh
+from tests.support.imports import closure, module_path
 
 STAGES = ["check_dataset", "split", "train", "evaluate", "export", "register", "publish"]
 # Modules every command runs but whose changes cannot change a result (see the comment in dvc.yaml).
-NOT_DEPS = {"cli", "config", "errors"}
-
-
-def _imports(module: str) -> set[str]:
-    """`components` modules that `module` imports, at any depth, lazily or not."""
-    seen: set[str] = set()
-    todo = [module]
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        for node in ast.walk(ast.parse((ROOT / "components" / f"{name}.py").read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("components"):
-                parts = node.module.split(".")
-                found = [parts[1]] if len(parts) > 1 else [a.name for a in node.names]
-                todo += [m for m in found if m != "triton_models"]  # a folder: the publish stage's dep as a whole
-    return seen
+NOT_DEPS = {"cli", "core.config", "core.errors"}
 
 
 def test_stages_read_sections_of_params_and_depend_on_the_code_they_run() -> None:
@@ -42,8 +25,9 @@ def test_stages_read_sections_of_params_and_depend_on_the_code_they_run() -> Non
     sections = {k.split(".")[0] for k in keys}
     for name, stage in pipeline["stages"].items():
         assert stage["cmd"] == f"sortflow {name.replace('_', '-')}", name
-        code = {Path(d).stem for d in stage["deps"] if d.startswith("components/") and d.endswith(".py")}
-        assert code == _imports(name) - NOT_DEPS, name
+        code = {d for d in stage["deps"] if d.startswith("components/") and d.endswith(".py")}
+        expected = closure(f"steps.{name}") - NOT_DEPS
+        assert code == {str(module_path(m).relative_to(ROOT)) for m in expected}, name
         for key in stage["params"]:
             assert key in keys or key in sections, f"{name}: {key} is not a params.yaml key"
     assert "components/triton_models" in pipeline["stages"]["publish"]["deps"]

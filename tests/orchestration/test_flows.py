@@ -13,8 +13,8 @@ import httpx
 import pytest
 import yaml
 
-from components.errors import ParamsError
-from components.triton_config import parse_config
+from components.core.errors import ParamsError
+from components.integrations.triton_config import parse_config
 from tests.helpers import free_port
 from tests.orchestration.conftest import MODEL, command_env, project_copy, sh, stop_group
 
@@ -240,8 +240,8 @@ def test_failed_data_check_stops_both_paths_with_the_report(tmp_path: Path, pref
 
 
 def test_missing_dvc_remote_names_the_setting(tmp_path: Path) -> None:
-    from components.dvc_data import pull
-    from components.errors import ServiceError
+    from components.core.errors import ServiceError
+    from components.integrations.dvc_data import pull
 
     project = project_copy(tmp_path / "project")
     assert "nothing to pull" in pull(project / "data")

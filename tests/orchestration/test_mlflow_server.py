@@ -18,7 +18,7 @@ from tests.orchestration.conftest import MODEL, command_env, project_copy, sh
 # `sortflow register` in a process that has imported what it needs and waits for the start file, so that two of
 # them run the gate in the same instant, not a process start-up apart.
 AT_ONCE = """
-import sys, time, pathlib, mlflow, torch, onnxruntime, components.register
+import sys, time, pathlib, mlflow, torch, onnxruntime, components.steps.register
 from components.cli import main
 while not pathlib.Path(sys.argv[1]).exists():
     time.sleep(0.001)
@@ -34,7 +34,7 @@ def _client(uri: str):
 
 
 def _triton_parameters(project: Path) -> dict[str, str]:
-    from components.triton_config import parse_config
+    from components.integrations.triton_config import parse_config
 
     config = parse_config((project / "triton_repo" / MODEL / "config.pbtxt").read_text(), MODEL)
     return {k: v for k, v in config.parameters.items() if k != "mlflow_run_id"}
@@ -112,7 +112,7 @@ def test_two_machines_registering_at_once_get_distinct_versions_and_one_champion
     )
     assert [r["version"] for r in results] == [1, 2]
     assert results[1]["previous_champion_top1"] == pytest.approx(results[0]["val_top1"], abs=1e-6)  # gated vs 1
-    from components.registry import champion_history, champion_version
+    from components.integrations.mlflow_registry import champion_history, champion_version
 
     client = _client(mlflow_server)
     assert [(c.version, c.previous) for c in champion_history(client, "concurrent")] == [(1, None), (2, 1)]

@@ -159,8 +159,8 @@ def _registry_is_whole(project: Project) -> int:
     """Every version's files download, none is half-registered; returns the number of versions."""
     from mlflow.tracking import MlflowClient
 
-    from components.config import load_params
-    from components.registry import REGISTERING, champion_version, downloaded
+    from components.core.config import load_params
+    from components.integrations.mlflow_registry import REGISTERING, champion_version, downloaded
 
     params = load_params(None, project.args[1::2])
     client = MlflowClient(tracking_uri=params.mlflow.tracking_uri)
@@ -220,7 +220,7 @@ def test_publish_killed_leaves_a_repository_that_loads(straight: Straight, crash
 def test_two_publish_at_once_are_serialised(straight: Straight, crashed: Project) -> None:
     """Two `sortflow publish` (a scheduled flow and a person, say) while a third run holds the repository:
     each waits, told who holds the lock, then they run one after the other, and the repository loads."""
-    from components.locks import output_lock
+    from components.core.locks import output_lock
 
     if not (crashed.root / "triton_repo").is_dir():
         for command in ("check-dataset", "split", "train", "export", "register", "publish"):

@@ -51,8 +51,8 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> Release:
 @pytest.fixture(scope="module")
 def server(release: Release) -> Iterator[dict]:
     """A real Triton server (the one in nvidia-pytriton) on free ports; stopped afterwards."""
-    from components import serve
-    from components.config import load_params
+    from components.core.config import load_params
+    from components.steps import serve
 
     ports = [
         "-o",

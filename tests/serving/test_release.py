@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from components.errors import SortflowError
-from components.fsutil import umask
+from components.core.errors import SortflowError
+from components.core.fsutil import umask
 from tests.helpers import free_port
 from tests.serving.conftest import Release
 
@@ -24,7 +24,7 @@ def load(release: Release, path: str) -> dict:
 
 def params(release: Release, *extra: str):
     """The release's parameters as its commands resolve them: in its folder, which has no params.yaml."""
-    from components.config import load_params
+    from components.core.config import load_params
 
     cwd = os.getcwd()
     os.chdir(release.workdir)
@@ -35,14 +35,14 @@ def params(release: Release, *extra: str):
 
 
 def val_pixels(release: Release) -> np.ndarray:
-    from components.onnx_io import raw_images
+    from components.model.onnx_session import raw_images
 
     images, _ = raw_images(release.dataset, "val", load(release, "output/export/export_result.json")["data_config"])
     return images
 
 
 def local_probabilities(release: Release, images: np.ndarray) -> np.ndarray:
-    from components.onnx_io import onnx_probabilities, onnx_session
+    from components.model.onnx_session import onnx_probabilities, onnx_session
 
     return onnx_probabilities(onnx_session(release.workdir / "output/export/model.onnx"), images)
 
@@ -65,7 +65,7 @@ def test_export_is_parity_checked_with_a_dynamic_batch(release: Release) -> None
 
 
 def test_export_fails_whole_when_parity_fails(release: Release, tmp_path: Path) -> None:
-    from components.export import export
+    from components.steps.export import export
 
     out = tmp_path / "export"
     with pytest.raises(SortflowError, match="disagrees with torch"):
@@ -82,7 +82,7 @@ def test_export_fails_whole_when_parity_fails(release: Release, tmp_path: Path) 
 
 
 def test_int8_variant_reports_size_and_top1_change(release: Release, tmp_path: Path) -> None:
-    from components.export import export
+    from components.steps.export import export
 
     result = export(
         params(
@@ -151,7 +151,7 @@ def test_promotion_gate_keeps_a_worse_model_out(release: Release) -> None:
 
 
 def test_labels_that_break_the_classification_extension_are_rejected() -> None:
-    from components.triton_config import check_labels
+    from components.integrations.triton_config import check_labels
 
     check_labels(["glass", "metal"])
     for bad in (["a:b"], ["ok", "two\nlines"], [" "]):
@@ -160,7 +160,7 @@ def test_labels_that_break_the_classification_extension_are_rejected() -> None:
 
 
 def test_publish_without_champion_or_files(release: Release, tmp_path: Path) -> None:
-    from components.publish import publish
+    from components.steps.publish import publish
 
     with pytest.raises(SortflowError, match="has no champion"):
         publish(params(release, "register.model_name=nobody", f"mlflow.tracking_uri=sqlite:///{tmp_path}/e.db"))
@@ -212,7 +212,7 @@ def test_bytes_model_classifies_encoded_files(release: Release, server: dict, fm
     import tritonclient.grpc as grpcclient
     from PIL import Image
 
-    from components.predict import create_pipeline
+    from components.steps.predict import create_pipeline
 
     source = next((release.dataset / "images/metal").glob("*.jpg"))
     path = tmp_path / f"photo.{fmt.lower()}"
@@ -241,10 +241,10 @@ def test_bytes_model_through_the_classifier_answers_as_the_local_model(
 ) -> None:
     """publish.bytes_inference=classifier (the GPU's way: a BLS call to <model>) gives what the default
     local session in the decoding instance gives, for a batch of files."""
-    from components.model_io import DataConfig
-    from components.publish import write_repository
-    from components.serve import start, stop
-    from components.triton_config import ModelInfo
+    from components.integrations.triton_config import ModelInfo
+    from components.model.contract import DataConfig
+    from components.steps.publish import write_repository
+    from components.steps.serve import start, stop
 
     ports = [f"serve.{key}={free_port()}" for key in ("grpc_port", "http_port", "metrics_port")]
     bls = params(release, f"publish.repo={tmp_path}/repo", "publish.bytes_inference=classifier", *ports)
@@ -290,7 +290,7 @@ def test_predict_cli_over_triton_and_bad_inputs(release: Release, server: dict, 
 
 
 def test_unreachable_triton_and_url_fail_fast(release: Release) -> None:
-    from components.predict import create_pipeline
+    from components.steps.predict import create_pipeline
 
     began = time.perf_counter()
     with pytest.raises(SortflowError, match=r"no Triton server answers at 127\.0\.0\.1:1"):
@@ -302,7 +302,7 @@ def test_unreachable_triton_and_url_fail_fast(release: Release) -> None:
 
 
 def test_port_in_use_is_named(release: Release, server: dict, tmp_path: Path) -> None:
-    from components.serve import start
+    from components.steps.serve import start
 
     with pytest.raises(SortflowError, match=rf"port {server['grpc_port']} \(serve.grpc_port\) is already in use"):
         start(params(release, f"serve.workdir={tmp_path}/other"))
@@ -331,7 +331,7 @@ def test_pipeline_config_and_python_api(release: Release, tmp_path: Path) -> Non
     import yaml
 
     from components import create_pipeline
-    from components.predict import PipelineConfig
+    from components.steps.predict import PipelineConfig
 
     assert release.run("get-pipeline-config", "--save-path", str(tmp_path)) == 0
     written = yaml.safe_load((tmp_path / "pipeline.yaml").read_text())
@@ -348,7 +348,7 @@ def test_pipeline_config_and_python_api(release: Release, tmp_path: Path) -> Non
 def test_gpu_device_without_cuda_is_a_clear_error(release: Release) -> None:
     import onnxruntime as ort
 
-    from components.predict import create_pipeline
+    from components.steps.predict import create_pipeline
 
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this onnxruntime has CUDA")
@@ -358,9 +358,9 @@ def test_gpu_device_without_cuda_is_a_clear_error(release: Release) -> None:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a KIND_GPU model where there is no GPU")
 def test_a_kind_gpu_model_without_a_gpu_fails_at_once_with_tritons_reason(release: Release, tmp_path: Path) -> None:
-    from components.publish import write_repository
-    from components.serve import start
-    from components.triton_config import ModelInfo
+    from components.integrations.triton_config import ModelInfo
+    from components.steps.publish import write_repository
+    from components.steps.serve import start
 
     ports = [f"serve.{key}={free_port()}" for key in ("grpc_port", "http_port", "metrics_port")]
     gpu = params(

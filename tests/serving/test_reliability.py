@@ -202,8 +202,8 @@ def test_promote_and_rollback_under_load_drop_no_request(limited: Release, serve
 
 
 def test_history_records_who_when_and_why(limited: Release, server: dict) -> None:
-    from components.config import load_params
-    from components.promote import history
+    from components.core.config import load_params
+    from components.steps.promote import history
 
     cwd = os.getcwd()
     os.chdir(limited.workdir)
@@ -243,7 +243,7 @@ def test_dead_backend_is_reported_unhealthy_and_reload_brings_it_back(
     assert limited.run("serve", "--status") == 0
     report = json.loads(capsys.readouterr().out)
     assert report["status"] == "running" and set(report["health"].values()) == {"healthy"}
-    from components.serve import resident_memory
+    from components.steps.serve import resident_memory
 
     deadline = time.monotonic() + 30
     while True:  # the instances that reload replaced end shortly after the new ones are ready

@@ -1,0 +1,1 @@
+"""The base: typed parameters, errors, atomic files, locks, processes, devices and figures."""

@@ -1,0 +1,389 @@
+"""Parameters: built-in defaults, then `params.yaml`, then `-o section.key=value` overrides.
+
+The section and key names are the ones `dvc exp run -S section.key=value` uses, so one name works for
+the CLI, DVC stages and Prefect flows alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from components.core.errors import ParamsError
+
+DEFAULT_PARAMS_FILE = "params.yaml"
+
+
+@dataclass
+class DatasetParams:
+    dir: str = "data"
+    output: str = "output"
+    sample_num: int = 10
+    min_image_size: int = 32
+    num_workers: int = 0
+    link: bool = True
+
+
+@dataclass
+class SplitParams:
+    enable: bool = False
+    train_percent: int = 80
+    val_percent: int = 20
+    seed: int = 42
+    output: str = ""
+
+
+@dataclass
+class TrainParams:
+    model: str = "PP-LCNet_x1_0"
+    pretrained: str = "none"
+    epochs: int = 10
+    batch_size: int = 32
+    learning_rate: float = 0.1
+    image_size: int = 224
+    device: str = "cpu"
+    seed: int = 42
+    output: str = "output/train"
+    resume: bool = False
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 4e-5
+    warmup_epochs: int = 1
+    label_smoothing: float = 0.1
+    num_classes: int = 0
+    num_workers: int = 0
+    cache_mb: int = 2048
+    crop_scale_min: float = 0.08
+    augment: str = "none"
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    clip_grad_norm: float = 2.0
+    ema_decay: float = 0.9998
+
+
+@dataclass
+class EvaluateParams:
+    weight_path: str = ""  # empty: best.pt in train.output
+    output: str = "output/evaluate"
+    batch_size: int = 64
+
+
+@dataclass
+class ExportParams:
+    weight_path: str = ""  # empty: best.pt in train.output
+    output: str = "output/export"
+    parity_images: int = 64
+    tolerance: float = 1e-4
+    rtol: float = 1e-3
+    quantize: bool = False
+
+
+@dataclass
+class RegisterParams:
+    model_name: str = "sortflow-classifier"
+    min_improvement: float = 0.0
+    queue_timeout: float = 600.0
+    output: str = "output/register"
+
+
+@dataclass
+class PublishParams:
+    repo: str = "triton_repo"
+    max_batch_size: int = 32
+    instance_kind: str = "cpu"
+    instances: int = 1
+    threads: int = 1
+    decode_instances: int = 2
+    bytes_inference: str = "auto"
+    max_queue_delay_us: int = 0
+
+
+@dataclass
+class ServeParams:
+    host: str = "127.0.0.1"
+    grpc_port: int = 8001
+    http_port: int = 8000
+    metrics_port: int = 8002
+    workdir: str = "output/serve"
+    capture_rate: float = 0.0
+    capture_dir: str = "output/capture"
+    capture_max_mb: int = 1024
+    max_image_pixels: int = 40_000_000
+    max_request_mb: float = 64.0
+
+
+@dataclass
+class MonitorParams:
+    window_hours: float = 24.0
+    min_samples: int = 100
+    alpha: float = 0.01
+    low_confidence: float = 0.5
+    max_undecodable_share: float = 0.01
+    output: str = "output/monitor"
+
+
+@dataclass
+class ReviewParams:
+    size: int = 100
+    output: str = "output/review"
+
+
+@dataclass
+class MlflowParams:
+    tracking_uri: str = ""
+    experiment: str = "sortflow"
+
+
+@dataclass
+class DeployParams:
+    training_cron: str = "0 2 * * *"
+    data_check_cron: str = "0 * * * *"
+    monitor_cron: str = "30 * * * *"
+    timezone: str = "UTC"
+
+
+@dataclass
+class Params:
+    dataset: DatasetParams = field(default_factory=DatasetParams)
+    split: SplitParams = field(default_factory=SplitParams)
+    train: TrainParams = field(default_factory=TrainParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    export: ExportParams = field(default_factory=ExportParams)
+    register: RegisterParams = field(default_factory=RegisterParams)
+    publish: PublishParams = field(default_factory=PublishParams)
+    serve: ServeParams = field(default_factory=ServeParams)
+    monitor: MonitorParams = field(default_factory=MonitorParams)
+    review: ReviewParams = field(default_factory=ReviewParams)
+    mlflow: MlflowParams = field(default_factory=MlflowParams)
+    deploy: DeployParams = field(default_factory=DeployParams)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Every section as plain values, for reports and config.yaml: a password in a URI is masked."""
+        values = dataclasses.asdict(self)
+        values["mlflow"]["tracking_uri"] = redact_uri(values["mlflow"]["tracking_uri"])
+        return values
+
+
+def redact_uri(uri: str) -> str:
+    """`uri` with the secret of its user part masked (http://user:secret@host -> http://user:***@host, and a
+    lone token http://token@host -> http://***@host), for anything that is logged, written or shown."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri
+    host = parts.netloc.rpartition("@")[2]
+    user = f"{parts.username}:***" if parts.password is not None else "***"
+    return urlunsplit(parts._replace(netloc=f"{user}@{host}"))
+
+
+def _section_types() -> dict[str, type]:
+    hints = typing.get_type_hints(Params)
+    return {f.name: hints[f.name] for f in dataclasses.fields(Params)}
+
+
+def valid_keys() -> list[str]:
+    """Every `section.key` name, in declaration order."""
+    return [f"{name}.{k.name}" for name, section in _section_types().items() for k in dataclasses.fields(section)]
+
+
+def _coerce(value: Any, expected: type, where: str) -> Any:
+    if expected is bool:
+        if isinstance(value, bool):
+            return value
+    elif expected is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif expected is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        # PyYAML reads `1e-4` (no dot) as text, though it is how learning rates are written.
+        with contextlib.suppress(ValueError):
+            if isinstance(value, str) and math.isfinite(number := float(value)):
+                return number
+    elif expected is str:
+        # `-o train.device=0` or `model_name: 2024` parse as numbers in YAML; the key wants text.
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise ParamsError(f"{where}: expected {expected.__name__}, got {value!r} ({type(value).__name__})")
+
+
+def _set(params: Params, key: str, value: Any, where: str) -> None:
+    section, _, name = key.partition(".")
+    sections = _section_types()
+    hints = typing.get_type_hints(sections[section]) if section in sections else {}
+    if name not in hints:
+        import difflib
+
+        keys = [k for k in valid_keys() if k.startswith(section + ".")] or valid_keys()
+        close = difflib.get_close_matches(key, valid_keys(), n=1)
+        hint = f" Did you mean {close[0]}?" if close else ""
+        scope = f" in {section}" if section in sections else ""
+        raise ParamsError(f"{where}: unknown parameter {key!r}.{hint} Valid keys{scope}: {', '.join(keys)}")
+    setattr(getattr(params, section), name, _coerce(value, hints[name], f"{where}: {key}"))
+
+
+# train.* ranges: key -> (test, the rule as the error states it)
+_TRAIN_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "epochs": (lambda v: v >= 1, "1 or more"),
+    "batch_size": (lambda v: v >= 1, "1 or more"),
+    "image_size": (lambda v: v >= 1, "1 or more"),
+    "learning_rate": (lambda v: v > 0, "above 0"),
+    "crop_scale_min": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "ema_decay": (lambda v: 0 <= v < 1, "in [0, 1) (0 = no weight average)"),
+    "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "mixup_alpha": (lambda v: v >= 0, "0 (off) or more"),
+    "cutmix_alpha": (lambda v: v >= 0, "0 (off) or more"),
+    "clip_grad_norm": (lambda v: v >= 0, "0 (off) or more"),
+    "drop_rate": (lambda v: 0 <= v < 1, "in [0, 1) (0 = off)"),
+    "drop_path_rate": (lambda v: 0 <= v < 1, "in [0, 1) (0 = off)"),
+}
+
+# publish.* integers: key -> the least value allowed
+_PUBLISH_LEAST = {"max_batch_size": 1, "instances": 1, "decode_instances": 1, "threads": 0, "max_queue_delay_us": 0}
+
+
+def _validate(params: Params) -> None:
+    s = params.split
+    if s.train_percent <= 0 or s.val_percent <= 0 or s.train_percent + s.val_percent != 100:
+        raise ParamsError(
+            f"split.train_percent ({s.train_percent}) and split.val_percent ({s.val_percent}) must both be"
+            " above 0 and add up to 100; for example -o split.train_percent=80 -o split.val_percent=20"
+        )
+    for key in ("sample_num", "min_image_size", "num_workers"):
+        if getattr(params.dataset, key) < 0:
+            raise ParamsError(f"dataset.{key} must be 0 or more, got {getattr(params.dataset, key)}")
+    if params.register.queue_timeout < 0:
+        raise ParamsError(f"register.queue_timeout must be 0 or more (seconds), got {params.register.queue_timeout}")
+    t = params.train
+    if t.optimizer not in ("sgd", "adamw"):
+        raise ParamsError(f"train.optimizer must be sgd or adamw, got {t.optimizer!r}")
+    if t.augment not in ("none", "randaugment", "trivialaugment"):
+        raise ParamsError(f"train.augment must be none, randaugment or trivialaugment, got {t.augment!r}")
+    for key, (allowed, rule) in _TRAIN_RANGES.items():
+        if not allowed(getattr(t, key)):
+            raise ParamsError(f"train.{key} must be {rule}, got {getattr(t, key)}")
+    if params.publish.instance_kind not in ("cpu", "gpu"):
+        raise ParamsError(
+            "publish.instance_kind must be cpu or gpu (Triton's KIND_CPU or KIND_GPU), got "
+            f"{params.publish.instance_kind!r}"
+        )
+    if params.publish.bytes_inference not in ("auto", "local", "classifier"):
+        raise ParamsError(
+            "publish.bytes_inference must be auto, local (the ONNX file runs in each decoding instance) or "
+            f"classifier (<model>_bytes calls <model> through Triton), got {params.publish.bytes_inference!r}"
+        )
+    for key, least in _PUBLISH_LEAST.items():
+        if getattr(params.publish, key) < least:
+            raise ParamsError(f"publish.{key} must be {least} or more, got {getattr(params.publish, key)}")
+    _validate_monitoring(params)
+    _validate_deploy(params.deploy)
+
+
+def _validate_monitoring(params: Params) -> None:
+    s, m = params.serve, params.monitor
+    if not 0 <= s.capture_rate <= 1:
+        raise ParamsError(f"serve.capture_rate must be in [0, 1] (0 = off, 1 = every request), got {s.capture_rate}")
+    if s.capture_max_mb < 1:
+        raise ParamsError(f"serve.capture_max_mb must be 1 or more, got {s.capture_max_mb}")
+    if s.max_image_pixels < 1 or s.max_request_mb <= 0:
+        raise ParamsError(
+            f"serve.max_image_pixels must be 1 or more and serve.max_request_mb above 0, got {s.max_image_pixels} "
+            f"and {s.max_request_mb}"
+        )
+    for key in ("alpha", "low_confidence", "max_undecodable_share"):
+        if not 0 < getattr(m, key) < 1:
+            raise ParamsError(f"monitor.{key} must be between 0 and 1, got {getattr(m, key)}")
+    if m.window_hours <= 0 or m.min_samples < 1 or params.review.size < 1:
+        raise ParamsError(
+            "monitor.window_hours must be above 0 and monitor.min_samples and review.size 1 or more, got "
+            f"{m.window_hours}, {m.min_samples} and {params.review.size}"
+        )
+
+
+def _validate_deploy(d: DeployParams) -> None:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(d.timezone)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ParamsError(
+            f"deploy.timezone: {d.timezone!r} is not an IANA time zone such as UTC or Europe/Berlin"
+        ) from exc
+    for key in ("training_cron", "data_check_cron", "monitor_cron"):
+        if len(getattr(d, key).split()) != 5:
+            raise ParamsError(
+                f"deploy.{key}: {getattr(d, key)!r} is not a cron expression (minute hour day month weekday)"
+            )
+
+
+def _key_lines(text: str) -> dict[tuple[str, str], int]:
+    """The line of each `section: key:` in a YAML text (1-based), for errors that name file:line."""
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    lines: dict[tuple[str, str], int] = {}
+    for section, values in root.value if isinstance(root, yaml.MappingNode) else []:
+        lines[(str(section.value), "")] = section.start_mark.line + 1
+        for key, _ in values.value if isinstance(values, yaml.MappingNode) else []:
+            lines[(str(section.value), str(key.value))] = key.start_mark.line + 1
+    return lines
+
+
+def _read_yaml(path: Path) -> tuple[Mapping[str, Any], dict[tuple[str, str], int]]:
+    """The sections of a parameter file, and the line of each key."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = yaml.safe_load(text)
+    except UnicodeDecodeError as exc:
+        raise ParamsError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from exc
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise ParamsError(f"{path}{line}: not valid YAML ({exc.problem}); fix the syntax there") from exc
+    if data is None:
+        return {}, {}
+    if not isinstance(data, Mapping):
+        raise ParamsError(f"{path}: expected a mapping of sections (dataset:, split:, ...), got {data!r}")
+    return data, _key_lines(text)
+
+
+def load_params(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Params:
+    """Resolve parameters: defaults, then `path` (or ./params.yaml if present), then overrides."""
+    params = Params()
+    if path is None and Path(DEFAULT_PARAMS_FILE).is_file():
+        path = DEFAULT_PARAMS_FILE
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ParamsError(f"{path}: parameter file not found; pass --params PATH to an existing file")
+        data, lines = _read_yaml(path)
+        for section, values in data.items():
+            if not isinstance(values, Mapping):
+                raise ParamsError(
+                    f"{path}:{lines.get((str(section), ''), '?')}: section {section!r} must be a mapping of keys, "
+                    f"e.g. {section}:\n  key: value"
+                )
+            for key, value in values.items():
+                _set(params, f"{section}.{key}", value, f"{path}:{lines.get((str(section), str(key)), '?')}")
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ParamsError(f"override {item!r}: expected section.key=value, e.g. -o train.epochs=5")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        _set(params, key.strip(), value, f"override {item!r}")
+    _validate(params)
+    return params

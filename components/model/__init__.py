@@ -1,0 +1,1 @@
+"""Models: the zoo, optimisation, checkpoints, metrics, and the exported model's contract and sessions."""

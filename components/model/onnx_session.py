@@ -1,0 +1,68 @@
+"""Running an exported model: onnxruntime sessions, probabilities in batches, and images as it takes them.
+
+Torch is imported only by `raw_images`, so register and publish start without it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from components.core.errors import SortflowError
+from components.model.contract import INPUT_NAME, OUTPUT_NAME
+
+
+def onnx_session(path: Path, device: str = "cpu") -> Any:
+    """An onnxruntime session on the CPU, or on CUDA for `gpu`/`gpu:N`. Asked for a GPU, it runs there or
+    fails: onnxruntime would otherwise fall back to the CPU with only a warning when CUDA or cuDNN fail."""
+    import onnxruntime as ort
+
+    from components.core.devices import parse_device
+
+    spec = parse_device(device, "device", several=False)
+    if spec.kind != "cuda":
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise SortflowError(
+            f"device={device}: this onnxruntime has no CUDA provider; install onnxruntime-gpu in place of "
+            "onnxruntime (pip uninstall onnxruntime; pip install 'sortflow[gpu]'), or use device: cpu"
+        )
+    session = ort.InferenceSession(str(path), providers=[("CUDAExecutionProvider", {"device_id": spec.ids[0]})])
+    require_cuda(session.get_providers(), device)
+    return session
+
+
+def require_cuda(providers: list[str], device: str) -> None:
+    """A session asked to run on a GPU whose first provider is not CUDA fell back to the CPU: an error."""
+    if not providers or providers[0] != "CUDAExecutionProvider":
+        raise SortflowError(
+            f"device={device}: onnxruntime did not load its CUDA provider (the session runs on {providers}); "
+            "check that the CUDA and cuDNN libraries that onnxruntime-gpu needs are installed, or use device: cpu"
+        )
+
+
+def onnx_probabilities(session: Any, images: np.ndarray, batch: int = 32) -> np.ndarray:
+    """The model's probabilities for `images` (raw 0-255 pixels), run `batch` images at a time."""
+    return np.concatenate(
+        [session.run([OUTPUT_NAME], {INPUT_NAME: images[i : i + batch]})[0] for i in range(0, len(images), batch)]
+    )
+
+
+def raw_images(
+    dataset_dir: Path, split: str, data_config: dict[str, Any], limit: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Images of a split as the exported model takes them (resized, cropped, 0-255 float), and labels."""
+    import torch
+
+    from components.data.images import load_rgb
+    from components.data.loader import DataConfig, read_split, transform
+
+    cfg = DataConfig(**data_config)
+    tf = transform(cfg, training=False, normalize=False)
+    samples = read_split(dataset_dir, split)[:limit]
+    images = [tf(torch.from_numpy(np.array(load_rgb(s.path))).permute(2, 0, 1)).numpy() for s in samples]
+    if not images:
+        raise SortflowError(f"{dataset_dir}/{split}.txt: no images to check the exported model on")
+    return np.stack(images).astype(np.float32), np.array([s.label for s in samples])

@@ -1,0 +1,1 @@
+"""One module per `sortflow` command: each has one entry function that the CLI and the flows both call."""

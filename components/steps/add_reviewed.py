@@ -1,0 +1,196 @@
+"""dataset add-reviewed: labelled images from a review (review.csv, or a Label Studio JSON export) into the dataset.
+
+Each labelled image is copied to `dataset.dir/images/<class>/reviewed-<hash>.<ext>` and listed in train.txt
+(the split step redistributes it when `split.enable` is set). Unknown classes and missing images are errors
+that name the file and line; rows without a label, repeated rows and images whose pixels are already in
+the dataset are skipped and counted. The dataset is checked again, and `dvc add`ed when DVC tracks it, so
+`data.dvc` shows the new version. A failed check puts the dataset back as it was.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from components.core.config import Params
+from components.core.errors import DatasetError
+from components.core.fsutil import atomic_write_text, file_digest
+from components.core.locks import locked
+from components.data.cls_dataset import LABEL_FILE, format_list, label_names, list_file
+from components.data.images import probe_image
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Reviewed:
+    where: str  # file:line (CSV) or file:task number (Label Studio), for messages
+    image: Path
+    label: str
+
+
+@dataclass(frozen=True)
+class AddResult:
+    added: int
+    unlabelled: int
+    repeated: int
+    already_in_dataset: int
+    check_pass: bool
+    dvc_file: str | None
+
+
+def _csv_rows(path: Path) -> list[Reviewed | None]:
+    with path.open(encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {"file", "label"} - set(reader.fieldnames or [])
+        if missing:
+            raise DatasetError(
+                f"{path}:1: no {', '.join(sorted(missing))} column; use the review.csv that `sortflow review` wrote"
+            )
+        return [
+            Reviewed(f"{path}:{n}", path.parent / row["file"], row["label"].strip())
+            if (row.get("label") or "").strip()
+            else None
+            for n, row in enumerate(reader, start=2)
+        ]
+
+
+def _label_studio_rows(path: Path) -> list[Reviewed | None]:
+    """The latest annotation of each task that was not cancelled (a task without one counts as unlabelled)."""
+    try:
+        tasks = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}); export the project as JSON") from exc
+    if not isinstance(tasks, list):
+        raise DatasetError(f"{path}: expected a list of tasks (Label Studio's JSON export)")
+    rows: list[Reviewed | None] = []
+    for n, task in enumerate(tasks, start=1):
+        done = [a for a in task.get("annotations", []) if not a.get("was_cancelled")]
+        choices = (
+            [r["value"]["choices"] for r in done[-1].get("result", []) if "choices" in r.get("value", {})]
+            if done
+            else []
+        )
+        file = task.get("data", {}).get("sortflow_file")
+        if file is None:
+            raise DatasetError(
+                f"{path}: task {n} has no data.sortflow_file; import the tasks that `sortflow review` wrote"
+            )
+        rows.append(
+            Reviewed(f"{path}: task {n}", path.parent / file, choices[0][0]) if choices and choices[0] else None
+        )
+    return rows
+
+
+def read_reviewed(path: str | Path) -> tuple[list[Reviewed], int, int]:
+    """The labelled rows (each image once), how many rows had no label, and how many repeated an earlier row."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: review file not found; pass the review.csv or the Label Studio JSON export")
+    rows = _label_studio_rows(path) if path.suffix.lower() == ".json" else _csv_rows(path)
+    labelled, seen, repeated = [], {}, 0
+    for row in rows:
+        if row is None:
+            continue
+        earlier = seen.get(row.image.resolve())
+        if earlier is not None and earlier.label != row.label:
+            raise DatasetError(
+                f"{row.where}: {row.image.name} was labelled {earlier.label!r} at {earlier.where}; keep one label"
+            )
+        if earlier is not None:
+            repeated += 1
+            continue
+        seen[row.image.resolve()] = row
+        labelled.append(row)
+    return labelled, sum(r is None for r in rows), repeated
+
+
+def _validate(rows: list[Reviewed], classes: dict[str, int], label_file: Path) -> dict[Path, str]:
+    """Every row names a known class and a readable image; each image's pixel hash (decoded once, here)."""
+    pixels = {}
+    for row in rows:
+        if row.label not in classes:
+            raise DatasetError(
+                f"{row.where}: unknown class {row.label!r}; valid classes ({label_file}): {', '.join(classes)}"
+            )
+        if not row.image.is_file():
+            raise DatasetError(
+                f"{row.where}: image {row.image} not found; keep the review folder as `sortflow review` wrote it"
+            )
+        probe = probe_image(str(row.image))
+        if not probe["readable"]:
+            raise DatasetError(f"{row.where}: {row.image} is not a readable image; remove its row")
+        pixels[row.image] = probe["hash"]
+    return pixels
+
+
+def _copy_new(
+    rows: list[Reviewed], pixels: dict[Path, str], root: Path, classes: dict[str, int], known: set[str]
+) -> tuple[list, list[Path]]:
+    """Copy the images whose pixels are not in the dataset yet; their list rows and the files written."""
+    lines, written = [], []
+    for row in rows:
+        if pixels[row.image] in known:
+            continue
+        known.add(pixels[row.image])
+        folder = row.label.replace("/", "_")
+        rel = f"images/{folder}/reviewed-{file_digest(row.image)[:16]}{row.image.suffix.lower()}"
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(row.image, root / rel)
+        written.append(root / rel)
+        lines.append((rel, classes[row.label]))
+    return lines, written
+
+
+@locked("dataset.dir")
+def add_reviewed(params: Params, review_file: str | Path) -> AddResult:
+    """Add the labelled images of `review_file` to `dataset.dir`, check it, and `dvc add` it when tracked.
+
+    Reads the review file, the images it names and the dataset. Writes the new images and train.txt, the
+    check-dataset reports, and `<dataset>.dvc`. Raises DatasetError for an unknown class, a missing image,
+    conflicting labels, or a dataset that no longer passes its check (then nothing is left changed).
+    """
+    from components.data.expectations import build_manifest, check_dataset
+    from components.integrations.dvc_data import add as dvc_add
+
+    root = Path(params.dataset.dir)
+    if not (root / LABEL_FILE).is_file():
+        raise DatasetError(f"{root / LABEL_FILE}: not found; dataset.dir must be a ClsDataset to add images to")
+    classes = {name: index for index, name in sorted(label_names(root / LABEL_FILE).items())}
+    rows, unlabelled, repeated = read_reviewed(review_file)
+    pixels = _validate(rows, classes, root / LABEL_FILE)
+    known = {h for h in build_manifest(root, params.dataset.num_workers).images["hash"].dropna()}
+    train = root / list_file("train")
+    before = train.read_text(encoding="utf-8") if train.is_file() else ""
+    written: list[Path] = []
+    try:
+        lines, written = _copy_new(rows, pixels, root, classes, known)
+        if lines:
+            text = before if before.endswith("\n") or not before else before + "\n"
+            atomic_write_text(train, text + format_list(lines))
+        report = check_dataset(params.dataset)
+        if not report.check_pass:
+            raise DatasetError(
+                f"{root} fails check-dataset with the reviewed images; it was put back:\n{report.result['err_msg']}"
+            )
+    except BaseException:
+        atomic_write_text(train, before)
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    dvc_file = dvc_add(root) if lines else None
+    log.info(
+        "Added %d reviewed images to %s (%d already there, %d unlabelled, %d repeated rows)",
+        len(lines),
+        root,
+        len(rows) - len(lines),
+        unlabelled,
+        repeated,
+    )
+    return AddResult(
+        len(lines), unlabelled, repeated, len(rows) - len(lines), report.check_pass, str(dvc_file) if dvc_file else None
+    )

@@ -1,0 +1,160 @@
+"""export: a checkpoint to ONNX that takes raw RGB pixels, checked against torch, optionally also INT8.
+
+The model's contract (raw 0-255 RGB in, probabilities out) is in `deployable`; this step writes it,
+checks it against torch on real val images, measures its val accuracy and, if asked, quantizes it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from components.core.config import Params
+from components.core.errors import SortflowError
+from components.core.fsutil import atomic_write_json, staged_dir
+from components.core.locks import locked
+from components.data.loader import read_split
+from components.data.partition import prepared_dataset
+from components.model.checkpoints import load_checkpoint, weights_path
+from components.model.contract import (
+    INPUT_NAME,
+    INT8_FILE,
+    LABELS_FILE,
+    MODEL_FILE,
+    OUTPUT_NAME,
+    PROFILE_FILE,
+    RESULT_FILE,
+)
+from components.model.deployable import OPSET, Deployable, deployable_from_checkpoint, export_onnx
+from components.model.metrics import accuracy_at_k
+from components.model.onnx_session import onnx_probabilities, onnx_session, raw_images
+from components.traffic.profiles import reference_profile
+
+log = logging.getLogger(__name__)
+
+
+def check_parity(
+    model: Deployable, images: np.ndarray, got: np.ndarray, tolerance: float, rtol: float
+) -> dict[str, Any]:
+    """torch vs onnxruntime's probabilities `got` on the same images, compared as ONNX's and onnxruntime's own
+    converter tests do (numpy's allclose): |got - torch| <= tolerance + rtol * |torch| everywhere, and the
+    same top-1. An absolute bound alone flags ordinary float32 differences on the large probabilities."""
+    with torch.no_grad():
+        expected = model(torch.from_numpy(images)).numpy()
+    diff = np.abs(expected - got)
+    worst = float((diff - rtol * np.abs(expected)).max())  # how far the worst entry is from the relative bound
+    same_top1 = bool((expected.argmax(1) == got.argmax(1)).all())
+    report = {"images": len(images), "max_abs_diff": float(diff.max()), "tolerance": tolerance, "rtol": rtol}
+    report["same_top1"] = same_top1
+    if worst > tolerance or not same_top1:
+        raise SortflowError(
+            f"exported ONNX model disagrees with torch on {len(images)} val images: max abs diff "
+            f"{diff.max():.2e} (allowed: {tolerance:.0e} + {rtol:.0e} x probability), same top-1: {same_top1}; "
+            "nothing was written"
+        )
+    return report
+
+
+def _quantize(fp32: Path, int8: Path, calibration: np.ndarray) -> None:
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{INPUT_NAME: calibration[i : i + 8]} for i in range(0, len(calibration), 8)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.batches, None)
+
+    quantize_static(
+        str(fp32),
+        str(int8),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )
+
+
+def _contract(weights: Path, ckpt: dict[str, Any]) -> dict[str, Any]:
+    """What export_result.json says of the model: its source, input, output, labels and preprocessing."""
+    size = int(ckpt["data_config"]["image_size"])
+    return {
+        "weight_path": str(weights),
+        "model_name": ckpt["model_name"],
+        "mlflow_run_id": ckpt.get("mlflow_run_id"),
+        "input": {
+            "name": INPUT_NAME,
+            "shape": ["batch", 3, size, size],
+            "dtype": "float32",
+            "format": "NCHW",
+            "color": "RGB",
+            "range": "0-255",
+        },
+        "output": {"name": OUTPUT_NAME, "shape": ["batch", ckpt["num_classes"]], "dtype": "float32"},
+        "opset": OPSET,
+        "labels": ckpt["label_names"],
+        "data_config": ckpt["data_config"],
+    }
+
+
+def _int8(stage: Path, root: Path, data_config: dict[str, Any], images: np.ndarray, labels: np.ndarray) -> dict:
+    """Write the INT8 model beside the FP32 one (calibrated on train images) and measure its val top-1."""
+    calibration, _ = raw_images(root, "train", data_config, limit=64)
+    _quantize(stage / MODEL_FILE, stage / INT8_FILE, calibration)
+    top1 = accuracy_at_k(onnx_probabilities(onnx_session(stage / INT8_FILE), images), labels, 1)
+    return {"file": INT8_FILE, "size_bytes": (stage / INT8_FILE).stat().st_size, "val_top1": top1}
+
+
+@locked("export.output")
+def export(params: Params) -> dict[str, Any]:
+    """Export the checkpoint `export.weight_path` (empty: best.pt in train.output) to ONNX.
+
+    Reads the checkpoint and the val images of the prepared dataset (split.output, else dataset.dir).
+    Writes `export.output` whole or not at all: model.onnx, labels.txt, export_result.json (contract,
+    parity with torch, val top-1/top-5), reference_profile.json (what normal traffic looks like: the val
+    set's predicted classes, confidences and image statistics) and, with `export.quantize`, model.int8.onnx. Raises
+    SortflowError when the ONNX model disagrees with torch beyond `export.tolerance`.
+    """
+    weights = weights_path(params.export.weight_path, params.train.output)
+    ckpt = load_checkpoint(weights, "export.weight_path")
+    model = deployable_from_checkpoint(ckpt)
+    root = prepared_dataset(params, check=False)
+    images, labels = raw_images(root, "val", ckpt["data_config"])
+    result = _contract(weights, ckpt)
+    out = Path(params.export.output)
+    with staged_dir(out, replace=True) as stage:
+        export_onnx(model, int(ckpt["data_config"]["image_size"]), stage / MODEL_FILE)
+        probabilities = onnx_probabilities(onnx_session(stage / MODEL_FILE), images)
+        n = params.export.parity_images
+        e = params.export
+        result["parity"] = check_parity(model, images[:n], probabilities[:n], e.tolerance, e.rtol)
+        result["val_top1"] = accuracy_at_k(probabilities, labels, 1)
+        result["val_top5"] = accuracy_at_k(probabilities, labels, 5)
+        result["size_bytes"] = (stage / MODEL_FILE).stat().st_size
+        if params.export.quantize:
+            result["int8"] = _int8(stage, root, ckpt["data_config"], images, labels)
+            result["int8"]["top1_change"] = result["int8"]["val_top1"] - result["val_top1"]
+        (stage / LABELS_FILE).write_text("".join(f"{name}\n" for name in ckpt["label_names"]), encoding="utf-8")
+        paths = [s.path for s in read_split(root, "val")]
+        atomic_write_json(stage / PROFILE_FILE, reference_profile(paths, probabilities, ckpt["label_names"]))
+        result["reference_profile"] = PROFILE_FILE
+        atomic_write_json(stage / RESULT_FILE, result)
+    log.info(
+        "Exported %s to %s: parity max diff %.1e on %d images, val top-1 %.4f",
+        weights,
+        out / MODEL_FILE,
+        result["parity"]["max_abs_diff"],
+        result["parity"]["images"],
+        result["val_top1"],
+    )
+    return result

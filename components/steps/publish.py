@@ -1,0 +1,201 @@
+"""publish: the registry's champion into a Triton model repository (`publish.repo`), atomically.
+
+Writes the models of `triton_config`: `<model>` with `labels.txt` and `<version>/model.onnx` (and the
+version's reference profile beside it, for the monitor), and `<model>_bytes`, the encoded-image endpoint.
+Every config is parsed with Triton's own protobuf schema before it is written. A version folder is built
+aside and renamed into place, so a running server never sees half a version.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from components.core.config import Params
+from components.core.errors import SortflowError
+from components.core.fsutil import atomic_write_text, file_digest, staged_dir
+from components.core.locks import locked
+from components.integrations.mlflow_registry import REFERENCE_PROFILE, champion_version, downloaded
+from components.integrations.triton_config import (
+    BYTES,
+    RETIRED,
+    BytesSettings,
+    ModelInfo,
+    bytes_config,
+    bytes_inference,
+    check_labels,
+    classifier_config,
+    model_names,
+    model_source,
+    parse_config,
+)
+from components.model.contract import LABELS_FILE, MODEL_FILE, PROFILE_FILE, RESULT_FILE
+
+log = logging.getLogger(__name__)
+
+KEEP_VERSIONS = 2  # on disk, for a quick rollback; the server loads only the latest
+BYTES_MODEL_FILES = {
+    "model.py": "classify_bytes.py",
+    "preprocess.py": "preprocess.py",
+    "capture.py": "capture.py",
+    "onnx_runner.py": "onnx_runner.py",  # its session for publish.bytes_inference=local
+}
+
+
+def _write_config(path: Path, text: str) -> None:
+    parse_config(text, str(path))
+    atomic_write_text(path, text)
+
+
+def _same_files(folder: Path, files: dict[str, Path]) -> bool:
+    present = {p.name for p in folder.iterdir()}
+    return present == set(files) and all(file_digest(folder / n) == file_digest(src) for n, src in files.items())
+
+
+def _published(target: Path, files: dict[str, Path]) -> bool:
+    """Whether version folder `target` is already published with these files. A published version is
+    immutable, since a server may be reading it: other files under its number are refused."""
+    if not target.is_dir():
+        return False
+    if _same_files(target, files):
+        return True
+    raise SortflowError(
+        f"{target} already holds other files than this version has (was the MLflow registry replaced?); a "
+        f"published version is never rewritten while a server may read it: publish into another repository "
+        f"(-o publish.repo=...), or stop the server and remove {target}"
+    )
+
+
+def _place_version(model_dir: Path, version: int, files: dict[str, Path]) -> None:
+    """Build `<version>/` aside and rename it into place in one step."""
+    with staged_dir(model_dir / str(version)) as stage:
+        for name, src in files.items():
+            shutil.copyfile(src, stage / name)
+
+
+def _prune(model_dir: Path, served: int) -> None:
+    """Keep the served version and the newest others, KEEP_VERSIONS in all."""
+    others = sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and int(p.name) != served)
+    for stale in others[: max(0, len(others) - (KEEP_VERSIONS - 1))]:
+        shutil.rmtree(model_dir / str(stale))
+
+
+def _code_version(model_dir: Path, files: dict[str, Path]) -> int:
+    """The version folder for a model whose files are sortflow's code: the latest while it holds the same
+    files, else the next number (so a running server is never served a folder rewritten in place)."""
+    versions = [int(p.name) for p in model_dir.iterdir() if p.name.isdigit()] if model_dir.is_dir() else []
+    latest = max(versions, default=0)
+    return latest if latest and _same_files(model_dir / str(latest), files) else latest + 1
+
+
+def write_repository(
+    repo: Path, info: ModelInfo, onnx_file: Path, params: Params, profile: Path | None = None
+) -> list[str]:
+    """The models of one classifier (and its reference profile beside the ONNX file); returns their names."""
+    publish, serve = params.publish, params.serve
+    kind = "KIND_GPU" if publish.instance_kind == "gpu" else "KIND_CPU"
+    model_dir = repo / info.name
+    version_files = {MODEL_FILE: onnx_file, **({PROFILE_FILE: profile} if profile else {})}
+    published = _published(model_dir / str(info.version), version_files)  # refused before anything is written
+    _write_config(
+        model_dir / "config.pbtxt",
+        classifier_config(
+            info, publish.max_batch_size, kind, publish.instances, publish.threads, publish.max_queue_delay_us
+        ),
+    )
+    atomic_write_text(model_dir / LABELS_FILE, "".join(f"{label}\n" for label in info.labels))
+    if published:
+        log.info("%s version %d is already published with the same files", info.name, info.version)
+    else:
+        _place_version(model_dir, info.version, version_files)
+    _prune(model_dir, info.version)
+
+    bytes_dir = repo / f"{info.name}{BYTES}"
+    settings = BytesSettings(
+        serve.max_image_pixels,
+        serve.max_request_mb,
+        serve.capture_rate,
+        serve.capture_dir,
+        serve.capture_max_mb,
+        bytes_inference(publish.bytes_inference, publish.instance_kind),
+        publish.threads,
+    )
+    _write_config(
+        bytes_dir / "config.pbtxt", bytes_config(info, publish.max_batch_size, settings, publish.decode_instances)
+    )
+    atomic_write_text(bytes_dir / LABELS_FILE, "".join(f"{label}\n" for label in info.labels))
+    code = {name: model_source(src) for name, src in BYTES_MODEL_FILES.items()}
+    code_version = _code_version(bytes_dir, code)
+    if not (bytes_dir / str(code_version)).is_dir():
+        _place_version(bytes_dir, code_version, code)
+    _prune(bytes_dir, code_version)
+    for retired in RETIRED:  # an earlier release's model that nothing calls any more
+        shutil.rmtree(repo / f"{info.name}{retired}", ignore_errors=True)
+    return model_names(info.name)
+
+
+@locked("publish.repo")
+def publish(params: Params) -> dict[str, Any]:
+    """Write the registry's champion of `register.model_name` into `publish.repo`.
+
+    Reads the champion's files from the MLflow registry. Writes `<model>/` (config.pbtxt, labels.txt and
+    the registry version's folder with model.onnx and reference_profile.json) and `<model>_bytes/` (with
+    the capture settings of `serve.capture_*`), each version folder renamed into place whole. A running
+    server is not touched: the caller reloads it (`serve.reload_if_running`). Raises SortflowError when
+    there is no champion or its files are unusable, ServiceError when the MLflow store does not answer.
+    """
+    import json
+
+    from components.integrations import mlflow_tracking
+
+    client, _ = mlflow_tracking.client(params.mlflow)
+    name = params.register.model_name
+    champion = champion_version(client, name)
+    if champion is None:
+        raise SortflowError(f"model {name!r} has no champion in the MLflow registry; run `sortflow register` first")
+    repo = Path(params.publish.repo)
+    with downloaded(params.mlflow, champion) as files:
+        labels = files[LABELS_FILE].read_text(encoding="utf-8").splitlines()
+        check_labels(labels)
+        export = json.loads(files[RESULT_FILE].read_text())
+        info = _model_info(name, int(champion.version), files[MODEL_FILE], labels, champion.tags, export)
+        profile = files[REFERENCE_PROFILE] if files[REFERENCE_PROFILE].is_file() else None
+        models = write_repository(repo, info, files[MODEL_FILE], params, profile)
+    log.info("Published %s version %s into %s", name, champion.version, repo)
+    return {
+        "model_name": name,
+        "version": int(champion.version),
+        "repo": str(repo),
+        "models": models,
+        "val_top1": float(champion.tags.get("val_top1", "nan")),
+    }
+
+
+def _model_info(
+    name: str, version: int, onnx_file: Path, labels: list[str], tags: dict[str, str], export: dict[str, Any]
+) -> ModelInfo:
+    import onnx
+
+    from components.model.contract import DataConfig
+
+    graph = onnx.load(str(onnx_file), load_external_data=False).graph
+    size = graph.input[0].type.tensor_type.shape.dim[-1].dim_value
+    classes = graph.output[0].type.tensor_type.shape.dim[-1].dim_value
+    if classes != len(labels):
+        raise SortflowError(
+            f"registry version {version} of {name!r}: the model has {classes} outputs but "
+            f"{len(labels)} labels; register the model again"
+        )
+    data_config = DataConfig(**export["data_config"])
+    lineage = {
+        k: tags[k]
+        for k in ("mlflow_run_id", "git_commit", "dataset_dvc_md5", "params_hash", "val_top1", "val_top5")
+        if k in tags
+    }
+    lineage["registry_version"] = str(version)
+    resize = data_config.resize_size
+    # What a client needs to prepare pixels as the model expects (mean and std are inside the graph).
+    lineage.update(image_size=str(size), resize_size=str(resize), interpolation=data_config.interpolation)
+    return ModelInfo(name, version, size, resize, data_config.interpolation, labels, lineage)

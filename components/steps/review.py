@@ -1,0 +1,183 @@
+"""review: a labelling queue from captured traffic, for a person to fill in.
+
+The least confident requests come first, then those that contribute most to a drift, each image once.
+Writes `review.output`: review.csv (file, predicted, confidence and an empty `label` column), index.html
+(a contact sheet to open in a browser), label_studio_tasks.json with the predictions as pre-annotations
+and label_studio_config.xml; the images themselves are copied under images/ and thumbnails under thumbs/.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from components.core.config import Params
+from components.core.fsutil import atomic_write_json, atomic_write_text, staged_dir
+from components.core.locks import locked
+from components.data.images import STATS
+from components.traffic.drift import class_shares
+from components.traffic.windows import drift_tests, live_table, load_profile, served_window
+
+log = logging.getLogger(__name__)
+
+QUEUE_FILE, SHEET_FILE = "review.csv", "index.html"
+TASKS_FILE, LABEL_CONFIG_FILE = "label_studio_tasks.json", "label_studio_config.xml"
+COLUMNS = ["file", "predicted", "confidence", "label"]
+THUMB = 160
+
+
+def _drift_contribution(live: pd.DataFrame, profile: dict[str, Any], drifted: list[str]) -> pd.Series:
+    """How far each request pushes the drifted checks: distance from the reference median in reference IQRs
+    for an image statistic or the confidence, and the over-representation of its class for the class mix."""
+    score = pd.Series(0.0, index=live.index)
+    for check in drifted:
+        if check in STATS or check == "top-1 confidence":
+            reference = np.asarray(profile["confidence"] if check == "top-1 confidence" else profile["stats"][check])
+            spread = max(float(np.subtract(*np.percentile(reference, [75, 25]))), 1e-6)
+            column = "confidence" if check == "top-1 confidence" else check
+            score += ((live[column] - float(np.median(reference))).abs() / spread).fillna(0.0)
+        elif check == "class mix":
+            classes = len(profile["labels"])
+            observed = class_shares(live["class_id"].dropna(), classes)
+            excess = pd.Series(np.clip(observed - class_shares(profile["predicted"], classes), 0, None))
+            score += live["class_id"].map(excess).fillna(0.0)
+    return score
+
+
+def review_queue(
+    live: pd.DataFrame, profile: dict[str, Any], drifted: list[str], size: int, low: float
+) -> pd.DataFrame:
+    """The queue: requests below confidence `low`, least confident first; then the largest drift contributors;
+    each image (sha) once, only images still on disk, at most `size` rows."""
+    candidates = live[live["decoded"] & live["image_present"]].drop_duplicates("sha").copy()
+    candidates["contribution"] = _drift_contribution(candidates, profile, drifted)
+    unsure = candidates[candidates["confidence"] < low].sort_values("confidence", kind="stable")
+    # Without a drift every contribution is 0, and the order is by confidence alone.
+    rest = candidates.drop(unsure.index).sort_values(
+        ["contribution", "confidence"], ascending=[False, True], kind="stable"
+    )
+    return pd.concat([unsure, rest]).head(size)
+
+
+def _thumbnail(src: Path, dst: Path) -> None:
+    from PIL import Image, ImageOps
+
+    with Image.open(src) as im:
+        im = ImageOps.exif_transpose(im).convert("RGB")
+        im.thumbnail((THUMB, THUMB))
+        buffer = io.BytesIO()
+        im.save(buffer, format="PNG")
+    dst.write_bytes(buffer.getvalue())
+
+
+def _sheet(rows: list[dict[str, Any]], title: str) -> str:
+    """A static contact sheet: each image's thumbnail, its predicted class and confidence, and its file."""
+    cards = "\n".join(
+        f'<figure><img src="{html.escape(r["thumb"])}" alt="{html.escape(r["file"])}" width="{THUMB}">'
+        f"<figcaption><b>{html.escape(str(r['predicted']))}</b> {r['confidence']:.3f}<br>"
+        f"<code>{html.escape(r['file'])}</code></figcaption></figure>"
+        for r in rows
+    )
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;margin:1em}} figure{{display:inline-block;margin:.4em;width:{THUMB}px;
+vertical-align:top;font-size:12px}} img{{background:#eee}} code{{word-break:break-all}}</style></head>
+<body><h1>{html.escape(title)}</h1>
+<p>Fill in the <code>label</code> column of {QUEUE_FILE}, then run
+<code>sortflow dataset add-reviewed {QUEUE_FILE}</code>.</p>
+{cards}
+<script>window.addEventListener("load", () => {{
+  document.body.dataset.thumbnails = [...document.images].filter(i => i.naturalWidth > 0).length;
+}});</script>
+</body></html>
+"""
+
+
+def _label_studio(rows: list[dict[str, Any]], labels: list[str], model: str) -> tuple[list[dict], str]:
+    """Label Studio tasks with the predictions as pre-annotations, and the labelling config they go with."""
+    tasks = [
+        {
+            "data": {"image": f"/data/local-files/?d={r['abs_file'].lstrip('/')}", "sortflow_file": r["file"]},
+            "predictions": [
+                {
+                    "model_version": model,
+                    "score": r["confidence"],
+                    "result": [
+                        {
+                            "from_name": "label",
+                            "to_name": "image",
+                            "type": "choices",
+                            "value": {"choices": [r["predicted"]]},
+                        }
+                    ],
+                }
+            ],
+        }
+        for r in rows
+    ]
+    choices = "\n".join(f'    <Choice value="{html.escape(label, quote=True)}"/>' for label in labels)
+    config = (
+        '<View>\n  <Image name="image" value="$image"/>\n'
+        f'  <Choices name="label" toName="image" choice="single">\n{choices}\n  </Choices>\n</View>\n'
+    )
+    return tasks, config
+
+
+@locked("review.output")
+def review(params: Params) -> dict[str, Any]:
+    """Build the review queue of the captured window (the one `sortflow monitor` checks).
+
+    Reads serve.capture_dir and the reference profile of the served version. Writes `review.output` whole
+    (see the module docstring). Raises SortflowError when there is no capture folder or too few samples.
+    """
+    _, version, served = served_window(params)
+    profile = load_profile(params, version)
+    live = live_table(served, profile["labels"])
+    drifted = [f.check for f in drift_tests(live, profile, params) if f.drift]
+    queue = review_queue(live, profile, drifted, params.review.size, params.monitor.low_confidence)
+    out = Path(params.review.output)
+    rows = []
+    with staged_dir(out, replace=True) as stage:
+        (stage / "images").mkdir()
+        (stage / "thumbs").mkdir()
+        for r in queue.to_dict("records"):
+            src = Path(r["file"])
+            shutil.copyfile(src, stage / "images" / src.name)
+            _thumbnail(src, stage / "thumbs" / f"{r['sha']}.png")
+            rows.append(
+                {
+                    "file": f"images/{src.name}",
+                    "abs_file": str((out / "images" / src.name).resolve()),
+                    "thumb": f"thumbs/{r['sha']}.png",
+                    "predicted": r["label"],
+                    "confidence": float(r["confidence"]),
+                }
+            )
+        table = io.StringIO()
+        writer = csv.DictWriter(table, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({**r, "confidence": f"{r['confidence']:.4f}", "label": ""} for r in rows)
+        atomic_write_text(stage / QUEUE_FILE, table.getvalue())
+        title = f"Review queue: {params.register.model_name} version {version}, {len(rows)} images"
+        atomic_write_text(stage / SHEET_FILE, _sheet(rows, title))
+        tasks, config = _label_studio(rows, profile["labels"], f"{params.register.model_name}:{version}")
+        atomic_write_json(stage / TASKS_FILE, tasks)
+        atomic_write_text(stage / LABEL_CONFIG_FILE, config)
+    log.info("Review queue of %d images in %s (%s)", len(rows), out, ", ".join(drifted) or "no drift")
+    return {
+        "output": str(out),
+        "images": len(rows),
+        "version": version,
+        "drifted": drifted,
+        "window_samples": len(served),
+        "queue": str(out / QUEUE_FILE),
+        "sheet": str(out / SHEET_FILE),
+    }

@@ -1,0 +1,1 @@
+"""Served traffic: captured requests, reference profiles, windows and the drift tests over them."""

@@ -1,0 +1,123 @@
+"""Captured traffic against its reference: the window a version served, the reference profile of that version,
+a table of the window's requests with their image statistics, and the drift tests between the two.
+
+Shared by the monitor and review steps.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from components.core.config import Params
+from components.core.errors import SortflowError
+from components.data.images import STATS, decode_all, image_stats
+from components.model.contract import PROFILE_FILE
+from components.traffic import drift
+from components.traffic.captures import Sample, Window, read_window
+
+
+def load_profile(params: Params, version: str) -> dict[str, Any]:
+    """The reference profile of a registry version: beside the published model, else from the registry."""
+    name = params.register.model_name
+    published = Path(params.publish.repo) / name / version / PROFILE_FILE
+    if published.is_file():
+        return json.loads(published.read_text(encoding="utf-8"))
+    from components.integrations import mlflow_tracking
+    from components.integrations.mlflow_registry import REFERENCE_PROFILE, downloaded
+
+    client, _ = mlflow_tracking.client(params.mlflow)
+    with downloaded(params.mlflow, client.get_model_version(name, version)) as files:
+        if not files[REFERENCE_PROFILE].is_file():
+            raise SortflowError(
+                f"registry version {version} of {name!r} has no reference profile (registered before profiles "
+                "existed); export and register a model again to monitor it"
+            )
+        return json.loads(files[REFERENCE_PROFILE].read_text(encoding="utf-8"))
+
+
+def _stats_by_sha(samples: list[Sample]) -> dict[str, dict[str, Any]]:
+    """Image statistics of each distinct captured image, decoded once (in a process pool when there are many)."""
+    unique = {s.sha: s.path for s in samples}
+    paths = [str(p) if p.is_file() else None for p in unique.values()]
+    todo = [p for p in paths if p]
+    # Statistics of a draft-decoded image take about a millisecond: a pool pays off only for thousands.
+    computed = dict(zip(todo, decode_all(image_stats, todo, 0, min_for_pool=2000), strict=True))
+    return {sha: computed[p] if p else {"decoded": None} for sha, p in zip(unique, paths, strict=True)}
+
+
+def live_table(samples: list[Sample], labels: list[str]) -> pd.DataFrame:
+    """One row per captured request: when, which version, what it predicted and how sure, and its image."""
+    stats = _stats_by_sha(samples)
+    rows = []
+    for s in samples:
+        image = stats[s.sha]
+        row = {"time": s.time, "version": s.version, "sha": s.sha, "file": str(s.path), "decoded": s.decoded}
+        row.update(label=labels[s.label] if s.label is not None else None, class_id=s.label, confidence=s.confidence)
+        row.update(image_present=image.get("decoded") is not None, format=image.get("format"))
+        row.update({k: image.get(k) for k in STATS})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def drift_tests(live: pd.DataFrame, profile: dict[str, Any], params: Params) -> list[drift.Finding]:
+    """Class mix, confidence, each image statistic, the low-confidence share and undecodable inputs."""
+    m = params.monitor
+    decoded = live[live["decoded"]]
+    classes = len(profile["labels"])
+    tests: dict[str, tuple[float, float, str]] = {}
+    stat, p = drift.class_mix(decoded["class_id"].astype(int), profile["predicted"], classes)
+    top = Counter(decoded["label"]).most_common(1)
+    tests["class mix"] = (
+        stat,
+        p,
+        f"most predicted: {top[0][0]} ({top[0][1] / max(len(decoded), 1):.0%})" if top else "",
+    )
+    stat, p = drift.two_sample(decoded["confidence"], profile["confidence"])
+    tests["top-1 confidence"] = (
+        stat,
+        p,
+        f"median {decoded['confidence'].median():.3f} vs {np.median(profile['confidence']):.3f}",
+    )
+    with_image = live[live["image_present"] & live["brightness"].notna()]
+    for key in STATS:
+        stat, p = drift.two_sample(with_image[key], profile["stats"][key])
+        tests[key] = (stat, p, f"median {with_image[key].median():.3g} vs {np.median(profile['stats'][key]):.3g}")
+    low_ref = float(np.mean(np.asarray(profile["confidence"]) < m.low_confidence))
+    low = int((decoded["confidence"] < m.low_confidence).sum())
+    share, p = drift.share_above(low, len(decoded), low_ref)
+    tests["low-confidence share"] = (share, p, f"{share:.1%} below {m.low_confidence} vs {low_ref:.1%}")
+    bad = int((~live["decoded"]).sum())
+    share, p = drift.share_above(bad, len(live), m.max_undecodable_share)
+    tests["undecodable inputs"] = (
+        share,
+        p,
+        f"{bad} of {len(live)} ({share:.1%}; tolerated {m.max_undecodable_share:.1%})",
+    )
+    return drift.findings(tests, m.alpha)
+
+
+def served_window(params: Params) -> tuple[Window, str, list[Sample]]:
+    """The captured window, the version that served last, and its samples (at least monitor.min_samples)."""
+    m = params.monitor
+    window = read_window(params.serve.capture_dir, m.window_hours)
+    if not window.samples:
+        raise SortflowError(
+            f"{params.serve.capture_dir}: no captured requests in the last {m.window_hours:g} h "
+            f"({window.skipped} unreadable records skipped); send traffic to the <model>_bytes endpoint with "
+            "serve.capture_rate above 0, or widen monitor.window_hours"
+        )
+    version = window.samples[-1].version
+    served = [s for s in window.samples if s.version == version]
+    if len(served) < m.min_samples:
+        raise SortflowError(
+            f"only {len(served)} captured requests of version {version} in the last {m.window_hours:g} h; "
+            f"monitor.min_samples is {m.min_samples}: wait for more traffic, raise serve.capture_rate, or lower "
+            "monitor.min_samples"
+        )
+    return window, version, served

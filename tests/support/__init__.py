@@ -1,0 +1,1 @@
+"""Harness code that tests and benchmarks share."""
