@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from components.core.config import Params, load_params, valid_keys
-from components.core.errors import ServiceError, SortflowError
+from components.core.errors import InputError, ServiceError, SortflowError
 
 
 def _common() -> argparse.ArgumentParser:
@@ -363,7 +363,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     extra = {"force": True} if args.force else {}
     if extra and args.flow != "training-pipeline":
-        raise SortflowError("--force applies to the training-pipeline flow only")
+        raise InputError("--force applies to the training-pipeline flow only")
     result = FLOWS[args.flow](overrides=overrides, params_file=args.params, **extra)
     print(result if isinstance(result, str) else json.dumps(result, indent=2, default=str))
     return 0
@@ -371,10 +371,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     if args.image and not args.work_pool:
-        raise SortflowError("--image names what a work pool runs: add --work-pool NAME (a docker or kubernetes pool)")
+        raise InputError("--image names what a work pool runs: add --work-pool NAME (a docker or kubernetes pool)")
     params, overrides = _flow_overrides(args)
     if _prefect_api() is None:
-        raise SortflowError(
+        raise InputError(
             "sortflow deploy registers deployments with a Prefect server: start one (`prefect server start`) "
             "and set PREFECT_API_URL (e.g. http://127.0.0.1:4200/api), or log in to Prefect Cloud"
         )

@@ -17,7 +17,7 @@ from prefect.deployments.runner import EntrypointType
 from prefect.schedules import Cron
 
 from components.core.config import Params
-from components.core.errors import SortflowError
+from components.core.errors import InputError
 
 # (flow function in flows/pipeline.py, deployment name, params.yaml deploy key of its cron, description)
 DEPLOYMENTS = (
@@ -91,7 +91,7 @@ def _pool_takes_image(pool: str) -> bool:
         with get_client(sync_client=True) as client:
             template = client.read_work_pool(pool).base_job_template
     except ObjectNotFound as exc:
-        raise SortflowError(
+        raise InputError(
             f"work pool {pool!r} is not on the Prefect server: create it first, for example "
             f"`prefect work-pool create {pool} --type process` (or --type docker, --type kubernetes)"
         ) from exc
@@ -108,12 +108,12 @@ def deploy_to_work_pool(
     built or pushed. Raises SortflowError for a pool that is missing or takes the other kind of run."""
     takes_image = _pool_takes_image(pool)
     if takes_image and not image:
-        raise SortflowError(
+        raise InputError(
             f"work pool {pool!r} starts each run in a container: name the image that holds this project, "
             "--image REGISTRY/sortflow:TAG (built from the Dockerfile)"
         )
     if image and not takes_image:
-        raise SortflowError(
+        raise InputError(
             f"work pool {pool!r} runs flows as processes and takes no image: drop --image, or deploy to a "
             "docker or kubernetes pool"
         )

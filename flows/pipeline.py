@@ -17,20 +17,13 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from components.core.config import Params, load_params
-from components.core.errors import ServiceError, SortflowError
+from components.core.errors import InputError, retryable
 
 
 def _transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry a step that touches a service only when a service failed, not on bad data or settings."""
-    try:
-        state.result()
-    except ServiceError:
-        return True
-    except SortflowError:
-        return False
-    except Exception:  # a library's own network or I/O error: worth another try
-        return True
-    return False
+    """Retry a step only when a service did not answer (ServiceError): bad data, bad settings and bugs fail
+    the same way again, so they fail at once."""
+    return retryable(state.result(raise_on_failure=False))
 
 
 # Steps run once per flow run and write files: Prefect's result caching would only skip real work.
@@ -78,7 +71,7 @@ def check(params: Params) -> dict[str, Any]:
     if docs.is_file():
         create_link_artifact(docs.resolve().as_uri(), "Great Expectations Data Docs", key="data-docs")
     if not report.check_pass:
-        raise SortflowError(f"{params.dataset.dir} failed check-dataset, so the flow stops before training:\n{text}")
+        raise InputError(f"{params.dataset.dir} failed check-dataset, so the flow stops before training:\n{text}")
     return report.result
 
 
@@ -204,7 +197,7 @@ def promote_and_serve(
     With `version`, that registry version becomes champion first; with `rollback`, the previous champion."""
     params = resolve_params(params_file, overrides)
     if version is not None and rollback:
-        raise SortflowError("promote-and-serve takes a version or rollback, not both")
+        raise InputError("promote-and-serve takes a version or rollback, not both")
     if version is not None or rollback:
         set_champion(params, version, rollback, reason)
     published = publish(params)

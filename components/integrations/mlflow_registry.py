@@ -11,6 +11,7 @@ import getpass
 import json
 import logging
 import os
+import shutil
 import socket
 import tempfile
 import time
@@ -22,7 +23,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from components.core.config import MlflowParams, Params, redact_uri
-from components.core.errors import ServiceError, SortflowError
+from components.core.errors import InputError, ServiceError
 from components.core.procs import gone
 from components.model.contract import LABELS_FILE, MODEL_FILE, PROFILE_FILE, RESULT_FILE
 
@@ -133,7 +134,7 @@ def wait_for_earlier(mlflow_client: Any, name: str, version: int, timeout: float
             return
         if time.monotonic() >= deadline:
             earliest = min(busy, key=lambda v: int(v.version))
-            raise SortflowError(
+            raise InputError(
                 f"version {earliest.version} of {name!r} is still being registered by {earliest.tags[REGISTERING]} "
                 f"after {timeout:.0f} s: wait for it, or raise register.queue_timeout. If that process was killed "
                 f"on another machine, delete version {earliest.version} in MLflow, then register again"
@@ -235,14 +236,50 @@ def downloaded(params: MlflowParams, version: Any) -> Iterator[dict[str, Path]]:
                 raise ServiceError(
                     f"{where}: the MLflow store {redact_uri(uri)} did not answer ({exc}); try again"
                 ) from exc
-            raise SortflowError(
+            raise InputError(
                 f"{where}: its files at {version.source} cannot be read ({exc}); register the model again"
             ) from exc
         files = artifact_files(Path(local))
         missing = [name for name in REQUIRED if not files[name].is_file()]
         if missing:
-            raise SortflowError(f"{where} lacks {', '.join(missing)} at {version.source}; register the model again")
+            raise InputError(f"{where} lacks {', '.join(missing)} at {version.source}; register the model again")
         yield files
+
+
+def registry_model_dir(model_uri: str, uri: str, cache_root: Path) -> Path:
+    """A registry model (`models:/NAME@ALIAS` or `models:/NAME/VERSION`) as a local folder. The alias is asked
+    of the registry at `uri` each time, so a promote or rollback shows at once; each version's files are
+    downloaded once, into a cache kept apart per tracking server (two servers may both have a version 3)."""
+    import hashlib
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from components.core.fsutil import staged_dir
+
+    name, at, alias = model_uri.removeprefix("models:/").partition("@")
+    if not at:
+        name, _, alias = name.rpartition("/")
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    try:
+        version = client.get_model_version_by_alias(name, alias) if at else client.get_model_version(name, alias)
+    except MlflowException as exc:
+        raise InputError(f"{model_uri} not found in the registry at {redact_uri(uri)}: {exc.message}") from exc
+    except OSError as exc:
+        raise ServiceError(f"the MLflow registry {redact_uri(uri)} did not answer ({exc}); try again") from exc
+    server = hashlib.sha256(uri.encode()).hexdigest()[:12]
+    folder = cache_root / server / name / str(version.version)
+    if not (folder / MODEL_FILE).is_file():
+        import mlflow.artifacts as mlflow_artifacts
+
+        with staged_dir(folder, replace=True) as stage:
+            where = stage / ".download"
+            local = mlflow_artifacts.download_artifacts(version.source, dst_path=str(where), tracking_uri=uri)
+            for item in Path(local).iterdir():  # the artifact folder's files, not the folder itself
+                item.rename(stage / item.name)
+            shutil.rmtree(where)
+    log.info("%s is version %s", model_uri, version.version)
+    return folder
 
 
 def training_needed(params: Params) -> tuple[bool, str]:

@@ -14,7 +14,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from components.core.errors import SortflowError
+from components.core.errors import InputError
 from components.model.contract import INPUT_NAME, LABELS_FILE, OUTPUT_NAME
 
 BYTES = "_bytes"
@@ -71,7 +71,7 @@ def check_labels(labels: list[str]) -> None:
     """Triton's classification extension answers "score:index:label": a ':' or a newline breaks it."""
     bad = [label for label in labels if ":" in label or "\n" in label or not label.strip()]
     if bad:
-        raise SortflowError(
+        raise InputError(
             f"class names {bad!r} contain ':' or a line break (or are empty), which breaks Triton's classification "
             "results (score:index:label); rename these classes in label.txt and train again"
         )
@@ -152,4 +152,4 @@ def parse_config(text: str, where: str) -> Any:
     try:
         return text_format.Parse(text, model_config_pb2.ModelConfig())
     except text_format.ParseError as exc:
-        raise SortflowError(f"{where}: not a valid Triton model config: {exc}") from exc
+        raise InputError(f"{where}: not a valid Triton model config: {exc}") from exc

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from components.core.errors import SortflowError
+from components.core.errors import InputError
 from components.core.fsutil import atomic_write_bytes
 
 LAST, BEST = "last.pt", "best.pt"
@@ -28,14 +28,14 @@ def load_checkpoint(path: str | Path, setting: str = "evaluate.weight_path") -> 
     """
     path = Path(path)
     if not path.is_file():
-        raise SortflowError(f"{path}: checkpoint not found; train first or set {setting}")
+        raise InputError(f"{path}: checkpoint not found; train first or set {setting}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for a damaged or foreign file
-        raise SortflowError(f"{path}: not a loadable checkpoint ({type(exc).__name__}: {exc})") from exc
+        raise InputError(f"{path}: not a loadable checkpoint ({type(exc).__name__}: {exc})") from exc
     missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
-        raise SortflowError(f"{path}: not a sortflow checkpoint (missing {', '.join(missing)})")
+        raise InputError(f"{path}: not a sortflow checkpoint (missing {', '.join(missing)})")
     return ckpt
 
 
@@ -58,7 +58,7 @@ def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
 def check_classes(ckpt: dict[str, Any], classes: list[str], path: Path, label_file: Path, fix: str) -> None:
     """The checkpoint was trained on exactly these classes, in this order; else an error that ends in `fix`."""
     if ckpt["label_names"] != classes:
-        raise SortflowError(
+        raise InputError(
             f"{path}: trained on {ckpt['num_classes']} classes ({', '.join(ckpt['label_names'][:5])}...), "
             f"but {label_file} has {len(classes)} ({', '.join(classes[:5])}...); {fix}"
         )
@@ -67,7 +67,7 @@ def check_classes(ckpt: dict[str, Any], classes: list[str], path: Path, label_fi
 def check_resumable(ckpt: dict[str, Any], timm_name: str, model_name: str, classes: list[str], path: Path) -> None:
     """A run can continue from this checkpoint: the same model and the same classes."""
     if ckpt["timm_name"] != timm_name:
-        raise SortflowError(
+        raise InputError(
             f"{path}: a checkpoint of {ckpt['model_name']} ({ckpt['timm_name']}), but train.model is "
             f"{model_name} ({timm_name}); use the same model or another train.output"
         )

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from components.core.errors import SortflowError
+from components.core.errors import InputError
 from components.model.contract import INPUT_NAME, OUTPUT_NAME
 
 
@@ -25,7 +25,7 @@ def onnx_session(path: Path, device: str = "cpu") -> Any:
     if spec.kind != "cuda":
         return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     if "CUDAExecutionProvider" not in ort.get_available_providers():
-        raise SortflowError(
+        raise InputError(
             f"device={device}: this onnxruntime has no CUDA provider; install onnxruntime-gpu in place of "
             "onnxruntime (pip uninstall onnxruntime; pip install 'sortflow[gpu]'), or use device: cpu"
         )
@@ -37,7 +37,7 @@ def onnx_session(path: Path, device: str = "cpu") -> Any:
 def require_cuda(providers: list[str], device: str) -> None:
     """A session asked to run on a GPU whose first provider is not CUDA fell back to the CPU: an error."""
     if not providers or providers[0] != "CUDAExecutionProvider":
-        raise SortflowError(
+        raise InputError(
             f"device={device}: onnxruntime did not load its CUDA provider (the session runs on {providers}); "
             "check that the CUDA and cuDNN libraries that onnxruntime-gpu needs are installed, or use device: cpu"
         )
@@ -64,5 +64,5 @@ def raw_images(
     samples = read_split(dataset_dir, split)[:limit]
     images = [tf(torch.from_numpy(np.array(load_rgb(s.path))).permute(2, 0, 1)).numpy() for s in samples]
     if not images:
-        raise SortflowError(f"{dataset_dir}/{split}.txt: no images to check the exported model on")
+        raise InputError(f"{dataset_dir}/{split}.txt: no images to check the exported model on")
     return np.stack(images).astype(np.float32), np.array([s.label for s in samples])

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from components.core.errors import ServiceError, SortflowError
+from components.core.errors import InputError, ServiceError
 from components.integrations.triton_config import BYTES, BYTES_INPUT
 
 log = logging.getLogger(__name__)
@@ -61,14 +61,14 @@ def image_files(paths: tuple[str, ...]) -> list[Path]:
         if item.is_dir():
             found = sorted(p for p in item.rglob("*") if p.suffix.lower() in SUFFIXES and p.is_file())
             if not found:
-                raise SortflowError(f"{item}: no image files ({', '.join(SUFFIXES)}) in this folder; pass --images")
+                raise InputError(f"{item}: no image files ({', '.join(SUFFIXES)}) in this folder; pass --images")
             files += found
         elif item.is_file():
             files.append(item)
         else:
-            raise SortflowError(f"{item}: no such file or folder; pass image files or folders with --images")
+            raise InputError(f"{item}: no such file or folder; pass image files or folders with --images")
     if not files:
-        raise SortflowError("no images to send: pass --images FILE_OR_FOLDER (the files your clients send)")
+        raise InputError("no images to send: pass --images FILE_OR_FOLDER (the files your clients send)")
     return files
 
 
@@ -96,7 +96,7 @@ def _model_config(url: str, model: str) -> dict[str, Any]:
             f"no Triton server answers at {url} ({exc}); start one with `sortflow serve` or pass --url HOST:PORT"
         ) from exc
     if not live or not client.is_model_ready(model, client_timeout=3):
-        raise SortflowError(f"Triton at {url} does not serve a ready model {model!r}; pass --model, or publish it")
+        raise InputError(f"Triton at {url} does not serve a ready model {model!r}; pass --model, or publish it")
     return client.get_model_config(model, as_json=True)["config"]
 
 
@@ -124,7 +124,7 @@ def _pixels(config: BenchConfig, files: list[Path]) -> tuple[str, list[np.ndarra
         try:
             arrays.append(preprocess(path.read_bytes(), size, resize, interpolation)[None])
         except BadImage as exc:
-            raise SortflowError(f"{path}: {exc}; --input pixels needs images that decode (or --input bytes)") from exc
+            raise InputError(f"{path}: {exc}; --input pixels needs images that decode (or --input bytes)") from exc
     return name, arrays
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from components.core.config import Params
-from components.core.errors import SortflowError
+from components.core.errors import InputError
 from components.core.fsutil import atomic_write_json, staged_dir
 from components.core.locks import locked
 from components.data.loader import read_split
@@ -51,7 +51,7 @@ def check_parity(
     report = {"images": len(images), "max_abs_diff": float(diff.max()), "tolerance": tolerance, "rtol": rtol}
     report["same_top1"] = same_top1
     if worst > tolerance or not same_top1:
-        raise SortflowError(
+        raise InputError(
             f"exported ONNX model disagrees with torch on {len(images)} val images: max abs diff "
             f"{diff.max():.2e} (allowed: {tolerance:.0e} + {rtol:.0e} x probability), same top-1: {same_top1}; "
             "nothing was written"

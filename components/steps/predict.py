@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from components.core.config import Params
-from components.core.errors import ServiceError, SortflowError
+from components.core.config import ExportParams, Params, RegisterParams
+from components.core.errors import InputError, ServiceError
 from components.core.fsutil import atomic_write_json
 from components.data.cls_dataset import IMAGE_EXTENSIONS
 from components.model.contract import INPUT_NAME, LABELS_FILE, MODEL_FILE, OUTPUT_NAME, RESULT_FILE
@@ -28,7 +28,6 @@ from components.model.contract import INPUT_NAME, LABELS_FILE, MODEL_FILE, OUTPU
 log = logging.getLogger(__name__)
 
 IMAGENET = "imagenet"
-DEFAULT_MODEL_DIR = "output/export"
 URL_TIMEOUT = 10
 
 
@@ -36,12 +35,13 @@ URL_TIMEOUT = 10
 class PipelineConfig:
     """What `sortflow get-pipeline-config` writes; every key can be edited in the YAML file."""
 
-    model_dir: str = DEFAULT_MODEL_DIR  # an export folder, `models:/<name>@<alias>`, or `imagenet`
+    model_dir: str = ExportParams.output  # an export folder, `models:/<name>@<alias>`, or `imagenet`
     device: str = "cpu"  # in-process onnxruntime: cpu, gpu or gpu:N
     batch_size: int = 8
     topk: int = 5
     triton_url: str = ""  # host:port of Triton's gRPC endpoint; empty runs onnxruntime in-process
-    triton_model: str = "sortflow-classifier"
+    triton_model: str = RegisterParams.model_name
+    tracking_uri: str = ""  # the MLflow server of a `models:/` model_dir, as mlflow.tracking_uri
 
     @classmethod
     def load(cls, path: str | Path) -> PipelineConfig:
@@ -49,7 +49,7 @@ class PipelineConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
-            raise SortflowError(f"{path}: unknown keys {sorted(unknown)}; valid keys: {sorted(known)}")
+            raise InputError(f"{path}: unknown keys {sorted(unknown)}; valid keys: {sorted(known)}")
         return cls(**data)
 
     def save(self, path: str | Path) -> Path:
@@ -121,13 +121,13 @@ def _load(item: Any) -> tuple[str, Any]:
             with urllib.request.urlopen(name, timeout=URL_TIMEOUT) as response:
                 data = response.read()
         except OSError as exc:
-            raise SortflowError(f"cannot fetch {name}: {exc}") from exc
+            raise InputError(f"cannot fetch {name}: {exc}") from exc
         with Image.open(io.BytesIO(data)) as image:
             return name, ImageOps.exif_transpose(image).convert("RGB")
     from components.data.images import load_rgb
 
     if not Path(name).is_file():
-        raise SortflowError("file not found")
+        raise InputError("file not found")
     return name, load_rgb(name)
 
 
@@ -140,7 +140,7 @@ class _LocalModel:
         files = artifact_files(model_dir) if (model_dir / EXTRA).is_dir() else {n: model_dir / n for n in REQUIRED}
         for name in REQUIRED:
             if not files[name].is_file():
-                raise SortflowError(f"{model_dir}: no {name}; run `sortflow export` or pass another model")
+                raise InputError(f"{model_dir}: no {name}; run `sortflow export` or pass another model")
         self.session = onnx_session(files[MODEL_FILE], device)
         self.labels = files[LABELS_FILE].read_text(encoding="utf-8").splitlines()
         self.data_config = json.loads(files[RESULT_FILE].read_text())["data_config"]
@@ -170,7 +170,7 @@ class _TritonModel:
                 "or pass the right --triton HOST:PORT"
             ) from exc
         if not live or not self.client.is_model_ready(model, client_timeout=3):
-            raise SortflowError(f"Triton at {url} does not serve a ready model {model!r}; run `sortflow publish`")
+            raise InputError(f"Triton at {url} does not serve a ready model {model!r}; run `sortflow publish`")
         config = self.client.get_model_config(model, as_json=True)["config"]
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         size = int(config["input"][0]["dims"][-1])
@@ -202,7 +202,7 @@ class Pipeline:
         if config.triton_url:
             self.model: _LocalModel | _TritonModel = _TritonModel(config.triton_url, config.triton_model)
         else:
-            self.model = _LocalModel(resolve_model_dir(config.model_dir), config.device)
+            self.model = _LocalModel(resolve_model_dir(config.model_dir, config.tracking_uri), config.device)
         from components.data.loader import DataConfig, transform
 
         cfg = self.model.data_config
@@ -253,17 +253,18 @@ class Pipeline:
             yield Result({"input_path": name, "class_ids": ids, "scores": scores, "label_names": labels}, image)
 
 
-def resolve_model_dir(model: str) -> Path:
-    """An export folder; `models:/name@alias` (downloaded from the registry); or `imagenet`."""
+def resolve_model_dir(model: str, tracking: str = "") -> Path:
+    """An export folder; `models:/name@alias` or `models:/name/version` (from the registry at `tracking`, as
+    mlflow.tracking_uri: empty is $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db); or `imagenet`."""
     if model == IMAGENET:
         return imagenet_model_dir()
     if model.startswith("models:/"):
-        import mlflow.artifacts
+        from components.core.config import MlflowParams
+        from components.integrations.mlflow_registry import registry_model_dir
+        from components.integrations.mlflow_tracking import tracking_uri
 
-        cache = Path.home() / ".cache" / "sortflow" / "registry" / model.removeprefix("models:/").replace("@", "_")
-        if not (cache / MODEL_FILE).is_file():
-            mlflow.artifacts.download_artifacts(artifact_uri=model, dst_path=str(cache))
-        return cache
+        uri = tracking_uri(MlflowParams(tracking_uri=tracking))
+        return registry_model_dir(model, uri, Path.home() / ".cache" / "sortflow" / "registry")
     return Path(model)
 
 
@@ -320,7 +321,11 @@ def command_config(
     cfg = (
         PipelineConfig.load(config)
         if config
-        else PipelineConfig(model_dir=params.export.output, triton_model=params.register.model_name)
+        else PipelineConfig(
+            model_dir=params.export.output,
+            triton_model=params.register.model_name,
+            tracking_uri=params.mlflow.tracking_uri,
+        )
     )
     if model:
         cfg.model_dir = model

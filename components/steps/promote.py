@@ -14,7 +14,7 @@ from dataclasses import asdict
 from typing import Any
 
 from components.core.config import Params
-from components.core.errors import SortflowError
+from components.core.errors import InputError
 from components.integrations.mlflow_registry import (
     champion_history,
     champion_version,
@@ -32,7 +32,7 @@ def _registered(mlflow_client: Any, name: str, version: int) -> Any:
     try:
         return mlflow_client.get_model_version(name, str(version))
     except MlflowException as exc:
-        raise SortflowError(
+        raise InputError(
             f"{name!r} has no registry version {version}; `sortflow history` lists the versions and champions"
         ) from exc
 
@@ -68,7 +68,7 @@ def rollback(params: Params, reason: str = "", by: str = "") -> dict[str, Any]:
     client, name = _client(params), params.register.model_name
     target = rollback_target(_history(client, name))
     if target is None:
-        raise SortflowError(
+        raise InputError(
             f"{name!r} has no earlier champion to roll back to in its history (`sortflow history`); "
             "promote a version by number instead: sortflow promote VERSION"
         )
@@ -81,7 +81,7 @@ def _history(mlflow_client: Any, name: str) -> list[Any]:
     try:
         return champion_history(mlflow_client, name)
     except MlflowException as exc:
-        raise SortflowError(f"{name!r} is not in the MLflow registry; run `sortflow register` first") from exc
+        raise InputError(f"{name!r} is not in the MLflow registry; run `sortflow register` first") from exc
 
 
 def history(params: Params) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from components.core.config import Params
-from components.core.errors import SortflowError
+from components.core.errors import InputError
 from components.core.fsutil import atomic_write_text, file_digest, staged_dir
 from components.core.locks import locked
 from components.integrations.mlflow_registry import REFERENCE_PROFILE, champion_version, downloaded
@@ -61,7 +61,7 @@ def _published(target: Path, files: dict[str, Path]) -> bool:
         return False
     if _same_files(target, files):
         return True
-    raise SortflowError(
+    raise InputError(
         f"{target} already holds other files than this version has (was the MLflow registry replaced?); a "
         f"published version is never rewritten while a server may read it: publish into another repository "
         f"(-o publish.repo=...), or stop the server and remove {target}"
@@ -154,7 +154,7 @@ def publish(params: Params) -> dict[str, Any]:
     name = params.register.model_name
     champion = champion_version(client, name)
     if champion is None:
-        raise SortflowError(f"model {name!r} has no champion in the MLflow registry; run `sortflow register` first")
+        raise InputError(f"model {name!r} has no champion in the MLflow registry; run `sortflow register` first")
     repo = Path(params.publish.repo)
     with downloaded(params.mlflow, champion) as files:
         labels = files[LABELS_FILE].read_text(encoding="utf-8").splitlines()
@@ -184,7 +184,7 @@ def _model_info(
     size = graph.input[0].type.tensor_type.shape.dim[-1].dim_value
     classes = graph.output[0].type.tensor_type.shape.dim[-1].dim_value
     if classes != len(labels):
-        raise SortflowError(
+        raise InputError(
             f"registry version {version} of {name!r}: the model has {classes} outputs but "
             f"{len(labels)} labels; register the model again"
         )

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from components.core.config import Params
-from components.core.errors import SortflowError
+from components.core.errors import InputError
 from components.core.fsutil import atomic_write_json, file_digest
 from components.core.locks import locked
 from components.data.digests import val_set_digest
@@ -266,7 +266,7 @@ def register(params: Params) -> dict[str, Any]:
 
     export_dir = Path(params.export.output)
     if not (export_dir / RESULT_FILE).is_file():
-        raise SortflowError(f"{export_dir / RESULT_FILE} not found; run `sortflow export` first")
+        raise InputError(f"{export_dir / RESULT_FILE} not found; run `sortflow export` first")
     exported = json.loads((export_dir / RESULT_FILE).read_text())
     root = prepared_dataset(params, check=False)
     run = ensure_run(params, exported.get("mlflow_run_id"), root, f"register-{exported['model_name']}")

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from components.core.config import Params
-from components.core.errors import ServiceError, SortflowError
+from components.core.errors import InputError, ServiceError
 from components.core.fsutil import atomic_write_json, staged_dir
 from components.core.procs import running
 from components.integrations.triton_config import BYTES, model_source, parse_config
@@ -59,14 +59,14 @@ def find_server(params: Params) -> Server:
     try:
         import pytriton
     except ImportError as exc:
-        raise SortflowError("no Triton server found: install nvidia-pytriton or run inside a Triton container") from exc
+        raise InputError("no Triton server found: install nvidia-pytriton or run inside a Triton container") from exc
     bundled = Path(pytriton.__file__).parent / "tritonserver"
     libs = Path(pytriton.__file__).parent.parent / "nvidia_pytriton.libs"
     copy = _workdir(params) / "tritonserver"
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     stub = bundled / "python_backend_stubs" / version / "triton_python_backend_stub"
     if not stub.is_file():
-        raise SortflowError(f"the bundled Triton has no python backend stub for Python {version}")
+        raise InputError(f"the bundled Triton has no python backend stub for Python {version}")
     if not (copy / "backends" / "python" / stub.name).is_file():
         # The server wants a writable backends folder with the stub for the Python that runs the models.
         shutil.rmtree(copy, ignore_errors=True)
@@ -249,18 +249,18 @@ def _models_to_serve(params: Params) -> list[str]:
     """The models of `publish.repo`, once nothing stands in the way of starting a server for them."""
     current = status(params)
     if current:
-        raise SortflowError(
+        raise InputError(
             f"a server is already running (pid {current['pid']}, gRPC port {current['grpc_port']}); "
             "stop it with `sortflow serve --stop`"
         )
     repo = Path(params.publish.repo)
     models = _models(repo)
     if not models:
-        raise SortflowError(f"{repo}: no models to serve; run `sortflow publish` first")
+        raise InputError(f"{repo}: no models to serve; run `sortflow publish` first")
     for key in ("grpc_port", "http_port", "metrics_port"):
         port = getattr(params.serve, key)
         if not _port_free(params.serve.host, port):
-            raise SortflowError(
+            raise InputError(
                 f"port {port} (serve.{key}) is already in use on {params.serve.host}; stop what uses it or "
                 f"choose another: -o serve.{key}=..."
             )
@@ -307,7 +307,7 @@ def _wait_ready(process: subprocess.Popen, models: list[str], params: Params, lo
     pending = list(models)
     while pending:
         if process.poll() is not None:
-            raise SortflowError(
+            raise InputError(
                 f"Triton exited with code {process.returncode} while starting; see {log_path}:\n" + _tail(log_path)
             )
         if time.monotonic() > deadline:
@@ -317,7 +317,7 @@ def _wait_ready(process: subprocess.Popen, models: list[str], params: Params, lo
         failed = _failed_to_load(host, http_port, pending)
         if failed:
             _terminate(process.pid)
-            raise SortflowError(
+            raise InputError(
                 "Triton could not load " + "; ".join(f"{m}: {why}" for m, why in failed.items()) + f" (see {log_path})"
             )
         time.sleep(0.2)
@@ -482,7 +482,7 @@ def reload(params: Params, models: list[str] | None = None) -> dict[str, Any]:
 
     state = status(params)
     if state is None:
-        raise SortflowError("no Triton server is running from this folder; start one with `sortflow serve`")
+        raise InputError("no Triton server is running from this folder; start one with `sortflow serve`")
     models = models or state["models"]
     repo = Path(state["repo"])
     if not state["stock_triton"]:

@@ -29,7 +29,7 @@ from torch import nn
 
 from components.core.config import Params, TrainParams
 from components.core.devices import parse_device, visible_devices
-from components.core.errors import ParamsError, SortflowError
+from components.core.errors import InputError, ParamsError
 from components.core.fsutil import atomic_write_json, atomic_write_text
 from components.core.locks import output_lock
 from components.core.plots import figure, save_png
@@ -135,7 +135,7 @@ def run_training(params: Params, argv: list[str]) -> TrainResult | None:
         shutil.rmtree(log_dir, ignore_errors=True)
         command, env = torchrun_command(gpu_ids, argv, log_dir)
         if subprocess.run(command, env=env).returncode != 0:
-            raise SortflowError(f"distributed training failed; {_rank_failure(log_dir)}")
+            raise InputError(f"distributed training failed; {_rank_failure(log_dir)}")
     return None
 
 
@@ -266,7 +266,7 @@ def _resume_checkpoint(t: TrainParams, spec: ModelSpec, classes: list[str]) -> d
         return None
     path = Path(t.output) / LAST
     if not path.is_file():
-        raise SortflowError(f"train.resume=true, but {path} does not exist; train without resume first")
+        raise InputError(f"train.resume=true, but {path} does not exist; train without resume first")
     ckpt = load_checkpoint(path)
     check_resumable(ckpt, spec.timm_name, spec.name, classes, path)
     return ckpt
@@ -342,7 +342,7 @@ def _train_epoch(
                 loss = criterion(fit.net(model_input(images, device)), labels)
             bad = _nonfinite_ranks(loss, dist, device)
             if bad:
-                raise SortflowError(
+                raise InputError(
                     f"the training loss became {loss.item()} in epoch {epoch} on rank(s) {bad}; lower "
                     f"train.learning_rate (now {t.learning_rate}) or raise train.batch_size (now {t.batch_size})"
                 )
@@ -374,7 +374,7 @@ def _out_of_memory_hint(t: TrainParams, dist: Dist, device: torch.device) -> Ite
     try:
         yield
     except torch.cuda.OutOfMemoryError as exc:
-        raise SortflowError(
+        raise InputError(
             f"CUDA ran out of memory on {device} (rank {dist.rank}): train.batch_size={t.batch_size} is per "
             f"device, so each of the {dist.world} processes holds a batch of {t.batch_size}; lower it, e.g. "
             f"-o train.batch_size={max(1, t.batch_size // 2)}, or lower train.image_size ({t.image_size})"
@@ -598,7 +598,7 @@ def _steps_per_epoch(train_images: Any, t: TrainParams, dist: Dist) -> int:
             steps,
         )
     if steps == 0:
-        raise SortflowError(f"train has {len(train_images)} images: not one training step per epoch")
+        raise InputError(f"train has {len(train_images)} images: not one training step per epoch")
     return steps
 
 

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from components.core.errors import SortflowError
+from components.core.errors import InputError
 from components.triton_models.capture import RECORDS, image_path
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def read_window(capture_dir: str | Path, hours: float, now: float | None = None)
     """The samples of the last `hours` before `now`, oldest first; corrupt lines are skipped and counted."""
     root = Path(capture_dir)
     if not (root / RECORDS).is_dir():
-        raise SortflowError(
+        raise InputError(
             f"{root}: no captured traffic (serve.capture_dir); turn capture on with -o serve.capture_rate=0.1 "
             "(for example), then `sortflow publish` and serve again"
         )

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from components.core.config import Params
-from components.core.errors import SortflowError
+from components.core.errors import InputError
 from components.data.images import STATS, decode_all, image_stats
 from components.model.contract import PROFILE_FILE
 from components.traffic import drift
@@ -34,7 +34,7 @@ def load_profile(params: Params, version: str) -> dict[str, Any]:
     client, _ = mlflow_tracking.client(params.mlflow)
     with downloaded(params.mlflow, client.get_model_version(name, version)) as files:
         if not files[REFERENCE_PROFILE].is_file():
-            raise SortflowError(
+            raise InputError(
                 f"registry version {version} of {name!r} has no reference profile (registered before profiles "
                 "existed); export and register a model again to monitor it"
             )
@@ -107,7 +107,7 @@ def served_window(params: Params) -> tuple[Window, str, list[Sample]]:
     m = params.monitor
     window = read_window(params.serve.capture_dir, m.window_hours)
     if not window.samples:
-        raise SortflowError(
+        raise InputError(
             f"{params.serve.capture_dir}: no captured requests in the last {m.window_hours:g} h "
             f"({window.skipped} unreadable records skipped); send traffic to the <model>_bytes endpoint with "
             "serve.capture_rate above 0, or widen monitor.window_hours"
@@ -115,7 +115,7 @@ def served_window(params: Params) -> tuple[Window, str, list[Sample]]:
     version = window.samples[-1].version
     served = [s for s in window.samples if s.version == version]
     if len(served) < m.min_samples:
-        raise SortflowError(
+        raise InputError(
             f"only {len(served)} captured requests of version {version} in the last {m.window_hours:g} h; "
             f"monitor.min_samples is {m.min_samples}: wait for more traffic, raise serve.capture_rate, or lower "
             "monitor.min_samples"

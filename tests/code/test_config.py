@@ -62,6 +62,49 @@ def test_repo_params_yaml_documents_every_key() -> None:
         assert "#" in line, f"params.yaml: {key} has no comment"
 
 
+def _comments(path: Path) -> dict[str, str]:
+    """Each `section.key` of a params file with the comment on its line and on the lines that continue it."""
+    found: dict[str, str] = {}
+    section = key = ""
+    for line in path.read_text().splitlines():
+        if line and not line.startswith((" ", "#")):
+            section = line.split(":")[0]
+        elif line.startswith("  ") and not line.strip().startswith("#"):
+            key = f"{section}.{line.split(':')[0].strip()}"
+            found[key] = line.partition("#")[2]
+        elif line.strip().startswith("#") and key:
+            found[key] += " " + line.strip().lstrip("#").strip()
+    return found
+
+
+def test_params_yaml_differs_from_the_built_in_defaults_only_where_it_says_why() -> None:
+    """The built-in defaults live in one place (the typed config); params.yaml tunes some of them for the demo
+    data, and each such key's comment names the built-in value with the reason."""
+    import yaml
+
+    path = Path(__file__).resolve().parents[2] / "params.yaml"
+    comments = _comments(path)
+    built_in = Params()
+    silent = []
+    for key in valid_keys():
+        section, name = key.split(".")
+        default = getattr(getattr(built_in, section), name)
+        value = getattr(getattr(load_params(path), section), name)
+        written = yaml.safe_dump(default).removesuffix("\n...\n").strip() if default != "" else "empty"
+        if value != default and f"(built-in: {written}" not in comments[key]:
+            silent.append(f"{key}: {value!r} here, {default!r} built in")
+        if value == default:
+            assert "built-in:" not in comments[key], f"{key} says it differs but does not"
+    assert silent == []
+
+
+def test_predict_takes_its_defaults_from_the_parameters() -> None:
+    from components.steps.predict import PipelineConfig
+
+    assert PipelineConfig().model_dir == Params().export.output
+    assert PipelineConfig().triton_model == Params().register.model_name
+
+
 def test_params_file_then_overrides(tmp_path: Path) -> None:
     path = tmp_path / "p.yaml"
     path.write_text("train:\n  epochs: 3\n  learning_rate: 1\nsplit:\n  seed: 7\n")

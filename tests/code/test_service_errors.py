@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from components.core.config import MlflowParams, load_params
-from components.core.errors import DatasetError, ServiceError, SortflowError
+from components.core.errors import DatasetError, InputError, ParamsError, ServiceError, SortflowError
 from tests.helpers import free_port
 
 
@@ -55,18 +55,23 @@ def test_predict_through_triton_that_does_not_answer() -> None:
 
 
 def test_flows_retry_service_failures_only() -> None:
+    """Only a service that did not answer is worth another try: a bug or bad input fails the same way again."""
+    from prefect.states import Completed, Failed
+
     from flows.pipeline import _transient
 
-    def state(exc: Exception) -> types.SimpleNamespace:
-        def result() -> None:
-            raise exc
+    assert _transient(None, None, Failed(data=ServiceError("MLflow did not answer")))
+    assert not _transient(None, None, Failed(data=InputError("bad settings")))
+    assert not _transient(None, None, Failed(data=DatasetError("bad data")))
+    assert not _transient(None, None, Failed(data=KeyError("a bug")))
+    assert not _transient(None, None, Failed(data=ConnectionResetError("unwrapped: the step must say ServiceError")))
+    assert not _transient(None, None, Completed(data=1))
 
-        return types.SimpleNamespace(result=result)
 
-    assert _transient(None, None, state(ServiceError("MLflow did not answer")))
-    assert _transient(None, None, state(ConnectionResetError("a library's own network error")))
-    assert not _transient(None, None, state(SortflowError("bad settings")))
-    assert not _transient(None, None, state(DatasetError("bad data")))
+def test_the_error_kinds_say_who_acts() -> None:
+    """Both kinds are reported as one line by the CLI; only one of them is the user's to fix."""
+    assert issubclass(ServiceError, SortflowError) and not issubclass(ServiceError, InputError)
+    assert issubclass(DatasetError, InputError) and issubclass(ParamsError, InputError)
 
 
 def test_a_server_reachable_from_other_machines_says_so() -> None:
