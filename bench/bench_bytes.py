@@ -35,6 +35,7 @@ from bench_train import OUT, dataset  # noqa: E402
 from components.steps.bench_serve import image_files, run_level  # noqa: E402
 from components.steps.serve import resident_memory  # noqa: E402
 from components.triton_models.preprocess import preprocess  # noqa: E402
+from tests.support.overrides import without_published  # noqa: E402
 
 WORK = OUT / "bytes"
 LEVELS = (1, 4, 8)
@@ -76,7 +77,7 @@ def servers(data: Path) -> dict[str, list[str]]:
             sortflow(step, *setups["default"])
     for args in setups.values():
         sortflow("publish", *args)
-        sortflow("serve", *args)
+        sortflow("serve", *without_published(args))
     return setups
 
 
@@ -201,7 +202,7 @@ def main() -> None:
         )
     finally:
         for args in setups.values():
-            sortflow("serve", "--stop", *args)
+            sortflow("serve", "--stop", *without_published(args))
 
 
 if __name__ == "__main__":

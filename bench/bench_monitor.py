@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from bench_train import OUT, SORTFLOW, dataset  # noqa: E402
 
 from components.core.config import load_params  # noqa: E402
+from tests.support.overrides import without_published  # noqa: E402
 
 WORK = OUT / "monitor"
 WINDOW, CONCURRENCY = 200, 4
@@ -65,8 +66,8 @@ def overrides(data: Path, repo: str, rate: float, serve: str) -> list[str]:
     items = [
         *lite0_training(data, WORK, 96, 2),
         f"publish.repo={WORK / repo}",
-        f"serve.capture_rate={rate}",
-        f"serve.capture_dir={WORK / 'capture'}",
+        f"publish.capture_rate={rate}",
+        f"publish.capture_dir={WORK / 'capture'}",
         f"serve.workdir={WORK / serve}",
         *server_ports(),
     ]
@@ -92,7 +93,7 @@ def release(data: Path) -> tuple[list[str], list[str]]:
             sortflow(step, *off)
     for args in (off, on):
         sortflow("publish", *args)
-        sortflow("serve", *args)
+        sortflow("serve", *without_published(args))
     return off, on
 
 
@@ -210,7 +211,8 @@ def monitor_10k(on: list[str], val: list[tuple[Path, int]]) -> float:
                 time.sleep(0.01)
     while capture.captured + capture.dropped < 10_000:
         time.sleep(0.01)
-    args = [*on, "-o", f"serve.capture_dir={folder}", "-o", "monitor.window_hours=1", "-o", "monitor.output=monitor10k"]
+    args = [*on, "-o", f"publish.capture_dir={folder}", "-o", "monitor.window_hours=1"]
+    args += ["-o", "monitor.output=monitor10k"]
     began = time.perf_counter()
     run = subprocess.run([SORTFLOW, "monitor", *args], cwd=WORK, capture_output=True, text=True)
     seconds = time.perf_counter() - began
@@ -231,7 +233,7 @@ def main() -> None:
         seconds = monitor_10k(on, val)
     finally:
         for args in (off, on):
-            sortflow("serve", "--stop", *args)
+            sortflow("serve", "--stop", *without_published(args))
     print("\n| traffic | windows | drift reported | rate |\n|---|---|---|---|")
     for kind, hits in found.items():
         print(f"| {kind} | {len(hits)} | {sum(hits)} | {sum(hits) / len(hits):.2f} |")

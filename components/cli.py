@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from components.core.config import Params, load_params, valid_keys
+from components.core.config import Params, load_params, refuse_published_keys, valid_keys
 from components.core.errors import InputError, ServiceError, SortflowError
 
 
@@ -244,6 +244,7 @@ def _serve_status(params: Params) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from components.steps import serve
 
+    refuse_published_keys(args.override, "serve")
     params = _params(args)
     if args.stop:
         print("Stopped the Triton server" if serve.stop(params) else "No Triton server was running")

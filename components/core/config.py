@@ -106,6 +106,11 @@ class PublishParams:
     decode_instances: int = 2
     bytes_inference: str = "auto"
     max_queue_delay_us: int = 0
+    capture_rate: float = 0.0
+    capture_dir: str = "output/capture"
+    capture_max_mb: int = 1024
+    max_image_pixels: int = 40_000_000
+    max_request_mb: float = 64.0
 
 
 @dataclass
@@ -115,11 +120,6 @@ class ServeParams:
     http_port: int = 8000
     metrics_port: int = 8002
     workdir: str = "output/serve"
-    capture_rate: float = 0.0
-    capture_dir: str = "output/capture"
-    capture_max_mb: int = 1024
-    max_image_pixels: int = 40_000_000
-    max_request_mb: float = 64.0
 
 
 @dataclass
@@ -195,6 +195,20 @@ def _section_types() -> dict[str, type]:
 def valid_keys() -> list[str]:
     """Every `section.key` name, in declaration order."""
     return [f"{name}.{k.name}" for name, section in _section_types().items() for k in dataclasses.fields(section)]
+
+
+def refuse_published_keys(overrides: list[str], command: str) -> None:
+    """`sortflow serve` runs what `publish` wrote: an override of a key that only publish writes into the model
+    configs (every publish.* key but repo) cannot take effect there, so it is an error naming the command
+    that applies it rather than a setting silently ignored."""
+    for override in overrides:
+        key = override.partition("=")[0].strip()
+        if key.startswith("publish.") and key != "publish.repo" and key in valid_keys():
+            raise ParamsError(
+                f"-o {override}: {key} takes effect when `sortflow publish` writes the model configs, not at "
+                f"`sortflow {command}`; run `sortflow publish -o {override}`, then `sortflow serve --reload` "
+                "(or start the server)"
+            )
 
 
 def _coerce(value: Any, expected: type, where: str) -> Any:
@@ -293,14 +307,14 @@ def _validate(params: Params) -> None:
 
 
 def _validate_monitoring(params: Params) -> None:
-    s, m = params.serve, params.monitor
+    s, m = params.publish, params.monitor
     if not 0 <= s.capture_rate <= 1:
-        raise ParamsError(f"serve.capture_rate must be in [0, 1] (0 = off, 1 = every request), got {s.capture_rate}")
+        raise ParamsError(f"publish.capture_rate must be in [0, 1] (0 = off, 1 = every request), got {s.capture_rate}")
     if s.capture_max_mb < 1:
-        raise ParamsError(f"serve.capture_max_mb must be 1 or more, got {s.capture_max_mb}")
+        raise ParamsError(f"publish.capture_max_mb must be 1 or more, got {s.capture_max_mb}")
     if s.max_image_pixels < 1 or s.max_request_mb <= 0:
         raise ParamsError(
-            f"serve.max_image_pixels must be 1 or more and serve.max_request_mb above 0, got {s.max_image_pixels} "
+            f"publish.max_image_pixels must be 1 or more and publish.max_request_mb above 0, got {s.max_image_pixels} "
             f"and {s.max_request_mb}"
         )
     for key in ("alpha", "low_confidence", "max_undecodable_share"):

@@ -29,7 +29,7 @@ def model_source(name: str) -> Path:
 
 @dataclass(frozen=True)
 class BytesSettings:
-    """What the bytes model takes (serve.max_image_pixels, serve.max_request_mb), captures (serve.capture_*:
+    """What the bytes model takes (publish.max_image_pixels, publish.max_request_mb), captures (serve.capture_*:
     rate 0 is off) and where it runs the classifier (publish.bytes_inference, publish.threads)."""
 
     max_image_pixels: int

@@ -1,6 +1,6 @@
 """monitor: does the served model still see what it was trained for? Captured traffic against the reference.
 
-Reads the last `monitor.window_hours` of captured requests (`serve.capture_dir`) and the reference profile
+Reads the last `monitor.window_hours` of captured requests (`publish.capture_dir`) and the reference profile
 of the version that served them (its val set: predicted classes, top-1 confidence, image statistics).
 Runs the drift tests (`drift`) and a Great Expectations suite over the window's manifest and the test
 results, with Data Docs, in the style of check-dataset; reads Triton's own metrics from the metrics port.
@@ -137,7 +137,7 @@ def _gx_suite(live: pd.DataFrame, findings: list[drift.Finding], params: Params,
 def monitor(params: Params) -> dict[str, Any]:
     """Check the last `monitor.window_hours` of captured traffic for drift against the served version's reference.
 
-    Reads `serve.capture_dir`, the reference profile (beside the published model, else in the registry) and
+    Reads `publish.capture_dir`, the reference profile (beside the published model, else in the registry) and
     Triton's metrics port. Writes `monitor.output` whole: monitor_result.json (each check with its statistic,
     p-value, threshold and verdict), monitor.png, window.csv and data_docs/; logs an MLflow run tagged with
     the served version. Raises SortflowError when there is no capture folder or too few samples.

@@ -94,7 +94,7 @@ def write_repository(
     repo: Path, info: ModelInfo, onnx_file: Path, params: Params, profile: Path | None = None
 ) -> list[str]:
     """The models of one classifier (and its reference profile beside the ONNX file); returns their names."""
-    publish, serve = params.publish, params.serve
+    publish = params.publish
     kind = "KIND_GPU" if publish.instance_kind == "gpu" else "KIND_CPU"
     model_dir = repo / info.name
     version_files = {MODEL_FILE: onnx_file, **({PROFILE_FILE: profile} if profile else {})}
@@ -114,11 +114,11 @@ def write_repository(
 
     bytes_dir = repo / f"{info.name}{BYTES}"
     settings = BytesSettings(
-        serve.max_image_pixels,
-        serve.max_request_mb,
-        serve.capture_rate,
-        serve.capture_dir,
-        serve.capture_max_mb,
+        publish.max_image_pixels,
+        publish.max_request_mb,
+        publish.capture_rate,
+        publish.capture_dir,
+        publish.capture_max_mb,
         bytes_inference(publish.bytes_inference, publish.instance_kind),
         publish.threads,
     )

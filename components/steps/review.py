@@ -135,7 +135,7 @@ def _label_studio(rows: list[dict[str, Any]], labels: list[str], model: str) -> 
 def review(params: Params) -> dict[str, Any]:
     """Build the review queue of the captured window (the one `sortflow monitor` checks).
 
-    Reads serve.capture_dir and the reference profile of the served version. Writes `review.output` whole
+    Reads publish.capture_dir and the reference profile of the served version. Writes `review.output` whole
     (see the module docstring). Raises SortflowError when there is no capture folder or too few samples.
     """
     _, version, served = served_window(params)

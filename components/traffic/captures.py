@@ -1,4 +1,4 @@
-"""Captured traffic read back: the samples of a time window from `serve.capture_dir`, and their image files.
+"""Captured traffic read back: the samples of a time window from `publish.capture_dir`, and their image files.
 
 The folder's layout is written by the serving side (`triton_models/capture.py`); a line that cannot be read
 is skipped and counted, never fatal, since the writer may have been cut off mid-line.
@@ -81,7 +81,7 @@ def read_window(capture_dir: str | Path, hours: float, now: float | None = None)
     root = Path(capture_dir)
     if not (root / RECORDS).is_dir():
         raise InputError(
-            f"{root}: no captured traffic (serve.capture_dir); turn capture on with -o serve.capture_rate=0.1 "
+            f"{root}: no captured traffic (publish.capture_dir); turn capture on with -o publish.capture_rate=0.1 "
             "(for example), then `sortflow publish` and serve again"
         )
     end = time.time() if now is None else now

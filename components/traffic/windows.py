@@ -105,19 +105,19 @@ def drift_tests(live: pd.DataFrame, profile: dict[str, Any], params: Params) -> 
 def served_window(params: Params) -> tuple[Window, str, list[Sample]]:
     """The captured window, the version that served last, and its samples (at least monitor.min_samples)."""
     m = params.monitor
-    window = read_window(params.serve.capture_dir, m.window_hours)
+    window = read_window(params.publish.capture_dir, m.window_hours)
     if not window.samples:
         raise InputError(
-            f"{params.serve.capture_dir}: no captured requests in the last {m.window_hours:g} h "
+            f"{params.publish.capture_dir}: no captured requests in the last {m.window_hours:g} h "
             f"({window.skipped} unreadable records skipped); send traffic to the <model>_bytes endpoint with "
-            "serve.capture_rate above 0, or widen monitor.window_hours"
+            "publish.capture_rate above 0, or widen monitor.window_hours"
         )
     version = window.samples[-1].version
     served = [s for s in window.samples if s.version == version]
     if len(served) < m.min_samples:
         raise InputError(
             f"only {len(served)} captured requests of version {version} in the last {m.window_hours:g} h; "
-            f"monitor.min_samples is {m.min_samples}: wait for more traffic, raise serve.capture_rate, or lower "
+            f"monitor.min_samples is {m.min_samples}: wait for more traffic, raise publish.capture_rate, or lower "
             "monitor.min_samples"
         )
     return window, version, served

@@ -1,6 +1,6 @@
 """Traffic capture for the encoded-image endpoint: sampled requests written to a bounded folder, off the request path.
 
-Layout of the capture folder (`serve.capture_dir`):
+Layout of the capture folder (`publish.capture_dir`):
     images/<sha[:2]>/<sha>.<ext>    each distinct image file once (sha: BLAKE2b-128 of its bytes)
     records/<YYYYMMDD-HH>.jsonl     one JSON line per sampled request (UTC hour of the request)
 

@@ -70,7 +70,7 @@ class TritonPythonModel:
         size_mb = sum(len(item[0]) for item in encoded) / 1e6
         if size_mb > self.max_request_mb:
             raise BadImage(
-                f"the request holds {size_mb:.1f} MB of images, above serve.max_request_mb={self.max_request_mb:g}; "
+                f"the request holds {size_mb:.1f} MB of images, above publish.max_request_mb={self.max_request_mb:g}; "
                 "send fewer or smaller images per request"
             )
         pixels = []

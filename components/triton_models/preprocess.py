@@ -36,7 +36,7 @@ def _rgb(data: bytes, max_pixels: int, resize: int) -> object:
             width, height = image.size
             if max_pixels and width * height > max_pixels:
                 raise BadImage(
-                    f"{width}x{height} is {width * height} pixels, above serve.max_image_pixels={max_pixels}; "
+                    f"{width}x{height} is {width * height} pixels, above publish.max_image_pixels={max_pixels}; "
                     "send a smaller image"
                 )
             scale = min(width, height) / (DRAFT_MARGIN * resize)

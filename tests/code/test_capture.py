@@ -77,7 +77,7 @@ def test_a_folder_that_goes_away_drops_and_counts_and_logs_once(tmp_path: Path) 
 
 
 def test_reading_a_missing_empty_or_corrupt_capture_folder(tmp_path: Path) -> None:
-    with pytest.raises(SortflowError, match=r"no captured traffic \(serve.capture_dir\); turn capture on"):
+    with pytest.raises(SortflowError, match=r"no captured traffic \(publish.capture_dir\); turn capture on"):
         read_window(tmp_path / "nothing", hours=1)
     (tmp_path / "cap" / RECORDS).mkdir(parents=True)
     assert read_window(tmp_path / "cap", hours=1).samples == []
@@ -93,15 +93,15 @@ def test_reading_a_missing_empty_or_corrupt_capture_folder(tmp_path: Path) -> No
 
 
 def test_monitor_without_enough_captured_traffic_says_what_to_do(run_cli, tmp_path: Path) -> None:
-    code, _, err = run_cli("monitor", "-o", f"serve.capture_dir={tmp_path / 'none'}")
-    assert code == 2 and "no captured traffic (serve.capture_dir)" in err and "Traceback" not in err
+    code, _, err = run_cli("monitor", "-o", f"publish.capture_dir={tmp_path / 'none'}")
+    assert code == 2 and "no captured traffic (publish.capture_dir)" in err and "Traceback" not in err
     capture = Capture(str(tmp_path / "cap"), 1.0, 10**6, "m", "1")
     for i in range(3):
         capture.submit(JPEG + bytes([i]), [0.2, 0.8])
     _drain(capture, 3)
-    code, _, err = run_cli("monitor", "-o", f"serve.capture_dir={tmp_path / 'cap'}")
+    code, _, err = run_cli("monitor", "-o", f"publish.capture_dir={tmp_path / 'cap'}")
     assert code == 2 and "only 3 captured requests of version 1 in the last 24 h; monitor.min_samples is 100" in err
     empty = tmp_path / "empty"
     (empty / RECORDS).mkdir(parents=True)
-    code, _, err = run_cli("monitor", "-o", f"serve.capture_dir={empty}")
+    code, _, err = run_cli("monitor", "-o", f"publish.capture_dir={empty}")
     assert code == 2 and "no captured requests in the last 24 h" in err

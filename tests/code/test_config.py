@@ -182,3 +182,11 @@ def test_every_params_file_in_the_repository_loads() -> None:
     assert [f.name for f in files] == ["params.trashnet.yaml", "params.yaml"]
     for path in files:
         load_params(path)  # valid keys and values, or ParamsError with the file and line
+
+
+def test_serve_refuses_a_setting_that_only_publish_applies(run_cli) -> None:
+    """The bytes model's capture and limits are written by publish: `serve -o` on them would change nothing."""
+    code, _, err = run_cli("serve", "--status", "-o", "publish.capture_rate=1")
+    assert code == 2
+    assert "publish.capture_rate takes effect when `sortflow publish` writes the model configs" in err
+    assert "sortflow publish -o publish.capture_rate=1" in err

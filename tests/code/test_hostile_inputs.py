@@ -108,7 +108,7 @@ HOSTILE_PARAMETERS = {
     ),
     "a section that is not a mapping": ("train: [1, 2]\n", "params.yaml:1: section 'train' must be a mapping"),
     "malformed YAML": ("train:\n  epochs: [1\n", "params.yaml:3: not valid YAML"),
-    "a value out of range": ("serve:\n  max_image_pixels: 0\n", "serve.max_image_pixels must be 1 or more"),
+    "a value out of range": ("publish:\n  max_image_pixels: 0\n", "publish.max_image_pixels must be 1 or more"),
     "a folder that does not exist": ("dataset:\n  dir: /no/such/folder\n", "/no/such/folder: dataset folder not found"),
 }
 

@@ -29,7 +29,7 @@ from tests.orchestration.conftest import MODEL, command_env, project_copy, sh
 # request (at most every 0.25 s), so with two an idle one may show a count up to 0.25 s old, and the exact
 # count below would depend on which instance served the last request.
 LOOP = (
-    "serve.capture_rate=1",
+    "publish.capture_rate=1",
     "monitor.min_samples=20",
     "register.min_improvement=-1",
     "review.size=40",

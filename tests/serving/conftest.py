@@ -11,6 +11,7 @@ import pytest
 
 from components.cli import main
 from tests.helpers import TINY_TRAIN, cls_dataset, free_port, overrides
+from tests.support.overrides import without_published
 
 
 @dataclass
@@ -23,9 +24,12 @@ class Release:
         cwd = os.getcwd()
         os.chdir(self.workdir)
         try:
-            return main([*argv, *self.args])
+            return main([*argv, *(self.serve_args() if argv[0] == "serve" else self.args)])
         finally:
             os.chdir(cwd)
+
+    def serve_args(self) -> list[str]:
+        return without_published(self.args)
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from tests.helpers import free_port, overrides, record_figure
 from tests.serving.conftest import Release
 
 MODEL, BYTES_MODEL = "sortflow-classifier", "sortflow-classifier_bytes"
-LIMITS = ("serve.max_request_mb=1", "serve.max_image_pixels=4000000")
+LIMITS = ("publish.max_request_mb=1", "publish.max_image_pixels=4000000")
 
 
 @pytest.fixture(scope="module")
@@ -281,7 +281,7 @@ def test_crashed_server_is_reported_with_its_log_and_starts_again(
 def test_foreground_server_drains_on_sigterm_and_exits_0(limited: Release) -> None:
     args = _background(limited, "output/serve-fg")
     process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "sortflow"), "serve", "--foreground", *limited.args, *args],
+        [str(Path(sys.executable).parent / "sortflow"), "serve", "--foreground", *limited.serve_args(), *args],
         cwd=limited.workdir,
     )
     state_file = limited.workdir / "output/serve-fg/server.json"
