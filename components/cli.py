@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import yaml
@@ -365,9 +366,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     extra = {"force": True} if args.force else {}
     if extra and args.flow != "training-pipeline":
         raise InputError("--force applies to the training-pipeline flow only")
-    result = FLOWS[args.flow](overrides=overrides, params_file=args.params, **extra)
+    with _prefect_server_errors():
+        result = FLOWS[args.flow](overrides=overrides, params_file=args.params, **extra)
     print(result if isinstance(result, str) else json.dumps(result, indent=2, default=str))
     return 0
+
+
+@contextlib.contextmanager
+def _prefect_server_errors() -> Iterator[None]:
+    """Prefect's temporary server that did not start in time, as one line that says what to do."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if "Timed out while attempting to connect to ephemeral Prefect API server" not in str(exc):
+            raise
+        waited = os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "20")
+        raise ServiceError(
+            f"Prefect's temporary server did not start within {waited} s: raise "
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, or start a server (`prefect server start`) and set "
+            "PREFECT_API_URL (e.g. http://127.0.0.1:4200/api)"
+        ) from None
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:

@@ -153,6 +153,11 @@ class DeployParams:
 
 
 @dataclass
+class LocksParams:
+    timeout: float = 3600.0
+
+
+@dataclass
 class Params:
     dataset: DatasetParams = field(default_factory=DatasetParams)
     split: SplitParams = field(default_factory=SplitParams)
@@ -166,6 +171,7 @@ class Params:
     review: ReviewParams = field(default_factory=ReviewParams)
     mlflow: MlflowParams = field(default_factory=MlflowParams)
     deploy: DeployParams = field(default_factory=DeployParams)
+    locks: LocksParams = field(default_factory=LocksParams)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Every section as plain values, for reports and config.yaml: a password in a URI is masked."""
@@ -304,6 +310,8 @@ def _validate(params: Params) -> None:
             raise ParamsError(f"publish.{key} must be {least} or more, got {getattr(params.publish, key)}")
     _validate_monitoring(params)
     _validate_deploy(params.deploy)
+    if params.locks.timeout < 0:
+        raise ParamsError(f"locks.timeout must be 0 (no limit) or more seconds, got {params.locks.timeout}")
 
 
 def _validate_monitoring(params: Params) -> None:

@@ -2,7 +2,8 @@
 are serialised, never interleaved.
 
 A step holds an exclusive `flock` on `.<output>.lock` beside its output while it runs; the file names the
-holder (pid, host, command, since). A second run waits for the lock, saying who holds it. The kernel drops a
+holder (pid, host, command, since). A second run waits for the lock, saying who holds it, for at most
+`locks.timeout` seconds; then it fails naming the holder. The kernel drops a
 lock whose process died (kill -9 too), so a lock left by a killed run is taken over at once; the holder it
 names is reported as stale. A run that ends, by success or error, removes the lock file while it still
 holds it; a waiting run then finds the file gone and locks the new one, so no two runs ever hold a lock.
@@ -24,7 +25,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
+from components.core.errors import ServiceError
+
 log = logging.getLogger(__name__)
+POLL = 0.2  # seconds between tries while another run holds a lock
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -58,30 +62,42 @@ def _same_file(fd: int, path: Path) -> bool:
         return False
 
 
-def _acquire(path: Path, output: str | os.PathLike[str]) -> int:
-    """An open descriptor of the lock file of `output`, locked; waits (once saying for whom) while it is held."""
+def _acquire(path: Path, output: str | os.PathLike[str], timeout: float) -> int:
+    """An open descriptor of the lock file of `output`, locked; waits (once saying for whom) while it is held,
+    for at most `timeout` seconds (0: no limit)."""
     told = False
+    deadline = time.monotonic() + timeout
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if not told:
-                log.warning("%s is being written by %s; waiting for it to finish", output, describe(_holder(fd)))
-                told = True
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = describe(_holder(fd))
+                if timeout and time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise ServiceError(
+                        f"{output} is still being written by {holder} after {timeout:g} s: wait for it to finish, "
+                        "stop it, or raise locks.timeout"
+                    ) from None
+                if not told:
+                    log.warning("%s is being written by %s; waiting for it to finish", output, holder)
+                    told = True
+                time.sleep(POLL)
         if _same_file(fd, path):
             return fd
         os.close(fd)  # the holder removed the file as it ended: lock the one that is there now
 
 
 @contextlib.contextmanager
-def output_lock(output: str | os.PathLike[str], step: str) -> Iterator[None]:
-    """Hold the lock of `output` (a file or folder) for `step`, waiting while another run holds it."""
+def output_lock(output: str | os.PathLike[str], step: str, timeout: float = 0) -> Iterator[None]:
+    """Hold the lock of `output` (a file or folder) for `step`, waiting while another run holds it, for at most
+    `timeout` seconds (0: no limit); then a ServiceError names the holder."""
     path = lock_path(output)
     path.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    fd = _acquire(path, output)
+    fd = _acquire(path, output, timeout)
     try:
         if time.monotonic() - started > 1:
             log.info("Got the lock of %s after %.1f s", output, time.monotonic() - started)
@@ -115,7 +131,7 @@ def locked(key: str) -> Callable[[F], F]:
             output = getattr(getattr(params, section), name)
             if not output:
                 return step(params, *args, **kwargs)
-            with output_lock(output, f"sortflow {step.__name__}"):
+            with output_lock(output, f"sortflow {step.__name__}", params.locks.timeout):
                 return step(params, *args, **kwargs)
 
         return run  # type: ignore[return-value]

@@ -127,7 +127,7 @@ def run_training(params: Params, argv: list[str]) -> TrainResult | None:
     _, gpu_ids = resolve_device(params.train.device)
     if "WORLD_SIZE" in os.environ:  # a rank under torchrun: its launcher holds the lock of train.output
         return train(params)
-    with output_lock(params.train.output, "sortflow train"):
+    with output_lock(params.train.output, "sortflow train", params.locks.timeout):
         if len(gpu_ids) <= 1:
             return train(params)
         prepared_dataset(params)  # checked once, before any process group waits on it

@@ -75,3 +75,25 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path: Path, caplog: p
     assert time.monotonic() - started < 5  # the kernel dropped the dead holder's lock: no waiting
     assert f"left by pid {holder['pid']}" in caplog.text and "no longer running" in caplog.text
     record_figure("lock left by kill -9", 1, notes="taken over at once, reported stale")
+
+
+def test_a_wait_longer_than_locks_timeout_fails_naming_the_holder(tmp_path: Path, run_cli) -> None:
+    """A step that cannot get its output's lock within locks.timeout fails with the holder's pid and command,
+    and writes nothing."""
+    from components.core.errors import ServiceError
+
+    holder_process = _writer(tmp_path, "long", 30)
+    try:
+        holder = _wait_for_holder(tmp_path)
+        with pytest.raises(
+            ServiceError,
+            match=rf"still being written by pid {holder['pid']} .*test writer.*"
+            r"after 0.5 s: .*raise locks.timeout",
+        ), output_lock(tmp_path / "out", "second", timeout=0.5):
+            raise AssertionError("got a lock that is held")
+        code, _, err = run_cli("split", "-o", f"split.output={tmp_path / 'out'}", "-o", "locks.timeout=0.5")
+        assert code == 2 and f"pid {holder['pid']}" in err and "locks.timeout" in err
+    finally:
+        holder_process.kill()
+        holder_process.wait(10)
+    assert (tmp_path / "journal").read_text() == "start long\n"

@@ -201,6 +201,22 @@ def test_sortflow_run_checks_parameters_and_the_prefect_server_first(tmp_path: P
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_temporary_prefect_server_that_does_not_start_in_time_is_one_line(tmp_path: Path) -> None:
+    """Without PREFECT_API_URL, Prefect starts a server of its own; one slower than its timeout is an error that
+    says what to set, not Prefect's traceback."""
+    slow = subprocess.run(
+        ["sortflow", "run", "data-check"],
+        cwd=tmp_path,
+        env=command_env(PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="1"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert slow.returncode == 2
+    assert "error: Prefect's temporary server did not start within 1 s" in slow.stderr
+    assert "Traceback" not in slow.stderr
+
+
 def test_unreachable_mlflow_server_names_the_setting(run_cli) -> None:
     url = f"http://127.0.0.1:{free_port()}"
     code, _, err = run_cli("compare", "-o", f"mlflow.tracking_uri={url}")
