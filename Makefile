@@ -8,7 +8,7 @@ export GX_ANALYTICS_ENABLED := false
 export MLFLOW_DISABLE_TELEMETRY := true
 export MPLBACKEND := Agg
 
-.PHONY: install demo test lint browser bench clean
+.PHONY: install demo test lint docs browser bench clean
 
 install: $(STAMP)
 
@@ -33,6 +33,11 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+
+# The reference pages (commands, parameters, exit codes) are written from the code; the site is built strictly.
+docs: $(STAMP)
+	$(BIN)/python -m tests.support.reference
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir output/site
 
 # Headless Chromium opens the review contact sheet in the tests; Debian's package, installed once (as root).
 browser:

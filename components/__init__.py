@@ -1,4 +1,4 @@
-"""sortflow's library: one module per pipeline step over shared helpers (README: Layout).
+"""sortflow's library: packages by layer, with `cli.py` as the entry point (docs: Development, Layout).
 
 `from components import create_pipeline` for prediction.
 """

@@ -31,6 +31,22 @@ def _common() -> argparse.ArgumentParser:
     return common
 
 
+# What `sortflow` exits with, for scripts and schedulers (the reference's exit-code page is written from this).
+EXIT_CODES = {
+    0: "done: the command did what it was asked",
+    1: "done, and what it checked failed: check-dataset found errors in the data, `serve --status` found no "
+    "server, a crashed one or an unhealthy model, predict could not classify some inputs, bench-serve saw "
+    "failed requests",
+    2: "error, reported in one line: a wrong command line, parameter, file or dataset (the message names the "
+    "file, the line and the fix), or a service that did not answer (the message names it; running again may "
+    "help)",
+    3: "monitor: the captured traffic drifted from the served version's reference",
+    130: "interrupted (Ctrl-C)",
+}
+ERROR_EXIT = 2
+INTERRUPTED_EXIT = 130
+
+
 def _params(args: argparse.Namespace) -> Params:
     overrides = list(args.override)
     if getattr(args, "dir", None):
@@ -623,10 +639,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except SortflowError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return ERROR_EXIT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return INTERRUPTED_EXIT
 
 
 if __name__ == "__main__":

@@ -255,100 +255,117 @@ def _set(params: Params, key: str, value: Any, where: str) -> None:
     setattr(getattr(params, section), name, _coerce(value, hints[name], f"{where}: {key}"))
 
 
-# train.* ranges: key -> (test, the rule as the error states it)
-_TRAIN_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
-    "epochs": (lambda v: v >= 1, "1 or more"),
-    "batch_size": (lambda v: v >= 1, "1 or more"),
-    "image_size": (lambda v: v >= 1, "1 or more"),
-    "learning_rate": (lambda v: v > 0, "above 0"),
-    "crop_scale_min": (lambda v: 0 < v <= 1, "in (0, 1]"),
-    "ema_decay": (lambda v: 0 <= v < 1, "in [0, 1) (0 = no weight average)"),
-    "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "mixup_alpha": (lambda v: v >= 0, "0 (off) or more"),
-    "cutmix_alpha": (lambda v: v >= 0, "0 (off) or more"),
-    "clip_grad_norm": (lambda v: v >= 0, "0 (off) or more"),
-    "drop_rate": (lambda v: 0 <= v < 1, "in [0, 1) (0 = off)"),
-    "drop_path_rate": (lambda v: 0 <= v < 1, "in [0, 1) (0 = off)"),
-}
+@dataclass(frozen=True)
+class Rule:
+    """What a parameter may hold: the test, and the rule as the error and the reference state it."""
 
-# publish.* integers: key -> the least value allowed
-_PUBLISH_LEAST = {"max_batch_size": 1, "instances": 1, "decode_instances": 1, "threads": 0, "max_queue_delay_us": 0}
+    allowed: Callable[[Any], bool]
+    text: str
+
+
+def _zone(name: str) -> bool:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
+def _least(least: float, text: str = "") -> Rule:
+    return Rule(lambda v: v >= least, text or f"{least:g} or more")
+
+
+def _within(low: float, high: float, text: str) -> Rule:
+    """low <= v < high."""
+    return Rule(lambda v: low <= v < high, text)
+
+
+def _one_of(*choices: str, text: str = "") -> Rule:
+    return Rule(lambda v: v in choices, text or f"{', '.join(choices[:-1])} or {choices[-1]}")
+
+
+_OPEN_UNIT = Rule(lambda v: 0 < v < 1, "between 0 and 1")
+_CRON = Rule(lambda v: len(v.split()) == 5, "a cron expression (minute hour day month weekday)")
+
+# Every parameter with a rule of its own; a key not listed takes any value of its type.
+RULES: dict[str, Rule] = {
+    "dataset.sample_num": _least(0),
+    "dataset.min_image_size": _least(0),
+    "dataset.num_workers": _least(0, "0 (one per CPU core) or more"),
+    "split.train_percent": Rule(lambda v: 0 < v < 100, "between 0 and 100 (with val_percent: 100)"),
+    "split.val_percent": Rule(lambda v: 0 < v < 100, "between 0 and 100 (with train_percent: 100)"),
+    "train.epochs": _least(1),
+    "train.batch_size": _least(1),
+    "train.image_size": _least(1),
+    "train.learning_rate": Rule(lambda v: v > 0, "above 0"),
+    "train.optimizer": _one_of("sgd", "adamw"),
+    "train.num_classes": _least(0, "0 (as label.txt) or more"),
+    "train.num_workers": _least(0),
+    "train.cache_mb": _least(0),
+    "train.crop_scale_min": Rule(lambda v: 0 < v <= 1, "in (0, 1]"),
+    "train.augment": _one_of("none", "randaugment", "trivialaugment"),
+    "train.ema_decay": _within(0, 1, "in [0, 1) (0 = no weight average)"),
+    "train.label_smoothing": _within(0, 1, "in [0, 1)"),
+    "train.mixup_alpha": _least(0, "0 (off) or more"),
+    "train.cutmix_alpha": _least(0, "0 (off) or more"),
+    "train.clip_grad_norm": _least(0, "0 (off) or more"),
+    "train.drop_rate": _within(0, 1, "in [0, 1) (0 = off)"),
+    "train.drop_path_rate": _within(0, 1, "in [0, 1) (0 = off)"),
+    "evaluate.batch_size": _least(1),
+    "export.parity_images": _least(1),
+    "export.tolerance": _least(0),
+    "export.rtol": _least(0),
+    "register.queue_timeout": _least(0, "0 or more (seconds)"),
+    "publish.max_batch_size": _least(1),
+    "publish.instance_kind": _one_of("cpu", "gpu", text="cpu or gpu (Triton's KIND_CPU or KIND_GPU)"),
+    "publish.instances": _least(1),
+    "publish.threads": _least(0),
+    "publish.decode_instances": _least(1),
+    "publish.bytes_inference": _one_of(
+        "auto",
+        "local",
+        "classifier",
+        text="auto, local (the ONNX file runs in each decoding instance) or classifier (<model>_bytes calls "
+        "<model> through Triton)",
+    ),
+    "publish.max_queue_delay_us": _least(0),
+    "publish.capture_rate": Rule(lambda v: 0 <= v <= 1, "in [0, 1] (0 = off, 1 = every request)"),
+    "publish.capture_max_mb": _least(1),
+    "publish.max_image_pixels": _least(1),
+    "publish.max_request_mb": Rule(lambda v: v > 0, "above 0"),
+    "serve.grpc_port": Rule(lambda v: 0 < v < 65536, "a TCP port, 1 to 65535"),
+    "serve.http_port": Rule(lambda v: 0 < v < 65536, "a TCP port, 1 to 65535"),
+    "serve.metrics_port": Rule(lambda v: 0 < v < 65536, "a TCP port, 1 to 65535"),
+    "monitor.window_hours": Rule(lambda v: v > 0, "above 0"),
+    "monitor.min_samples": _least(1),
+    "monitor.alpha": _OPEN_UNIT,
+    "monitor.low_confidence": _OPEN_UNIT,
+    "monitor.max_undecodable_share": _OPEN_UNIT,
+    "review.size": _least(1),
+    "deploy.training_cron": _CRON,
+    "deploy.data_check_cron": _CRON,
+    "deploy.monitor_cron": _CRON,
+    "deploy.timezone": Rule(_zone, "an IANA time zone such as UTC or Europe/Berlin"),
+    "locks.timeout": _least(0, "0 (no limit) or more seconds"),
+}
 
 
 def _validate(params: Params) -> None:
+    """The split's two shares together (one message for both), then each key against its rule in RULES."""
     s = params.split
     if s.train_percent <= 0 or s.val_percent <= 0 or s.train_percent + s.val_percent != 100:
         raise ParamsError(
             f"split.train_percent ({s.train_percent}) and split.val_percent ({s.val_percent}) must both be"
             " above 0 and add up to 100; for example -o split.train_percent=80 -o split.val_percent=20"
         )
-    for key in ("sample_num", "min_image_size", "num_workers"):
-        if getattr(params.dataset, key) < 0:
-            raise ParamsError(f"dataset.{key} must be 0 or more, got {getattr(params.dataset, key)}")
-    if params.register.queue_timeout < 0:
-        raise ParamsError(f"register.queue_timeout must be 0 or more (seconds), got {params.register.queue_timeout}")
-    t = params.train
-    if t.optimizer not in ("sgd", "adamw"):
-        raise ParamsError(f"train.optimizer must be sgd or adamw, got {t.optimizer!r}")
-    if t.augment not in ("none", "randaugment", "trivialaugment"):
-        raise ParamsError(f"train.augment must be none, randaugment or trivialaugment, got {t.augment!r}")
-    for key, (allowed, rule) in _TRAIN_RANGES.items():
-        if not allowed(getattr(t, key)):
-            raise ParamsError(f"train.{key} must be {rule}, got {getattr(t, key)}")
-    if params.publish.instance_kind not in ("cpu", "gpu"):
-        raise ParamsError(
-            "publish.instance_kind must be cpu or gpu (Triton's KIND_CPU or KIND_GPU), got "
-            f"{params.publish.instance_kind!r}"
-        )
-    if params.publish.bytes_inference not in ("auto", "local", "classifier"):
-        raise ParamsError(
-            "publish.bytes_inference must be auto, local (the ONNX file runs in each decoding instance) or "
-            f"classifier (<model>_bytes calls <model> through Triton), got {params.publish.bytes_inference!r}"
-        )
-    for key, least in _PUBLISH_LEAST.items():
-        if getattr(params.publish, key) < least:
-            raise ParamsError(f"publish.{key} must be {least} or more, got {getattr(params.publish, key)}")
-    _validate_monitoring(params)
-    _validate_deploy(params.deploy)
-    if params.locks.timeout < 0:
-        raise ParamsError(f"locks.timeout must be 0 (no limit) or more seconds, got {params.locks.timeout}")
-
-
-def _validate_monitoring(params: Params) -> None:
-    s, m = params.publish, params.monitor
-    if not 0 <= s.capture_rate <= 1:
-        raise ParamsError(f"publish.capture_rate must be in [0, 1] (0 = off, 1 = every request), got {s.capture_rate}")
-    if s.capture_max_mb < 1:
-        raise ParamsError(f"publish.capture_max_mb must be 1 or more, got {s.capture_max_mb}")
-    if s.max_image_pixels < 1 or s.max_request_mb <= 0:
-        raise ParamsError(
-            f"publish.max_image_pixels must be 1 or more and publish.max_request_mb above 0, got {s.max_image_pixels} "
-            f"and {s.max_request_mb}"
-        )
-    for key in ("alpha", "low_confidence", "max_undecodable_share"):
-        if not 0 < getattr(m, key) < 1:
-            raise ParamsError(f"monitor.{key} must be between 0 and 1, got {getattr(m, key)}")
-    if m.window_hours <= 0 or m.min_samples < 1 or params.review.size < 1:
-        raise ParamsError(
-            "monitor.window_hours must be above 0 and monitor.min_samples and review.size 1 or more, got "
-            f"{m.window_hours}, {m.min_samples} and {params.review.size}"
-        )
-
-
-def _validate_deploy(d: DeployParams) -> None:
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-    try:
-        ZoneInfo(d.timezone)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise ParamsError(
-            f"deploy.timezone: {d.timezone!r} is not an IANA time zone such as UTC or Europe/Berlin"
-        ) from exc
-    for key in ("training_cron", "data_check_cron", "monitor_cron"):
-        if len(getattr(d, key).split()) != 5:
-            raise ParamsError(
-                f"deploy.{key}: {getattr(d, key)!r} is not a cron expression (minute hour day month weekday)"
-            )
+    for key, rule in RULES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(params, section), name)
+        if not rule.allowed(value):
+            shown = repr(value) if isinstance(value, str) else value
+            raise ParamsError(f"{key} must be {rule.text}, got {shown}")
 
 
 def _key_lines(text: str) -> dict[tuple[str, str], int]:

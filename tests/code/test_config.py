@@ -8,6 +8,7 @@ import pytest
 
 from components.core.config import Params, load_params, valid_keys
 from components.core.errors import ParamsError
+from tests.support.reference import params_comments
 
 FIXED_NAMES = [
     "dataset.dir",
@@ -62,28 +63,13 @@ def test_repo_params_yaml_documents_every_key() -> None:
         assert "#" in line, f"params.yaml: {key} has no comment"
 
 
-def _comments(path: Path) -> dict[str, str]:
-    """Each `section.key` of a params file with the comment on its line and on the lines that continue it."""
-    found: dict[str, str] = {}
-    section = key = ""
-    for line in path.read_text().splitlines():
-        if line and not line.startswith((" ", "#")):
-            section = line.split(":")[0]
-        elif line.startswith("  ") and not line.strip().startswith("#"):
-            key = f"{section}.{line.split(':')[0].strip()}"
-            found[key] = line.partition("#")[2]
-        elif line.strip().startswith("#") and key:
-            found[key] += " " + line.strip().lstrip("#").strip()
-    return found
-
-
 def test_params_yaml_differs_from_the_built_in_defaults_only_where_it_says_why() -> None:
     """The built-in defaults live in one place (the typed config); params.yaml tunes some of them for the demo
     data, and each such key's comment names the built-in value with the reason."""
     import yaml
 
     path = Path(__file__).resolve().parents[2] / "params.yaml"
-    comments = _comments(path)
+    comments = params_comments(path)
     built_in = Params()
     silent = []
     for key in valid_keys():

@@ -75,7 +75,7 @@ def test_triton_model_files_import_nothing_from_sortflow() -> None:
 
 
 def test_layout_page_names_every_module() -> None:
-    page = (ROOT / "README.md").read_text().split("## Layout", 1)[1].split("\n## ", 1)[0]
+    page = (ROOT / "docs/development/layout.md").read_text()
     named = set(re.findall(r"`([\w/]+)\.py`", page))
     paths = {name.replace(".", "/") for name in modules()}
     paths |= {f"triton_models/{p.stem}" for p in (COMPONENTS / "triton_models").glob("*.py")} | {"cli"}
