@@ -390,6 +390,11 @@ def _read_yaml(path: Path) -> tuple[Mapping[str, Any], dict[tuple[str, str], int
         mark = exc.problem_mark
         line = f":{mark.line + 1}" if mark is not None else ""
         raise ParamsError(f"{path}{line}: not valid YAML ({exc.problem}); fix the syntax there") from exc
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow, before any parsing
+        line = text.count("\n", 0, exc.position) + 1
+        raise ParamsError(
+            f"{path}:{line}: not valid YAML (the character {chr(exc.character)!r} is not allowed); remove it"
+        ) from exc
     if data is None:
         return {}, {}
     if not isinstance(data, Mapping):

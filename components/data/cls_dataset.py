@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import posixpath
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,7 +93,12 @@ def _lines(path: Path) -> Iterable[tuple[int, str]]:
                     f"{path}:{number + 1}: a line of more than {MAX_LINE_BYTES} bytes (no path is that long; "
                     "is it a list file?); fix or remove that line"
                 )
-            text = raw.decode("utf-8", errors="replace").removeprefix("\ufeff" if number == 0 else "")
+            try:
+                text = raw.decode("utf-8").removeprefix("\ufeff" if number == 0 else "")
+            except UnicodeDecodeError as exc:
+                raise DatasetError(
+                    f"{path}:{number + 1}: not UTF-8 text ({exc.reason} at byte {exc.start}); save the file as UTF-8"
+                ) from None
             for line in text.splitlines() or [""]:  # as str.splitlines numbers them: \r and \r\n end a line too
                 number += 1
                 if line.strip():
@@ -118,6 +124,17 @@ def read_labels(path: Path) -> list[LabelEntry]:
         parts = line.split(maxsplit=1)
         entries.append(LabelEntry(number, parts[0], parts[1] if len(parts) == 2 else None))
     return entries
+
+
+def class_name_problem(name: str) -> str | None:
+    """Why `name` cannot be a class name in label.txt (one line per class, the name after the index), or None."""
+    if name != name.strip():
+        return "starts or ends with white space"
+    if len(name.splitlines()) != 1 or name.splitlines()[0] != name:
+        return "contains a line break"
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Co", "Cn") for c in name):
+        return "contains a control or unassigned character"
+    return None
 
 
 def label_names(path: Path) -> dict[int, str]:

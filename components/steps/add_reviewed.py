@@ -10,6 +10,7 @@ the dataset are skipped and counted. The dataset is checked again, and `dvc add`
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import shutil
@@ -43,47 +44,73 @@ class AddResult:
     dvc_file: str | None
 
 
+def _text(path: Path) -> str:
+    """The file as UTF-8 text (a byte-order mark allowed); any other encoding names the line it fails on."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DatasetError(f"{path}:{line}: not UTF-8 text ({exc.reason}); save the file as UTF-8") from None
+
+
+def _image(where: str, folder: Path, file: object) -> Path:
+    if not isinstance(file, str) or not file.strip() or "\x00" in file:
+        raise DatasetError(f"{where}: no usable image file name ({file!r}); use the file that `sortflow review` wrote")
+    return folder / file
+
+
 def _csv_rows(path: Path) -> list[Reviewed | None]:
-    with path.open(encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
+    reader = csv.DictReader(io.StringIO(_text(path), newline=""))
+    try:
         missing = {"file", "label"} - set(reader.fieldnames or [])
         if missing:
             raise DatasetError(
                 f"{path}:1: no {', '.join(sorted(missing))} column; use the review.csv that `sortflow review` wrote"
             )
-        return [
-            Reviewed(f"{path}:{n}", path.parent / row["file"], row["label"].strip())
-            if (row.get("label") or "").strip()
-            else None
-            for n, row in enumerate(reader, start=2)
-        ]
+        rows: list[Reviewed | None] = []
+        for row in reader:
+            where = f"{path}:{reader.line_num}"
+            label = (row.get("label") or "").strip()
+            rows.append(Reviewed(where, _image(where, path.parent, row.get("file")), label) if label else None)
+    except csv.Error as exc:
+        raise DatasetError(f"{path}:{reader.line_num}: not a CSV row ({exc}); fix that line") from None
+    return rows
+
+
+def _task_row(path: Path, n: int, task: object) -> Reviewed | None:
+    """One Label Studio task: its latest annotation that was not cancelled, or None when it has none."""
+    where = f"{path}: task {n}"
+    if not isinstance(task, dict):
+        raise DatasetError(f"{where} is {type(task).__name__}, not a task; export the project as JSON")
+    data = task.get("data")
+    file = data.get("sortflow_file") if isinstance(data, dict) else None
+    if file is None:
+        raise DatasetError(f"{where} has no data.sortflow_file; import the tasks that `sortflow review` wrote")
+    image = _image(where, path.parent, file)
+    annotations = task.get("annotations") or []
+    done = [a for a in annotations if isinstance(a, dict) and not a.get("was_cancelled")] if isinstance(
+        annotations, list
+    ) else []
+    results = done[-1].get("result") if done else None
+    values = [r.get("value") for r in results if isinstance(r, dict)] if isinstance(results, list) else []
+    choices = [v["choices"] for v in values if isinstance(v, dict) and v.get("choices")]
+    if not choices:
+        return None
+    if not isinstance(choices[0], list) or not isinstance(choices[0][0], str):
+        raise DatasetError(f"{where}: its choice {choices[0]!r} is not a class name; label it with the class choices")
+    return Reviewed(where, image, choices[0][0].strip()) if choices[0][0].strip() else None
 
 
 def _label_studio_rows(path: Path) -> list[Reviewed | None]:
     """The latest annotation of each task that was not cancelled (a task without one counts as unlabelled)."""
     try:
-        tasks = json.loads(path.read_text(encoding="utf-8"))
+        tasks = json.loads(_text(path))
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}); export the project as JSON") from exc
     if not isinstance(tasks, list):
         raise DatasetError(f"{path}: expected a list of tasks (Label Studio's JSON export)")
-    rows: list[Reviewed | None] = []
-    for n, task in enumerate(tasks, start=1):
-        done = [a for a in task.get("annotations", []) if not a.get("was_cancelled")]
-        choices = (
-            [r["value"]["choices"] for r in done[-1].get("result", []) if "choices" in r.get("value", {})]
-            if done
-            else []
-        )
-        file = task.get("data", {}).get("sortflow_file")
-        if file is None:
-            raise DatasetError(
-                f"{path}: task {n} has no data.sortflow_file; import the tasks that `sortflow review` wrote"
-            )
-        rows.append(
-            Reviewed(f"{path}: task {n}", path.parent / file, choices[0][0]) if choices and choices[0] else None
-        )
-    return rows
+    return [_task_row(path, n, task) for n, task in enumerate(tasks, start=1)]
 
 
 def read_reviewed(path: str | Path) -> tuple[list[Reviewed], int, int]:

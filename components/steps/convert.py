@@ -11,6 +11,7 @@ from components.core.fsutil import file_digest, link_or_copy, staged_dir
 from components.data.cls_dataset import (
     LABEL_FILE,
     SPLITS,
+    class_name_problem,
     inside,
     is_image_file,
     list_file,
@@ -51,8 +52,9 @@ def convert_folders(src: str | Path, dst: str | Path, split: SplitParams, link: 
     if not classes:
         raise DatasetError(f"{src}: no class folders with images; expected {src}/<class>/<image>.jpg")
     for name in classes:
-        if name != name.strip() or "\n" in name:
-            raise DatasetError(f"{src / name}: class folder names may not start or end with spaces; rename it")
+        problem = class_name_problem(name)
+        if problem:
+            raise DatasetError(f"{src}/{name!r}: the class folder's name {problem}; rename the folder")
     rows = []
     content = {}
     with staged_dir(dst, replace=True) as stage:
