@@ -55,7 +55,7 @@ def _params(args: argparse.Namespace) -> Params:
 
 
 def _check(params: Params) -> int:
-    from components.data.expectations import format_report
+    from components.data.report import format_report
     from components.steps.check_dataset import check_step
 
     outcome = check_step(params)
@@ -63,6 +63,14 @@ def _check(params: Params) -> int:
         print("Split dataset successfully !")
     print(format_report(outcome.report))
     return 0 if outcome.report.check_pass else 1
+
+
+def _checked(params: Params) -> None:
+    """Check `dataset.dir` first when its check result is missing or older than its lists: the steps' gate only
+    reads that result, so that a change to the checks or their report never reruns training in DVC."""
+    from components.steps.check_dataset import check_if_needed
+
+    check_if_needed(params)
 
 
 def cmd_check_dataset(args: argparse.Namespace) -> int:
@@ -77,6 +85,7 @@ def cmd_split(args: argparse.Namespace) -> int:
         # PaddleX style: no split dataset, so `split` means check-dataset with its in-place split switched on.
         params.split.enable = True
         return _check(params)
+    _checked(params)
     result = split_step(params)
     how = "split again" if params.split.enable else "lists kept (split.enable=false)"
     print(
@@ -140,7 +149,9 @@ def cmd_review(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from components.steps.train import run_training
 
-    result = run_training(_params(args), args.argv)
+    params = _params(args)
+    _checked(params)
+    result = run_training(params, args.argv)
     if result is not None and int(os.environ.get("RANK", 0)) == 0:
         print(f"Trained {result.epochs} epochs: best val top-1 {result.best_top1:.4f}, last {result.last_top1:.4f}")
         print(f"Checkpoints and reports: {result.output} (MLflow run {result.run_id})")

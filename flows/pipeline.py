@@ -60,7 +60,7 @@ def pull_data(params: Params) -> str:
 @step(name="check-dataset")
 def check(params: Params) -> dict[str, Any]:
     """check-dataset; its report becomes an artifact, and a failed check stops the flow."""
-    from components.data.expectations import data_docs_index, format_report
+    from components.data.report import data_docs_index, format_report
     from components.steps.check_dataset import check_step
 
     outcome = check_step(params)

@@ -195,9 +195,9 @@ def prepared_dataset(params: Params, check: bool = True) -> Path:
     lists of `dataset.dir`, so a stale split is never trained on.
     """
     if check:
-        from components.data.expectations import ensure_checked
+        from components.data.gate import passed_check
 
-        ensure_checked(params.dataset)
+        passed_check(params.dataset)
     if not params.split.output:
         return Path(params.dataset.dir)
     out = Path(params.split.output)

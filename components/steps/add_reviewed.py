@@ -181,7 +181,8 @@ def add_reviewed(params: Params, review_file: str | Path) -> AddResult:
     check-dataset reports, and `<dataset>.dvc`. Raises DatasetError for an unknown class, a missing image,
     conflicting labels, or a dataset that no longer passes its check (then nothing is left changed).
     """
-    from components.data.expectations import build_manifest, check_dataset
+    from components.data.manifest import build_manifest
+    from components.data.report import run_check
     from components.integrations.dvc_data import add as dvc_add
 
     root = Path(params.dataset.dir)
@@ -199,7 +200,7 @@ def add_reviewed(params: Params, review_file: str | Path) -> AddResult:
         if lines:
             text = before if before.endswith("\n") or not before else before + "\n"
             atomic_write_text(train, text + format_list(lines))
-        report = check_dataset(params.dataset)
+        report = run_check(params.dataset)
         if not report.check_pass:
             raise DatasetError(
                 f"{root} fails check-dataset with the reviewed images; it was put back:\n{report.result['err_msg']}"

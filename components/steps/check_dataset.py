@@ -1,8 +1,9 @@
 """check-dataset: the step that checks `dataset.dir` before anything reads it.
 
-The checks themselves (PaddleX's check_dataset as a Great Expectations suite) are in `dataset_checks`.
-As PaddleX's check_dataset with `split.enable`, the step first resplits the dataset's lists in place when
-there is no separate split dataset (`split.output` empty), so the check covers the lists training reads.
+The checks themselves (PaddleX's check_dataset as a Great Expectations suite) are in `data/expectations.py`,
+over the manifest of `data/manifest.py`; `data/report.py` writes what they found. As PaddleX's
+check_dataset with `split.enable`, the step first resplits the dataset's lists in place when there is no
+separate split dataset (`split.output` empty), so the check covers the lists training reads.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from dataclasses import dataclass
 
 from components.core.config import Params
 from components.core.locks import locked
-from components.data.expectations import CheckReport, check_dataset
+from components.data.gate import current_result
 from components.data.partition import SplitResult, split_dataset
+from components.data.report import CheckReport, run_check
 
 
 @dataclass(frozen=True)
@@ -33,4 +35,15 @@ def check_step(params: Params) -> CheckOutcome:
     resplit = None
     if params.split.enable and not params.split.output:
         resplit = split_dataset(params.dataset.dir, params.split)
-    return CheckOutcome(check_dataset(params.dataset), resplit)
+    return CheckOutcome(run_check(params.dataset), resplit)
+
+
+def check_if_needed(params: Params) -> CheckOutcome | None:
+    """check-dataset when `dataset.dir` has no check result newer than its lists (what `sortflow train` and
+    `sortflow split` do first, as their gate only reads that result); None when the result is current."""
+    return None if current_result(params.dataset) is not None else _check_only(params)
+
+
+@locked("dataset.output")
+def _check_only(params: Params) -> CheckOutcome:
+    return CheckOutcome(run_check(params.dataset), None)

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from components.core.config import Params
-from components.data.expectations import RESULT_FILE, data_docs_index
+from components.data.gate import RESULT_FILE
 from components.data.partition import SPLIT_RESULT
+from components.data.report import data_docs_index
 
 
 def _json(path: Path) -> dict[str, Any] | None:

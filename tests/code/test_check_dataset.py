@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from components.core.config import DatasetParams
-from components.data.expectations import build_manifest, check_dataset
+from components.data.manifest import build_manifest
+from components.data.report import run_check
 from tests.helpers import snapshot, write_image
 
 Run = Callable[..., tuple[int, str, str]]
@@ -213,7 +214,7 @@ def test_odd_image_modes_paths_with_spaces_and_backslashes(tmp_path: Path, datas
         lines.append(f"{rel.replace('/', chr(92))} 1\n")
     with open(dataset / "train.txt", "a") as f:
         f.writelines(lines)
-    report = check_dataset(DatasetParams(dir=str(dataset), output=str(tmp_path / "out"), num_workers=1))
+    report = run_check(DatasetParams(dir=str(dataset), output=str(tmp_path / "out"), num_workers=1))
     assert report.check_pass, report.result.get("err_msg")
     modes = next(c for c in report.checks if c.name == "images are 8-bit RGB")
     assert modes.unexpected_count == 5
@@ -237,3 +238,21 @@ def test_failed_check_replaces_previous_report(run_cli: Run, dataset: Path) -> N
     code, _, _, result = check(run_cli, dataset)
     assert code == 1 and result["check_pass"] is False
     assert not list(Path("output").glob(".check_dataset.*")), "no staging folder is left behind"
+
+
+def test_the_gate_only_reads_the_check_result_and_the_cli_checks_first(run_cli: Run, dataset: Path) -> None:
+    """Steps that read a dataset pass a gate that reads check_dataset_result.json and nothing else: a missing or
+    stale result names the command to run. `sortflow split` (and train) run the check first when needed."""
+    import os
+
+    from components.data.gate import NotChecked, passed_check
+
+    params = DatasetParams(dir=str(dataset), output="output", num_workers=1)
+    with pytest.raises(NotChecked, match=r"no check result newer than its lists .*run `sortflow check-dataset` first"):
+        passed_check(params)
+    code, _, _ = run_cli("split", str(dataset), "-o", "split.output=split", "-o", "dataset.num_workers=1")
+    assert code == 0 and passed_check(params)["check_pass"]
+    later = Path("output/check_dataset_result.json").stat().st_mtime + 10
+    os.utime(dataset / "train.txt", (later, later))  # the lists changed after the check
+    with pytest.raises(NotChecked):
+        passed_check(params)

@@ -14,7 +14,9 @@ from hypothesis import strategies as st
 
 from components.core.errors import InputError
 
-EXAMPLES = settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+EXAMPLES = settings(
+    max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 # Text as editors save it, and text as anything else may: lines of printable words, and any bytes at all.
 WORDS = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
 LINES = st.lists(WORDS, max_size=8).map("\n".join)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import components.data.expectations as dataset_checks
+import components.data.manifest as manifest
 from components.core.errors import DatasetError
 from tests.helpers import folder_dataset, write_image
 
@@ -35,8 +35,8 @@ def test_check_dataset_fails_on_the_line_and_never_opens_the_target(
 ) -> None:
     line = _link_in(dataset, outside)
     opened = []
-    real_probe = dataset_checks.probe_image
-    monkeypatch.setattr(dataset_checks, "probe_image", lambda path: opened.append(path) or real_probe(path))
+    real_probe = manifest.probe_image
+    monkeypatch.setattr(manifest, "probe_image", lambda path: opened.append(path) or real_probe(path))
     code, out, _ = run_cli("check-dataset", str(dataset), "-o", "dataset.num_workers=1")
     assert code == 1
     assert "no path leaves the dataset root" in out and f"train.txt:{line} images/glass/link.jpg" in out

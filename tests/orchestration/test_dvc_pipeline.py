@@ -33,6 +33,14 @@ def test_stages_read_sections_of_params_and_depend_on_the_code_they_run() -> Non
     assert "components/triton_models" in pipeline["stages"]["publish"]["deps"]
 
 
+def test_rewording_a_check_or_its_report_reruns_no_stage_after_split() -> None:
+    """The gate of train, evaluate, export and register only reads the check's result file."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    report_code = {"components/data/expectations.py", "components/data/report.py", "components/integrations/gx_report.py"}
+    for name in ("split", "train", "evaluate", "export", "register", "publish"):
+        assert report_code.isdisjoint(stages[name]["deps"]), name
+
+
 def test_every_train_key_that_changes_the_model_reruns_the_train_stage() -> None:
     """A new train.* key is a param of the stage unless dvc.yaml's header says why it is left out."""
     tracked = set(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train"]["params"])
