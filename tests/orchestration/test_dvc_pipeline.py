@@ -36,7 +36,7 @@ def test_stages_read_sections_of_params_and_depend_on_the_code_they_run() -> Non
 def test_rewording_a_check_or_its_report_reruns_no_stage_after_split() -> None:
     """The gate of train, evaluate, export and register only reads the check's result file."""
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    report_code = {"components/data/expectations.py", "components/data/report.py", "components/integrations/gx_report.py"}
+    report_code = {f"components/{m}.py" for m in ("data/expectations", "data/report", "integrations/gx_report")}
     for name in ("split", "train", "evaluate", "export", "register", "publish"):
         assert report_code.isdisjoint(stages[name]["deps"]), name
 
