@@ -153,7 +153,7 @@ def triton(out: Path, onnx_file: Path, label: str, size: int, rounds: int = 3) -
                 f"127.0.0.1:{params.serve.grpc_port}", "bench", ("bytes",), (4,), 1000, 120, (str(images),)
             )
             bench_serve(config)  # with the pixel rounds above: warm-up and more than 1,000 requests
-            memory = resident_memory(serve.status(params)["pid"])
+            memory = resident_memory(serve.status(params).pid)
             print(
                 f"resident MB, {name}: "
                 + ", ".join(f"{m['process']} {m['rss_mb']:.0f}" for m in memory)

@@ -281,14 +281,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _serve_status(params)
     if args.reload:
         state = serve.reload(params)
-        print(f"Loaded {', '.join(state['models'])} again")
+        print(f"Loaded {', '.join(state.models)} again")
         return 0
     if args.foreground:
         return serve.run_foreground(params)
     state = serve.start(params)
     print(
-        f"Triton is serving {', '.join(state['models'])} on {state['host']}: gRPC {state['grpc_port']}, "
-        f"HTTP {state['http_port']}, metrics {state['metrics_port']} (pid {state['pid']}, log {state['log']})"
+        f"Triton is serving {', '.join(state.models)} on {state.host}: gRPC {state.grpc_port}, "
+        f"HTTP {state.http_port}, metrics {state.metrics_port} (pid {state.pid}, log {state.log})"
     )
     print("Stop it with: sortflow serve --stop")
     return 0

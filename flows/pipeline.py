@@ -132,9 +132,11 @@ def publish(params: Params) -> dict[str, Any]:
 
 @service_step(name="serve")
 def serve(params: Params) -> dict[str, Any]:
+    import dataclasses
+
     from components.steps import serve as triton
 
-    return triton.status(params) or triton.start(params)
+    return dataclasses.asdict(triton.status(params) or triton.start(params))
 
 
 def _summary_artifact(params: Params, key: str) -> str:

@@ -12,7 +12,7 @@ MAX_LINES = 80
 # Declarative tables, allowed to be long: the GX expectation list.
 TABLES = {("data.expectations", "_expectations")}
 TOP_LEVEL = {"__init__.py", "__main__.py", "cli.py"}
-HELPERS = ("data", "model", "traffic", "integrations")
+HELPERS = ("data", "model", "traffic", "integrations", "serving")
 # What each layer may import: steps use helpers and the base, helpers each other and the base, the base itself.
 MAY_IMPORT = {"steps": {*HELPERS, "core"}, **{h: {*HELPERS, "core"} for h in HELPERS}, "core": {"core"}}
 

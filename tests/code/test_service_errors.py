@@ -3,7 +3,6 @@ bad data and bad settings stay SortflowError. Each service here is a real port o
 
 from __future__ import annotations
 
-import json
 import subprocess
 import types
 from pathlib import Path
@@ -28,17 +27,31 @@ def test_registry_download_from_a_store_that_does_not_answer(monkeypatch: pytest
 
 def test_reload_in_a_triton_server_that_does_not_answer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A server whose process lives but whose port answers nothing: the files are published, the load is not."""
-    from components.steps.serve import STATE_FILE, reload_if_running
+    from components.core.procs import start_time
+    from components.serving.state import ServerState, write_state
+    from components.steps.serve import reload_if_running
 
     monkeypatch.chdir(tmp_path)
     params = load_params(None, [f"serve.workdir={tmp_path}/serve", f"publish.repo={tmp_path}/repo"])
     stand_in = subprocess.Popen(["sleep", "60"])
     try:
-        state = {"pid": stand_in.pid, "http_port": free_port(), "repo": str((tmp_path / "repo").resolve())}
-        state.update(stock_triton=True, log=str(tmp_path / "serve/tritonserver.log"))
+        port = free_port()
+        state = ServerState(
+            pid=stand_in.pid,
+            host="127.0.0.1",
+            grpc_port=free_port(),
+            http_port=port,
+            metrics_port=free_port(),
+            repo=str((tmp_path / "repo").resolve()),
+            served_repo=str(tmp_path / "repo"),
+            models=["m"],
+            log=str(tmp_path / "serve/tritonserver.log"),
+            stock_triton=True,
+            started=start_time(stand_in.pid),
+        )
         (tmp_path / "serve").mkdir()
-        (tmp_path / "serve" / STATE_FILE).write_text(json.dumps(state))
-        with pytest.raises(ServiceError, match=rf"Triton server on 127.0.0.1:{state['http_port']} .* did not load m"):
+        write_state(tmp_path / "serve", state)
+        with pytest.raises(ServiceError, match=rf"Triton server on 127.0.0.1:{port} .* did not load m"):
             reload_if_running(params, ["m"])
     finally:
         stand_in.kill()
@@ -72,6 +85,29 @@ def test_the_error_kinds_say_who_acts() -> None:
     """Both kinds are reported as one line by the CLI; only one of them is the user's to fix."""
     assert issubclass(ServiceError, SortflowError) and not issubclass(ServiceError, InputError)
     assert issubclass(DatasetError, InputError) and issubclass(ParamsError, InputError)
+
+
+def test_stop_never_signals_a_pid_that_now_names_another_process(tmp_path: Path) -> None:
+    """A server that died long ago may have left its pid to an unrelated process: stop and status see that the
+    start time differs and leave that process alone."""
+    from components.core.procs import start_time
+    from components.serving.state import ServerState, write_state
+    from components.steps.serve import status, stop
+
+    params = load_params(None, [f"serve.workdir={tmp_path}/serve"])
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        recorded = ServerState(
+            bystander.pid, "127.0.0.1", 1, 2, 3, "r", "r", ["m"], "log", True, start_time(bystander.pid) - 1
+        )
+        (tmp_path / "serve").mkdir()
+        write_state(tmp_path / "serve", recorded)
+        assert status(params) is None
+        assert stop(params) is False
+        assert bystander.poll() is None  # still running: never signalled
+    finally:
+        bystander.kill()
+        bystander.wait()
 
 
 def test_a_server_reachable_from_other_machines_says_so() -> None:

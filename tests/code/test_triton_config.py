@@ -8,8 +8,8 @@ import pytest
 
 from components.core.config import load_params
 from components.integrations.triton_config import ModelInfo, parse_config
+from components.serving.process import runtime_model
 from components.steps.publish import write_repository
-from components.steps.serve import runtime_model
 
 INFO = ModelInfo("waste", 3, 32, 36, "bicubic", ["glass", "metal", "paper"], {})
 

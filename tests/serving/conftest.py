@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -76,7 +77,7 @@ def server(release: Release) -> Iterator[dict]:
     finally:
         os.chdir(cwd)
     assert state is not None
-    yield state
+    yield dataclasses.asdict(state)
     assert release.run("serve", "--stop") == 0
     with pytest.raises(OSError):
-        os.kill(state["pid"], 0)  # no process left behind
+        os.kill(state.pid, 0)  # no process left behind

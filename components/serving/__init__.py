@@ -1,0 +1,1 @@
+"""A local Triton server: its recorded state, its process and its health."""
