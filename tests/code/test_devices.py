@@ -71,7 +71,7 @@ def test_a_gpu_that_is_not_visible_is_named_with_what_is() -> None:
 def test_torchrun_children_see_only_their_mapped_gpus(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     import torch
 
-    from components.steps import train
+    from components.model import distributed as train
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")

@@ -338,12 +338,12 @@ def test_resume_on_another_number_of_processes_keeps_the_lr_schedule(tmp_path: P
 def _nonfinite_on_rank(rank: int, world: int, port: int, found: Any) -> None:
     import torch.distributed as distributed
 
-    from components.steps.train import Dist, _nonfinite_ranks
+    from components.model.distributed import Dist, nonfinite_ranks
 
     distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         loss = torch.tensor(float("nan") if rank == 1 else 0.5)
-        found[rank] = _nonfinite_ranks(loss, Dist(rank, world, rank), torch.device("cpu"))
+        found[rank] = nonfinite_ranks(loss, Dist(rank, world, rank), torch.device("cpu"))
     finally:
         distributed.destroy_process_group()
 
@@ -361,7 +361,7 @@ def test_a_nan_on_one_rank_stops_every_rank() -> None:
 
 
 def test_each_rank_augments_with_its_own_seed() -> None:
-    from components.steps.train import augment_seed
+    from components.model.fit import augment_seed
 
     seeds = {augment_seed(42, epoch, rank) for epoch in range(1, 4) for rank in range(8)}
     assert len(seeds) == 24  # no two (epoch, rank) pairs share augmentation
@@ -392,7 +392,7 @@ def test_sigterm_ends_the_mlflow_run_killed(dataset: Path, tmp_path: Path) -> No
 
 def test_a_failed_distributed_run_names_the_failing_rank(tmp_path: Path) -> None:
     """The launcher's error carries the end of the failing rank's own output, which train.log never holds."""
-    from components.steps.train import _rank_failure
+    from components.model.distributed import rank_failure
 
     for rank, text in (
         ("0", "epoch 1/2 ...\nSignal 15 (SIGTERM) received\n"),
@@ -401,6 +401,6 @@ def test_a_failed_distributed_run_names_the_failing_rank(tmp_path: Path) -> None
         log = tmp_path / "ranks" / "run_0" / "attempt_0" / rank / "stderr.log"
         log.parent.mkdir(parents=True)
         log.write_text(text)
-    said = _rank_failure(tmp_path / "ranks")
+    said = rank_failure(tmp_path / "ranks")
     assert said.startswith("rank 1 (") and "CUDA out of memory" in said
-    assert "no rank left a traceback" in _rank_failure(tmp_path / "empty")
+    assert "no rank left a traceback" in rank_failure(tmp_path / "empty")

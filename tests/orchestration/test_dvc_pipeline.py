@@ -11,11 +11,9 @@ import yaml
 
 from components.core.config import valid_keys
 from tests.orchestration.conftest import ROOT, sh
-from tests.support.imports import closure, module_path
+from tests.support.dvc_deps import stage_code
 
 STAGES = ["check_dataset", "split", "train", "evaluate", "export", "register", "publish"]
-# Modules every command runs but whose changes cannot change a result (see the comment in dvc.yaml).
-NOT_DEPS = {"cli", "core.config", "core.errors"}
 
 
 def test_stages_read_sections_of_params_and_depend_on_the_code_they_run() -> None:
@@ -25,9 +23,8 @@ def test_stages_read_sections_of_params_and_depend_on_the_code_they_run() -> Non
     sections = {k.split(".")[0] for k in keys}
     for name, stage in pipeline["stages"].items():
         assert stage["cmd"] == f"sortflow {name.replace('_', '-')}", name
-        code = {d for d in stage["deps"] if d.startswith("components/") and d.endswith(".py")}
-        expected = closure(f"steps.{name}") - NOT_DEPS
-        assert code == {str(module_path(m).relative_to(ROOT)) for m in expected}, name
+        code = [d for d in stage["deps"] if d.startswith("components/") and d.endswith(".py")]
+        assert code == stage_code(name), f"{name}: run `python -m tests.support.dvc_deps`"
         for key in stage["params"]:
             assert key in keys or key in sections, f"{name}: {key} is not a params.yaml key"
     assert "components/triton_models" in pipeline["stages"]["publish"]["deps"]
