@@ -15,6 +15,7 @@ import yaml
 
 from components.core.config import Params, load_params, refuse_published_keys, valid_keys
 from components.core.errors import InputError, ServiceError, SortflowError
+from components.core.results import StepResult, format_table
 
 
 def _common() -> argparse.ArgumentParser:
@@ -44,6 +45,24 @@ EXIT_CODES = {
     130: "interrupted (Ctrl-C)",
 }
 ERROR_EXIT = 2
+# The commands whose step returns a result (components/core/results.py): each takes --json.
+RESULT_COMMANDS = (
+    "check-dataset",
+    "split",
+    "dataset convert",
+    "dataset demo",
+    "dataset add-reviewed",
+    "train",
+    "evaluate",
+    "export",
+    "register",
+    "publish",
+    "promote",
+    "rollback",
+    "history",
+    "monitor",
+    "review",
+)
 INTERRUPTED_EXIT = 130
 
 
@@ -54,15 +73,10 @@ def _params(args: argparse.Namespace) -> Params:
     return load_params(args.params, overrides)
 
 
-def _check(params: Params) -> int:
-    from components.data.report import format_report
+def _check(params: Params, args: argparse.Namespace) -> int:
     from components.steps.check_dataset import check_step
 
-    outcome = check_step(params)
-    if outcome.resplit:
-        print("Split dataset successfully !")
-    print(format_report(outcome.report))
-    return 0 if outcome.report.check_pass else 1
+    return _show(check_step(params), args)
 
 
 def _checked(params: Params) -> None:
@@ -74,7 +88,7 @@ def _checked(params: Params) -> None:
 
 
 def cmd_check_dataset(args: argparse.Namespace) -> int:
-    return _check(_params(args))
+    return _check(_params(args), args)
 
 
 def cmd_split(args: argparse.Namespace) -> int:
@@ -84,66 +98,39 @@ def cmd_split(args: argparse.Namespace) -> int:
     if not params.split.output:
         # PaddleX style: no split dataset, so `split` means check-dataset with its in-place split switched on.
         params.split.enable = True
-        return _check(params)
+        return _check(params, args)
     _checked(params)
-    result = split_step(params)
-    how = "split again" if params.split.enable else "lists kept (split.enable=false)"
-    print(
-        f"Split dataset {params.split.output}: {result.train} train, {result.val} val, {result.classes} classes ({how})"
-    )
-    return 0
+    return _show(split_step(params), args)
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from components.steps.convert import convert_folders
+    from components.steps.convert import convert_step
 
-    params = _params(args)
-    result = convert_folders(args.src, args.dst, params.split, link=params.dataset.link)
-    print(f"Converted {args.src} -> {args.dst}: {result.classes} classes, {result.train} train, {result.val} val")
-    return 0
+    return _show(convert_step(_params(args), args.src, args.dst), args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from components.steps.demo_data import demo_step
 
-    result = demo_step(args.dst, force=args.force)
-    print(f"Demo dataset in {args.dst}: {result.classes} classes, {result.train} train, {result.val} val")
-    return 0
+    return _show(demo_step(args.dst, force=args.force), args)
 
 
 def cmd_add_reviewed(args: argparse.Namespace) -> int:
     from components.steps.add_reviewed import add_reviewed
 
-    r = add_reviewed(_params(args), args.file)
-    print(
-        f"Added {r.added} reviewed images to the dataset; skipped {r.already_in_dataset} already in it, "
-        f"{r.unlabelled} rows without a label and {r.repeated} repeated rows"
-    )
-    if r.dvc_file:
-        print(f"New data version in {r.dvc_file}: commit it with git (git add {r.dvc_file}), then `dvc push`")
-    return 0
+    return _show(add_reviewed(_params(args), args.file), args)
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
-    from components.steps.monitor import DRIFT_EXIT, RESULT_FILE, format_result, monitor
+    from components.steps.monitor import monitor
 
-    params = _params(args)
-    result = monitor(params)
-    print(format_result(result))
-    print(f"Report: {params.monitor.output}/{RESULT_FILE} (Data Docs: {params.monitor.output}/data_docs/index.html)")
-    return DRIFT_EXIT if result["drift"] else 0
+    return _show(monitor(_params(args)), args)
 
 
 def cmd_review(args: argparse.Namespace) -> int:
     from components.steps.review import review
 
-    result = review(_params(args))
-    print(
-        f"Review queue: {result['images']} images of {result['window_samples']} captured requests "
-        f"({', '.join(result['drifted']) or 'no drift'}): {result['queue']}, contact sheet {result['sheet']}"
-    )
-    print(f"Fill in the label column, then: sortflow dataset add-reviewed {result['queue']}")
-    return 0
+    return _show(review(_params(args)), args)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -152,101 +139,58 @@ def cmd_train(args: argparse.Namespace) -> int:
     params = _params(args)
     _checked(params)
     result = run_training(params, args.argv)
-    if result is not None and int(os.environ.get("RANK", 0)) == 0:
-        print(f"Trained {result.epochs} epochs: best val top-1 {result.best_top1:.4f}, last {result.last_top1:.4f}")
-        print(f"Checkpoints and reports: {result.output} (MLflow run {result.run_id})")
-    return 0
+    if result is None or int(os.environ.get("RANK", 0)) != 0:  # torchrun's ranks ran it, or another rank
+        return 0
+    return _show(result, args)
+
+
+def _show(result: StepResult, args: argparse.Namespace) -> int:
+    """A step's result on the terminal, or as JSON with --json; the command's exit code."""
+    print(json.dumps(result.to_json(), indent=2) if getattr(args, "json", False) else result.text())
+    return result.exit_code
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from components.steps.evaluate import evaluate
 
-    params = _params(args)
-    result = evaluate(params)
-    print(
-        f"val.top1 {result['metrics']['val.top1']:.4f}  val.top5 {result['metrics']['val.top5']:.4f}  "
-        f"({result['num_samples']} images, {result['weight_path']})"
-    )
-    print(f"Report: {params.evaluate.output}/evaluate_result.json")
-    return 0
+    return _show(evaluate(_params(args)), args)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from components.model.contract import MODEL_FILE
     from components.steps.export import export
 
-    params = _params(args)
-    result = export(params)
-    parity = result["parity"]
-    print(
-        f"Exported {params.export.output}/{MODEL_FILE}: {result['size_bytes'] / 1e6:.1f} MB, val top-1 "
-        f"{result['val_top1']:.4f}; parity with torch on {parity['images']} val images: max abs diff "
-        f"{parity['max_abs_diff']:.1e}, same top-1"
-    )
-    if "int8" in result:
-        q = result["int8"]
-        print(
-            f"INT8: {q['file']} {q['size_bytes'] / 1e6:.1f} MB, val top-1 {q['val_top1']:.4f} "
-            f"({q['top1_change'] * 100:+.2f} points)"
-        )
-    return 0
+    return _show(export(_params(args)), args)
 
 
 def cmd_register(args: argparse.Namespace) -> int:
     from components.steps.register import register
 
-    result = register(_params(args))
-    print(f"Registered {result['model_name']} version {result['version']}: {result['decision']}")
-    return 0
-
-
-def _publish(params: Params) -> int:
-    from components.steps.publish import publish
-    from components.steps.serve import reload_if_running
-
-    result = publish(params)
-    reloaded = reload_if_running(params, result["models"])
-    print(
-        f"Published {result['model_name']} version {result['version']} into {result['repo']}/ "
-        f"({', '.join(result['models'])})" + ("; reloaded in the running server" if reloaded else "")
-    )
-    return 0
+    return _show(register(_params(args)), args)
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    return _publish(_params(args))
+    from components.steps.publish import publish
+
+    return _show(publish(_params(args)), args)
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
     from components.steps import promote
+    from components.steps.publish import publish
 
     params = _params(args)
     if args.command == "promote":
-        change = promote.promote(params, args.version, args.reason, args.by)
+        move = promote.promote(params, args.version, args.reason, args.by)
     else:
-        change = promote.rollback(params, args.reason, args.by)
-    if not change["changed"]:
-        print(f"{change['model_name']} version {change['version']} is already champion")
-    else:
-        print(
-            f"{change['model_name']}: champion version {change['previous']} -> {change['version']} "
-            f"by {change['by']} ({change['reason']})"
-        )
-    return _publish(params)
+        move = promote.rollback(params, args.reason, args.by)
+    _show(move, args)
+    return _show(publish(params), args)
 
 
 def cmd_history(args: argparse.Namespace) -> int:
     from components.steps.promote import history
 
-    rows = history(_params(args))
-    if not rows:
-        print("No change of champion recorded yet")
-        return 0
-    for row in rows:
-        row["previous"] = "-" if row["previous"] is None else row["previous"]
-        row["rollback"] = "yes" if row["rollback"] else ""
-    _print_table(["at", "version", "previous", "by", "rollback", "reason"], rows)
-    return 0
+    return _show(history(_params(args)), args)
 
 
 def _serve_status(params: Params) -> int:
@@ -442,23 +386,13 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_table(columns: list[str], rows: list[dict]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(*columns)
-    for row in rows:
-        table.add_row(*(str(row[c]) for c in columns))
-    Console(width=200).print(table)
-
-
 def cmd_models(args: argparse.Namespace) -> int:
     from components.model.zoo import model_table
 
     rows = model_table()
     for row in rows:
         row["offline_weights"] = "yes" if row["offline_weights"] else "no"
-    _print_table(["name", "timm_name", "params_m", "imagenet_top1", "input_size", "offline_weights"], rows)
+    print(format_table(["name", "timm_name", "params_m", "imagenet_top1", "input_size", "offline_weights"], rows))
     return 0
 
 
@@ -469,7 +403,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if not rows:
         print("No runs yet: train a model first (sortflow train)")
         return 0
-    _print_table(columns, rows)
+    print(format_table(columns, rows))
     return 0
 
 
@@ -625,6 +559,10 @@ def build_parser() -> argparse.ArgumentParser:
     _dataset_commands(sub, common)
     _release_commands(sub, common)
     _tool_commands(sub, common)
+    dataset = sub.choices["dataset"]._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    for name in RESULT_COMMANDS:
+        command = dataset[name.split()[1]] if name.startswith("dataset ") else sub.choices[name]
+        command.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
 
 

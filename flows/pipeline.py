@@ -60,29 +60,27 @@ def pull_data(params: Params) -> str:
 @step(name="check-dataset")
 def check(params: Params) -> dict[str, Any]:
     """check-dataset; its report becomes an artifact, and a failed check stops the flow."""
-    from components.data.report import data_docs_index, format_report
+    from pathlib import Path
+
     from components.steps.check_dataset import check_step
 
     outcome = check_step(params)
-    report = outcome.report
-    text = format_report(report)
+    text = outcome.text()
     create_markdown_artifact(f"## check-dataset: `{params.dataset.dir}`\n\n```\n{text}\n```\n", key="check-dataset")
-    docs = data_docs_index(params.dataset)
+    docs = Path(outcome.data_docs)
     if docs.is_file():
         create_link_artifact(docs.resolve().as_uri(), "Great Expectations Data Docs", key="data-docs")
-    if not report.check_pass:
+    if outcome.exit_code:
         raise InputError(f"{params.dataset.dir} failed check-dataset, so the flow stops before training:\n{text}")
-    return report.result
+    return outcome.to_json()
 
 
 @step(name="split")
-def split(params: Params) -> dict[str, int] | None:
-    from dataclasses import asdict
-
+def split(params: Params) -> dict[str, Any] | None:
     from components.steps.split import split_step
 
     result = split_step(params)
-    return asdict(result) if result else None
+    return result.to_json() if result else None
 
 
 @step(name="train")
@@ -94,40 +92,36 @@ def train(params: Params, params_file: str | None, overrides: dict[str, Any] | N
     for key, value in (overrides or {}).items():
         argv += ["-o", f"{key}={value}"]
     result = run_training(params, argv)
-    if result is None:
-        return {"output": params.train.output}
-    return {"output": str(result.output), "best_top1": result.best_top1, "run_id": result.run_id}
+    return result.to_json() if result is not None else {"output": params.train.output}
 
 
 @step(name="evaluate")
 def evaluate(params: Params) -> dict[str, Any]:
     from components.steps.evaluate import evaluate as evaluate_model
 
-    return evaluate_model(params)
+    return evaluate_model(params).to_json()
 
 
 @step(name="export")
 def export(params: Params) -> dict[str, Any]:
     from components.steps.export import export as export_model
 
-    return export_model(params)
+    return export_model(params).to_json()
 
 
 @service_step(name="register")
 def register(params: Params) -> dict[str, Any]:
     from components.steps.register import register as register_model
 
-    return register_model(params)
+    return register_model(params).to_json()
 
 
 @service_step(name="publish")
 def publish(params: Params) -> dict[str, Any]:
     """Publish the champion, then load it into the running Triton server, if there is one."""
     from components.steps.publish import publish as publish_model
-    from components.steps.serve import reload_if_running
 
-    published = publish_model(params)
-    return {**published, "reloaded": reload_if_running(params, published["models"])}
+    return publish_model(params).to_json()
 
 
 @service_step(name="serve")
@@ -183,7 +177,8 @@ def set_champion(params: Params, version: int | None, rollback: bool, reason: st
     from components.steps import promote
 
     by = f"prefect flow run ({who()})"
-    return promote.rollback(params, reason, by) if rollback else promote.promote(params, version, reason, by)
+    move = promote.rollback(params, reason, by) if rollback else promote.promote(params, version, reason, by)
+    return move.to_json()
 
 
 @flow(name="promote-and-serve")
@@ -209,7 +204,7 @@ def promote_and_serve(
 
 
 @service_step(name="monitor-window")
-def monitor_window(params: Params) -> dict[str, Any]:
+def monitor_window(params: Params) -> Any:
     from components.steps.monitor import monitor
 
     return monitor(params)
@@ -224,22 +219,16 @@ def monitor(overrides: dict[str, Any] | None = None, params_file: str | None = N
     from prefect.events import emit_event
     from prefect.states import Completed
 
-    from components.steps.monitor import format_result
-
     params = resolve_params(params_file, overrides)
     result = monitor_window(params)
-    text = format_result(result)
-    create_markdown_artifact(f"## monitor: {result['verdict']}\n\n```\n{text}\n```\n", key="monitor")
-    if result["drift"]:
+    create_markdown_artifact(f"## monitor: {result.verdict}\n\n```\n{result.text()}\n```\n", key="monitor")
+    if result.drift:
         emit_event(
             event="sortflow.monitor.drift",
-            resource={
-                "prefect.resource.id": f"sortflow.model.{result['model']}",
-                "sortflow.version": result["version"],
-            },
-            payload={"verdict": result["verdict"], "checks": [c["check"] for c in result["checks"] if c["drift"]]},
+            resource={"prefect.resource.id": f"sortflow.model.{result.model}", "sortflow.version": result.version},
+            payload={"verdict": result.verdict, "checks": [c.check for c in result.checks if c.drift]},
         )
-    return Completed(message=result["verdict"], data=result)
+    return Completed(message=result.verdict, data=result.to_json())
 
 
 FLOWS = {f.name: f for f in (training_pipeline, data_check, promote_and_serve, monitor)}

@@ -20,6 +20,7 @@ from pathlib import Path
 from components.core.config import Params, SplitParams
 from components.core.errors import DatasetError
 from components.core.fsutil import atomic_write_json, atomic_write_text, file_digest, link_or_copy, staged_dir
+from components.core.results import StepResult
 from components.data.cls_dataset import LABEL_FILE, SPLITS, format_list, list_file, listed_file, read_list, write_list
 from components.data.digests import images_digest, lists_digest
 
@@ -33,6 +34,20 @@ class SplitResult:
     train: int
     val: int
     classes: int
+
+    def counts(self) -> str:
+        return f"{self.classes} classes, {self.train} train, {self.val} val"
+
+
+@dataclass(frozen=True)
+class DatasetWritten(StepResult):
+    """A dataset that a step wrote whole (dataset convert, dataset demo)."""
+
+    what: str  # "Converted SRC -> DST", "Demo dataset in DST"
+    split: SplitResult
+
+    def text(self) -> str:
+        return f"{self.what}: {self.split.counts()}"
 
 
 def stratified_split(

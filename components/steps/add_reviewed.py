@@ -21,6 +21,7 @@ from components.core.config import Params
 from components.core.errors import DatasetError
 from components.core.fsutil import atomic_write_text, file_digest
 from components.core.locks import locked
+from components.core.results import StepResult
 from components.data.cls_dataset import LABEL_FILE, format_list, label_names, list_file
 from components.data.images import probe_image
 
@@ -35,13 +36,24 @@ class Reviewed:
 
 
 @dataclass(frozen=True)
-class AddResult:
+class AddResult(StepResult):
     added: int
     unlabelled: int
     repeated: int
     already_in_dataset: int
     check_pass: bool
     dvc_file: str | None
+
+    def text(self) -> str:
+        lines = [
+            f"Added {self.added} reviewed images to the dataset; skipped {self.already_in_dataset} already in it, "
+            f"{self.unlabelled} rows without a label and {self.repeated} repeated rows"
+        ]
+        if self.dvc_file:
+            lines.append(
+                f"New data version in {self.dvc_file}: commit it with git (git add {self.dvc_file}), then `dvc push`"
+            )
+        return "\n".join(lines)
 
 
 def _text(path: Path) -> str:

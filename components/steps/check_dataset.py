@@ -9,18 +9,31 @@ separate split dataset (`split.output` empty), so the check covers the lists tra
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from components.core.config import Params
 from components.core.locks import locked
+from components.core.results import StepResult
 from components.data.gate import current_result
 from components.data.partition import SplitResult, split_dataset
-from components.data.report import CheckReport, run_check
+from components.data.report import CheckReport, data_docs_index, format_report, run_check
 
 
 @dataclass(frozen=True)
-class CheckOutcome:
+class CheckOutcome(StepResult):
     report: CheckReport
     resplit: SplitResult | None  # the in-place split done first, if any
+    data_docs: str  # the Great Expectations Data Docs page
+
+    def text(self) -> str:
+        return ("Split dataset successfully !\n" if self.resplit else "") + format_report(self.report)
+
+    def to_json(self) -> dict[str, Any]:
+        return self.report.result  # check_dataset_result.json, in PaddleX's shape
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.report.check_pass else 1
 
 
 @locked("dataset.output")
@@ -35,7 +48,7 @@ def check_step(params: Params) -> CheckOutcome:
     resplit = None
     if params.split.enable and not params.split.output:
         resplit = split_dataset(params.dataset.dir, params.split)
-    return CheckOutcome(run_check(params.dataset), resplit)
+    return CheckOutcome(run_check(params.dataset), resplit, str(data_docs_index(params.dataset)))
 
 
 def check_if_needed(params: Params) -> CheckOutcome | None:
@@ -46,4 +59,4 @@ def check_if_needed(params: Params) -> CheckOutcome | None:
 
 @locked("dataset.output")
 def _check_only(params: Params) -> CheckOutcome:
-    return CheckOutcome(run_check(params.dataset), None)
+    return CheckOutcome(run_check(params.dataset), None, str(data_docs_index(params.dataset)))

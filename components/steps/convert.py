@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from components.core.config import SplitParams
+from components.core.config import Params, SplitParams
 from components.core.errors import DatasetError
 from components.core.fsutil import file_digest, link_or_copy, staged_dir
 from components.data.cls_dataset import (
@@ -18,9 +18,15 @@ from components.data.cls_dataset import (
     write_labels,
     write_list,
 )
-from components.data.partition import SplitResult, stratified_split
+from components.data.partition import DatasetWritten, SplitResult, stratified_split
 
 log = logging.getLogger(__name__)
+
+
+def convert_step(params: Params, src: str | Path, dst: str | Path) -> DatasetWritten:
+    """`sortflow dataset convert SRC DST`, with `split` and `dataset.link` from the parameters."""
+    split = convert_folders(src, dst, params.split, link=params.dataset.link)
+    return DatasetWritten(f"Converted {src} -> {dst}", split)
 
 
 def convert_folders(src: str | Path, dst: str | Path, split: SplitParams, link: bool = True) -> SplitResult:

@@ -16,7 +16,7 @@ from PIL import Image
 from components.core.errors import DatasetError
 from components.core.fsutil import file_digest, staged_dir
 from components.data.cls_dataset import LABEL_FILE, SPLITS, list_file, write_labels, write_list
-from components.data.partition import SplitResult, stratified_split
+from components.data.partition import DatasetWritten, SplitResult, stratified_split
 from components.integrations.dvc_data import commit_if_unchanged
 
 log = logging.getLogger(__name__)
@@ -63,9 +63,9 @@ def build_demo_dataset(dst: str | Path, force: bool = False) -> SplitResult:
     return SplitResult(train=len(train), val=len(val), classes=len(CLASS_NAMES))
 
 
-def demo_step(dst: str | Path, force: bool = False) -> SplitResult:
+def demo_step(dst: str | Path, force: bool = False) -> DatasetWritten:
     """`sortflow dataset demo`: build the demo dataset, and put it in the DVC cache when `<dst>.dvc` records
     exactly this content (so a fresh clone's `dvc status` is clean and `dvc push` works)."""
     result = build_demo_dataset(dst, force=force)
     commit_if_unchanged(dst)
-    return result
+    return DatasetWritten(f"Demo dataset in {dst}", result)

@@ -6,6 +6,7 @@ import csv
 import io
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from components.core.config import Params
 from components.core.fsutil import atomic_write_json, atomic_write_text
 from components.core.locks import locked
 from components.core.plots import figure, save_png
+from components.core.results import StepResult
 from components.data.partition import prepared_dataset
 from components.model.checkpoints import check_classes, load_checkpoint, model_from_checkpoint, weights_path
 from components.model.metrics import accuracy_at_k, class_metrics, predict_logits
@@ -87,8 +89,25 @@ def _write_predictions(path: Path, root: Path, samples: list[Any], classes: list
     atomic_write_text(path, table.getvalue())
 
 
+@dataclass(frozen=True)
+class EvaluateResult(StepResult):
+    model_name: str
+    weight_path: str
+    num_samples: int
+    top1: float
+    top5: float
+    macro_f1: float
+    report: str  # evaluate_result.json
+
+    def text(self) -> str:
+        return (
+            f"val.top1 {self.top1:.4f}  val.top5 {self.top5:.4f}  ({self.num_samples} images, {self.weight_path})\n"
+            f"Report: {self.report}"
+        )
+
+
 @locked("evaluate.output")
-def evaluate(params: Params) -> dict[str, Any]:
+def evaluate(params: Params) -> EvaluateResult:
     """Evaluate the checkpoint `evaluate.weight_path` (empty: best.pt in train.output) on the val list.
 
     Reads the checkpoint and the val images of the prepared dataset (split.output, else dataset.dir).
@@ -126,7 +145,9 @@ def evaluate(params: Params) -> dict[str, Any]:
     atomic_write_json(out / RESULT_FILE, result)
     log.info("Evaluated %s on %d val images: top-1 %.4f, top-5 %.4f", weights, len(targets), top1, top5)
     _log_to_mlflow(params, ckpt.get("mlflow_run_id"), result, out, root)
-    return result
+    return EvaluateResult(
+        ckpt["model_name"], str(weights), len(targets), top1, top5, result["macro_f1"], str(out / RESULT_FILE)
+    )
 
 
 def _log_to_mlflow(params: Params, run_id: str | None, result: dict[str, Any], out: Path, root: Path) -> None:

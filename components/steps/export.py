@@ -7,6 +7,7 @@ checks it against torch on real val images, measures its val accuracy and, if as
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from components.core.config import Params
 from components.core.errors import InputError
 from components.core.fsutil import atomic_write_json, staged_dir
 from components.core.locks import locked
+from components.core.results import StepResult
 from components.data.loader import read_split
 from components.data.partition import prepared_dataset
 from components.model.checkpoints import load_checkpoint, weights_path
@@ -115,8 +117,40 @@ def _int8(stage: Path, root: Path, data_config: dict[str, Any], images: np.ndarr
     return {"file": INT8_FILE, "size_bytes": (stage / INT8_FILE).stat().st_size, "val_top1": top1}
 
 
+@dataclass(frozen=True)
+class Int8Result:
+    file: str
+    size_bytes: int
+    val_top1: float
+    top1_change: float  # INT8's val top-1 less FP32's
+
+
+@dataclass(frozen=True)
+class ExportResult(StepResult):
+    file: str  # model.onnx
+    size_bytes: int
+    val_top1: float
+    val_top5: float
+    parity_images: int
+    max_abs_diff: float
+    int8: Int8Result | None
+
+    def text(self) -> str:
+        lines = [
+            f"Exported {self.file}: {self.size_bytes / 1e6:.1f} MB, val top-1 {self.val_top1:.4f}; parity with "
+            f"torch on {self.parity_images} val images: max abs diff {self.max_abs_diff:.1e}, same top-1"
+        ]
+        if self.int8 is not None:
+            q = self.int8
+            lines.append(
+                f"INT8: {q.file} {q.size_bytes / 1e6:.1f} MB, val top-1 {q.val_top1:.4f} "
+                f"({q.top1_change * 100:+.2f} points)"
+            )
+        return "\n".join(lines)
+
+
 @locked("export.output")
-def export(params: Params) -> dict[str, Any]:
+def export(params: Params) -> ExportResult:
     """Export the checkpoint `export.weight_path` (empty: best.pt in train.output) to ONNX.
 
     Reads the checkpoint and the val images of the prepared dataset (split.output, else dataset.dir).
@@ -157,4 +191,15 @@ def export(params: Params) -> dict[str, Any]:
         result["parity"]["images"],
         result["val_top1"],
     )
-    return result
+    int8 = result.get("int8")
+    return ExportResult(
+        str(out / MODEL_FILE),
+        result["size_bytes"],
+        result["val_top1"],
+        result["val_top5"],
+        result["parity"]["images"],
+        result["parity"]["max_abs_diff"],
+        Int8Result(str(out / int8["file"]), int8["size_bytes"], int8["val_top1"], int8["top1_change"])
+        if int8
+        else None,
+    )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from components.core.config import Params
 from components.core.fsutil import atomic_write_json, staged_dir
 from components.core.locks import locked
 from components.core.plots import figure, save_png
+from components.core.results import StepResult
 from components.integrations import mlflow_tracking
 from components.traffic import drift
 from components.traffic.windows import drift_tests, live_table, load_profile, served_window
@@ -133,8 +135,35 @@ def _gx_suite(live: pd.DataFrame, findings: list[drift.Finding], params: Params,
     return results
 
 
+@dataclass(frozen=True)
+class MonitorResult(StepResult):
+    model: str
+    version: str
+    drift: bool
+    verdict: str  # "no drift", or "drift in" the checks that found it
+    checks: list[drift.Finding]
+    window_samples: int
+    window_hours: float
+    report: str  # monitor_result.json
+
+    def text(self) -> str:
+        lines = [f"{'check':22} {'statistic':>10} {'p-value':>10} {'threshold':>10}  verdict"]
+        for c in self.checks:
+            numbers = f"{c.statistic:10.4g} {c.p_value:10.3g} {c.threshold:10.3g}"
+            lines.append(f"{c.check:22} {numbers}  {'DRIFT' if c.drift else 'ok'}  {c.detail}")
+        served = f"{self.model} version {self.version}: {self.window_samples} requests in {self.window_hours:g} h"
+        lines.append(f"{served}: {self.verdict}")
+        report = Path(self.report).parent
+        lines.append(f"Report: {self.report} (Data Docs: {report}/data_docs/index.html)")
+        return "\n".join(lines)
+
+    @property
+    def exit_code(self) -> int:
+        return DRIFT_EXIT if self.drift else 0
+
+
 @locked("monitor.output")
-def monitor(params: Params) -> dict[str, Any]:
+def monitor(params: Params) -> MonitorResult:
     """Check the last `monitor.window_hours` of captured traffic for drift against the served version's reference.
 
     Reads `publish.capture_dir`, the reference profile (beside the published model, else in the registry) and
@@ -180,17 +209,7 @@ def monitor(params: Params) -> dict[str, Any]:
         run.log_metrics({**p_values, "samples": len(served)}, step=0)
         run.log_artifacts([out / RESULT_FILE, out / PLOT_FILE])
     log.info("Monitored %d requests of %s version %s: %s", len(served), result["model"], version, result["verdict"])
-    return result
-
-
-def format_result(result: dict[str, Any]) -> str:
-    """What `sortflow monitor` prints: one line per check, then the verdict."""
-    lines = [f"{'check':22} {'statistic':>10} {'p-value':>10} {'threshold':>10}  verdict"]
-    for c in result["checks"]:
-        verdict = "DRIFT" if c["drift"] else "ok"
-        numbers = f"{c['statistic']:10.4g} {c['p_value']:10.3g} {c['threshold']:10.3g}"
-        lines.append(f"{c['check']:22} {numbers}  {verdict}  {c['detail']}")
-    w = result["window"]
-    served = f"{result['model']} version {result['version']}: {w['samples']} requests in {w['hours']:g} h"
-    lines.append(f"{served}: {result['verdict']}")
-    return "\n".join(lines)
+    return MonitorResult(
+        result["model"], version, result["drift"], result["verdict"], findings, len(served), m.window_hours,
+        str(out / RESULT_FILE),
+    )

@@ -10,12 +10,14 @@ promote-and-serve flow all do).
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from components.core.config import Params
 from components.core.errors import InputError
+from components.core.results import StepResult, format_table
 from components.integrations.mlflow_registry import (
+    ChampionChange,
     champion_history,
     champion_version,
     downloaded,
@@ -43,27 +45,54 @@ def _client(params: Params) -> Any:
     return mlflow_tracking.client(params.mlflow)[0]
 
 
-def _move(client: Any, params: Params, version: int, reason: str, by: str, rollback: bool) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ChampionMove(StepResult):
+    model_name: str
+    change: ChampionChange | None  # None: the version was champion already
+
+    def text(self) -> str:
+        c = self.change
+        if c is None:
+            return f"{self.model_name}: that version is already champion"
+        return f"{self.model_name}: champion version {c.previous} -> {c.version} by {c.by} ({c.reason})"
+
+
+@dataclass(frozen=True)
+class ChampionHistory(StepResult):
+    model_name: str
+    changes: list[ChampionChange]  # oldest first
+
+    def text(self) -> str:
+        if not self.changes:
+            return "No change of champion recorded yet"
+        rows = [
+            {**asdict(c), "previous": "-" if c.previous is None else c.previous, "rollback": "yes" * c.rollback}
+            for c in self.changes
+        ]
+        return format_table(["at", "version", "previous", "by", "rollback", "reason"], rows)
+
+
+def _move(client: Any, params: Params, version: int, reason: str, by: str, rollback: bool) -> ChampionMove:
     name = params.register.model_name
     target = _registered(client, name, version)
     current = champion_version(client, name)
     if current is not None and int(current.version) == version:
         log.info("%s version %d is already champion: nothing changed", name, version)
-        return {"model_name": name, "version": version, "changed": False, "previous": version}
+        return ChampionMove(name, None)
     with downloaded(params.mlflow, target):
         pass  # a version whose files are gone or incomplete is refused before it becomes champion
     change = set_champion(client, name, version, reason, by, rollback=rollback)
     log.info("%s: champion %s -> %d by %s (%s)", name, change.previous, version, change.by, reason)
-    return {"model_name": name, "changed": True, **asdict(change)}
+    return ChampionMove(name, change)
 
 
-def promote(params: Params, version: int, reason: str = "", by: str = "") -> dict[str, Any]:
+def promote(params: Params, version: int, reason: str = "", by: str = "") -> ChampionMove:
     """Make registry version `version` of `register.model_name` champion, recording `by` (default user@host)
     and `reason`. Raises SortflowError for a version that is not registered or has lost its files."""
     return _move(_client(params), params, version, reason or "promoted by hand", by, rollback=False)
 
 
-def rollback(params: Params, reason: str = "", by: str = "") -> dict[str, Any]:
+def rollback(params: Params, reason: str = "", by: str = "") -> ChampionMove:
     """Make the champion before the current one champion again (see `registry.rollback_target`)."""
     client, name = _client(params), params.register.model_name
     target = rollback_target(_history(client, name))
@@ -84,6 +113,7 @@ def _history(mlflow_client: Any, name: str) -> list[Any]:
         raise InputError(f"{name!r} is not in the MLflow registry; run `sortflow register` first") from exc
 
 
-def history(params: Params) -> list[dict[str, Any]]:
+def history(params: Params) -> ChampionHistory:
     """Each change of champion of `register.model_name`, oldest first: at, version, previous, by, reason."""
-    return [asdict(change) for change in _history(_client(params), params.register.model_name)]
+    name = params.register.model_name
+    return ChampionHistory(name, _history(_client(params), name))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from components.core.config import Params
 from components.core.errors import InputError
 from components.core.fsutil import atomic_write_text, file_digest, staged_dir
 from components.core.locks import locked
+from components.core.results import StepResult
 from components.integrations.mlflow_registry import REFERENCE_PROFILE, champion_version, downloaded
 from components.integrations.triton_config import (
     BYTES,
@@ -32,6 +34,7 @@ from components.integrations.triton_config import (
     parse_config,
 )
 from components.model.contract import LABELS_FILE, MODEL_FILE, PROFILE_FILE, RESULT_FILE
+from components.serving.control import reload_if_running
 
 log = logging.getLogger(__name__)
 
@@ -136,14 +139,28 @@ def write_repository(
     return model_names(info.name)
 
 
+@dataclass(frozen=True)
+class PublishResult(StepResult):
+    model_name: str
+    version: int
+    repo: str
+    models: list[str]
+    val_top1: float
+    reloaded: bool  # a running server of this repository loaded the new files
+
+    def text(self) -> str:
+        where = f"Published {self.model_name} version {self.version} into {self.repo}/ ({', '.join(self.models)})"
+        return where + ("; reloaded in the running server" if self.reloaded else "")
+
+
 @locked("publish.repo")
-def publish(params: Params) -> dict[str, Any]:
+def publish(params: Params) -> PublishResult:
     """Write the registry's champion of `register.model_name` into `publish.repo`.
 
     Reads the champion's files from the MLflow registry. Writes `<model>/` (config.pbtxt, labels.txt and
     the registry version's folder with model.onnx and reference_profile.json) and `<model>_bytes/` (with
-    the capture settings of `serve.capture_*`), each version folder renamed into place whole. A running
-    server is not touched: the caller reloads it (`serve.reload_if_running`). Raises SortflowError when
+    the capture settings of `publish.capture_*`), each version folder renamed into place whole, then loads
+    them in a running server of this repository (no restart). Raises SortflowError when
     there is no champion or its files are unusable, ServiceError when the MLflow store does not answer.
     """
     import json
@@ -164,13 +181,10 @@ def publish(params: Params) -> dict[str, Any]:
         profile = files[REFERENCE_PROFILE] if files[REFERENCE_PROFILE].is_file() else None
         models = write_repository(repo, info, files[MODEL_FILE], params, profile)
     log.info("Published %s version %s into %s", name, champion.version, repo)
-    return {
-        "model_name": name,
-        "version": int(champion.version),
-        "repo": str(repo),
-        "models": models,
-        "val_top1": float(champion.tags.get("val_top1", "nan")),
-    }
+    reloaded = reload_if_running(params, models)
+    return PublishResult(
+        name, int(champion.version), str(repo), models, float(champion.tags.get("val_top1", "nan")), reloaded
+    )
 
 
 def _model_info(

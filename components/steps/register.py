@@ -20,6 +20,7 @@ from components.core.config import Params
 from components.core.errors import InputError
 from components.core.fsutil import atomic_write_json, file_digest
 from components.core.locks import locked
+from components.core.results import StepResult
 from components.data.digests import val_set_digest
 from components.integrations.mlflow_registry import (
     CHALLENGER,
@@ -252,8 +253,21 @@ def _gate_and_record(
     }
 
 
+@dataclass(frozen=True)
+class RegisterResult(StepResult):
+    model_name: str
+    version: int
+    promoted: bool
+    champion_version: int
+    decision: str
+    mlflow_run_id: str
+
+    def text(self) -> str:
+        return f"Registered {self.model_name} version {self.version}: {self.decision}"
+
+
 @locked("register.output")
-def register(params: Params) -> dict[str, Any]:
+def register(params: Params) -> RegisterResult:
     """Register the model in `export.output` as a new version of `register.model_name`, behind the gate.
 
     Reads export.output (model.onnx, labels.txt, export_result.json) and the prepared dataset's lists.
@@ -277,4 +291,5 @@ def register(params: Params) -> dict[str, Any]:
     with registering(run.client, name, version):
         result = _gate_and_record(params, run, version, val_hash, exported, root)
     atomic_write_json(Path(params.register.output) / "register_result.json", result)
-    return result
+    keys = ("model_name", "version", "promoted", "champion_version", "decision", "mlflow_run_id")
+    return RegisterResult(**{key: result[key] for key in keys})

@@ -13,6 +13,7 @@ import html
 import io
 import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import pandas as pd
 from components.core.config import Params
 from components.core.fsutil import atomic_write_json, atomic_write_text, staged_dir
 from components.core.locks import locked
+from components.core.results import StepResult
 from components.data.images import STATS
 from components.traffic.drift import class_shares
 from components.traffic.windows import drift_tests, live_table, load_profile, served_window
@@ -131,8 +133,26 @@ def _label_studio(rows: list[dict[str, Any]], labels: list[str], model: str) -> 
     return tasks, config
 
 
+@dataclass(frozen=True)
+class ReviewResult(StepResult):
+    output: str
+    images: int
+    version: str
+    drifted: list[str]
+    window_samples: int
+    queue: str  # review.csv
+    sheet: str  # the contact sheet
+
+    def text(self) -> str:
+        return (
+            f"Review queue: {self.images} images of {self.window_samples} captured requests "
+            f"({', '.join(self.drifted) or 'no drift'}): {self.queue}, contact sheet {self.sheet}\n"
+            f"Fill in the label column, then: sortflow dataset add-reviewed {self.queue}"
+        )
+
+
 @locked("review.output")
-def review(params: Params) -> dict[str, Any]:
+def review(params: Params) -> ReviewResult:
     """Build the review queue of the captured window (the one `sortflow monitor` checks).
 
     Reads publish.capture_dir and the reference profile of the served version. Writes `review.output` whole
@@ -172,12 +192,6 @@ def review(params: Params) -> dict[str, Any]:
         atomic_write_json(stage / TASKS_FILE, tasks)
         atomic_write_text(stage / LABEL_CONFIG_FILE, config)
     log.info("Review queue of %d images in %s (%s)", len(rows), out, ", ".join(drifted) or "no drift")
-    return {
-        "output": str(out),
-        "images": len(rows),
-        "version": version,
-        "drifted": drifted,
-        "window_samples": len(served),
-        "queue": str(out / QUEUE_FILE),
-        "sheet": str(out / SHEET_FILE),
-    }
+    return ReviewResult(
+        str(out), len(rows), version, drifted, len(served), str(out / QUEUE_FILE), str(out / SHEET_FILE)
+    )

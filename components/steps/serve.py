@@ -4,8 +4,8 @@ With a `tritonserver` that has the onnxruntime backend (a Triton container), `pu
 it is. Otherwise the server bundled in the nvidia-pytriton wheel runs, which has only the python
 backend: it serves a generated runtime copy of the repository in which each ONNX model runs through
 onnxruntime in a python-backend model, with the same names, inputs, outputs, labels and batching.
-Models are loaded explicitly, so after a publish `reload_if_running` loads the new version without a
-restart. The server's process, state and health are in `components/serving/`.
+Models are loaded explicitly, so after a publish `serving.control.reload_if_running` loads the new version
+without a restart. The server's process, state and health are in `components/serving/`.
 """
 
 from __future__ import annotations
@@ -25,13 +25,14 @@ from typing import Any
 from components.core.config import Params
 from components.core.errors import InputError, ServiceError
 from components.core.procs import start_time
+from components.serving import control
+from components.serving.control import running_server
 from components.serving.health import failed_to_load, model_health, model_ready, resident_memory
 from components.serving.process import (
     command,
     die_with_parent,
     find_server,
     repo_models,
-    runtime_model,
     served_repo,
     tail,
     terminate,
@@ -73,8 +74,7 @@ def _port_free(host: str, port: int) -> bool:
 
 def status(params: Params) -> ServerState | None:
     """The running server started from this folder, or None (also when its pid now names another process)."""
-    state = read_state(_workdir(params))
-    return state if state is not None and state.alive() else None
+    return running_server(params)
 
 
 def inspect(params: Params) -> dict[str, Any]:
@@ -245,39 +245,6 @@ def stop(params: Params) -> bool:
     return True
 
 
-def reload(params: Params, models: list[str] | None = None) -> ServerState:
-    """Load `models` (default: all of them) again in the running server: a new version after a publish, or a
-    model whose backend process died. Refreshes the bundled server's runtime copy first. A server that does
-    not answer or fails to load a model is a ServiceError (a retry may help: the files are in place)."""
-    import tritonclient.http as httpclient
-    from tritonclient.utils import InferenceServerException
-
-    state = status(params)
-    if state is None:
-        raise InputError("no Triton server is running from this folder; start one with `sortflow serve`")
-    models = models or state.models
-    repo = Path(state.repo)
-    if not state.stock_triton:
-        for name in models:
-            runtime_model(repo / name, Path(state.served_repo) / name)
-    address = state.http_address
-    client = httpclient.InferenceServerClient(address)
-    for name in models:
-        try:
-            client.load_model(name)
-        except (InferenceServerException, OSError) as exc:
-            raise ServiceError(
-                f"the Triton server on {address} (pid {state.pid}) did not load {name} "
-                f"({exc}); see {state.log}, or restart it with `sortflow serve --stop` and `sortflow serve`"
-            ) from exc
-    log.info("Loaded %s into the running server", ", ".join(models))
-    return state
-
-
-def reload_if_running(params: Params, models: list[str]) -> bool:
-    """After a publish: load these models in the running server (no restart) if one serves `publish.repo`."""
-    state = status(params)
-    if state is None or Path(state.repo) != Path(params.publish.repo).resolve():
-        return False
-    reload(params, models)
-    return True
+def reload(params: Params) -> ServerState:
+    """`sortflow serve --reload`: load every model of the running server again (after a backend died)."""
+    return control.reload(params)

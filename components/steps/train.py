@@ -31,6 +31,7 @@ from components.core.errors import InputError, ParamsError
 from components.core.fsutil import atomic_write_json, atomic_write_text
 from components.core.locks import output_lock
 from components.core.plots import figure, save_png
+from components.core.results import StepResult
 from components.data.loader import DataConfig, read_classes, split_images
 from components.data.partition import prepared_dataset
 from components.integrations import mlflow_tracking
@@ -50,12 +51,18 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class TrainResult:
+class TrainResult(StepResult):
     output: Path
     best_top1: float
     last_top1: float
     epochs: int
     run_id: str | None
+
+    def text(self) -> str:
+        return (
+            f"Trained {self.epochs} epochs: best val top-1 {self.best_top1:.4f}, last {self.last_top1:.4f}\n"
+            f"Checkpoints and reports: {self.output} (MLflow run {self.run_id})"
+        )
 
 
 def run_training(params: Params, argv: list[str]) -> TrainResult | None:

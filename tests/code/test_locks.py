@@ -91,7 +91,7 @@ def test_a_wait_longer_than_locks_timeout_fails_naming_the_holder(tmp_path: Path
             r"after 0.5 s: .*raise locks.timeout",
         ), output_lock(tmp_path / "out", "second", timeout=0.5):
             raise AssertionError("got a lock that is held")
-        code, _, err = run_cli("split", "-o", f"split.output={tmp_path / 'out'}", "-o", "locks.timeout=0.5")
+        code, _, err = run_cli("evaluate", "-o", f"evaluate.output={tmp_path / 'out'}", "-o", "locks.timeout=0.5")
         assert code == 2 and f"pid {holder['pid']}" in err and "locks.timeout" in err
     finally:
         holder_process.kill()

@@ -28,8 +28,8 @@ def test_registry_download_from_a_store_that_does_not_answer(monkeypatch: pytest
 def test_reload_in_a_triton_server_that_does_not_answer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A server whose process lives but whose port answers nothing: the files are published, the load is not."""
     from components.core.procs import start_time
+    from components.serving.control import reload_if_running
     from components.serving.state import ServerState, write_state
-    from components.steps.serve import reload_if_running
 
     monkeypatch.chdir(tmp_path)
     params = load_params(None, [f"serve.workdir={tmp_path}/serve", f"publish.repo={tmp_path}/repo"])

@@ -92,8 +92,8 @@ def test_int8_variant_reports_size_and_top1_change(release: Release, tmp_path: P
             f"export.weight_path={release.workdir}/output/train/best.pt",
         )
     )
-    assert result["int8"]["size_bytes"] < result["size_bytes"] / 2
-    assert result["int8"]["top1_change"] == pytest.approx(result["int8"]["val_top1"] - result["val_top1"])
+    assert result.int8 is not None and result.int8.size_bytes < result.size_bytes / 2
+    assert result.int8.top1_change == pytest.approx(result.int8.val_top1 - result.val_top1)
     assert (tmp_path / "q/model.int8.onnx").is_file()
 
 
