@@ -295,11 +295,9 @@ def _concurrency(text: str) -> list[int]:
 def cmd_get_pipeline_config(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from components.steps.predict import PipelineConfig
+    from components.steps.predict import params_config
 
-    params = _params(args)
-    config = PipelineConfig(model_dir=params.export.output, triton_model=params.register.model_name)
-    path = config.save(Path(args.save_path) / "pipeline.yaml")
+    path = params_config(_params(args)).save(Path(args.save_path) / "pipeline.yaml")
     print(f"Wrote {path}; use it with `sortflow predict --config {path}` or create_pipeline({str(path)!r})")
     return 0
 

@@ -312,21 +312,20 @@ def create_pipeline(config: str | Path | PipelineConfig | None = None, **overrid
     return Pipeline(cfg)
 
 
+def params_config(params: Params) -> PipelineConfig:
+    """The pipeline of the project's parameters: its exported model, registered name and MLflow server."""
+    return PipelineConfig(
+        model_dir=params.export.output, triton_model=params.register.model_name, tracking_uri=params.mlflow.tracking_uri
+    )
+
+
 def command_config(
     params: Params, config: str | None = None, model: str | None = None, topk: int = 0, triton: str | None = None
 ) -> PipelineConfig:
     """What `sortflow predict` runs: `config` (a pipeline.yaml) or the exported model of `export.output`, with
     `model`, `topk` and `triton` on top. With none of config, model and triton, and nothing exported yet, it
     falls back to EfficientNet-Lite0 with its offline ImageNet weights (the quick start)."""
-    cfg = (
-        PipelineConfig.load(config)
-        if config
-        else PipelineConfig(
-            model_dir=params.export.output,
-            triton_model=params.register.model_name,
-            tracking_uri=params.mlflow.tracking_uri,
-        )
-    )
+    cfg = PipelineConfig.load(config) if config else params_config(params)
     if model:
         cfg.model_dir = model
     elif not config and not triton and not (Path(cfg.model_dir) / MODEL_FILE).is_file():

@@ -335,7 +335,7 @@ def test_pipeline_config_and_python_api(release: Release, tmp_path: Path) -> Non
 
     assert release.run("get-pipeline-config", "--save-path", str(tmp_path)) == 0
     written = yaml.safe_load((tmp_path / "pipeline.yaml").read_text())
-    assert set(written) == {"model_dir", "device", "batch_size", "topk", "triton_url", "triton_model"}
+    assert set(written) == {"model_dir", "device", "batch_size", "topk", "triton_url", "triton_model", "tracking_uri"}
     config = PipelineConfig(**{**written, "model_dir": str(release.workdir / "output/export"), "topk": 2})
     path = config.save(tmp_path / "pipeline.yaml")
     results = list(create_pipeline(path).predict(str(release.dataset / "images")))

@@ -208,13 +208,13 @@ def test_history_records_who_when_and_why(limited: Release, server: dict) -> Non
     cwd = os.getcwd()
     os.chdir(limited.workdir)
     try:
-        rows = history(load_params(None, limited.args[1::2]))
+        rows = history(load_params(None, limited.args[1::2])).changes
     finally:
         os.chdir(cwd)
-    manual = [r for r in rows if r["by"] == "tester"]
-    assert manual and manual[0]["reason"] == "rollout test" and manual[0]["at"].endswith("+00:00")
-    rollbacks = [r for r in rows if r["rollback"]]
-    assert rollbacks and all(r["version"] == rows[0]["version"] for r in rollbacks)
+    manual = [r for r in rows if r.by == "tester"]
+    assert manual and manual[0].reason == "rollout test" and manual[0].at.endswith("+00:00")
+    rollbacks = [r for r in rows if r.rollback]
+    assert rollbacks and all(r.version == rows[0].version for r in rollbacks)
 
 
 def _background(release: Release, workdir: str) -> list[str]:
