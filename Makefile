@@ -50,14 +50,14 @@ test: lint browser
 # The peer of bench_peer.py (Ultralytics) comes from PyPI, with the numpy that sortflow already has.
 bench: $(STAMP)
 	$(BIN)/pip install --quiet ultralytics "numpy==$$($(BIN)/python -c 'import numpy; print(numpy.__version__)')"
-	$(BIN)/python bench/bench_check_dataset.py
-	$(BIN)/python bench/bench_train.py
-	$(BIN)/python bench/bench_serving.py
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python bench/bench_monitor.py
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python bench/bench_bytes.py
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python bench/bench_peer.py
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python bench/bench_orchestration.py
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python bench/bench_team.py
+	$(BIN)/python -m bench.bench_check_dataset
+	$(BIN)/python -m bench.bench_train
+	$(BIN)/python -m bench.bench_serving
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m bench.bench_monitor
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m bench.bench_bytes
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m bench.bench_peer
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m bench.bench_orchestration
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m bench.bench_team
 
 clean:
 	rm -rf output bench/out .pytest_cache .ruff_cache

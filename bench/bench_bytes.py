@@ -17,25 +17,21 @@ from __future__ import annotations
 
 import io
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from bench import bench_monitor
+from bench.bench_monitor import lite0_training, server_ports
+from bench.bench_train import OUT, dataset
+from components.steps.bench_serve import image_files, run_level
+from components.steps.serve import resident_memory
+from components.triton_models.preprocess import preprocess
+from tests.support.overrides import without_published
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
-
-import bench_monitor  # noqa: E402
-from bench_monitor import lite0_training, server_ports  # noqa: E402
-from bench_train import OUT, dataset  # noqa: E402
-
-from components.steps.bench_serve import image_files, run_level  # noqa: E402
-from components.steps.serve import resident_memory  # noqa: E402
-from components.triton_models.preprocess import preprocess  # noqa: E402
-from tests.support.overrides import without_published  # noqa: E402
 
 WORK = OUT / "bytes"
 LEVELS = (1, 4, 8)

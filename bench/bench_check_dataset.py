@@ -24,12 +24,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from components.core.fsutil import file_digest
+from components.data.cls_dataset import list_file, read_list, write_labels, write_list
+from components.data.partition import stratified_split
 
-from components.core.fsutil import file_digest  # noqa: E402
-from components.data.cls_dataset import list_file, read_list, write_labels, write_list  # noqa: E402
-from components.data.partition import stratified_split  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 TRASHNET = REPO.parent / "shared" / "data" / "trashnet-rgb-112.tar.gz"
 VARIANTS = (None, Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.FLIP_TOP_BOTTOM, Image.Transpose.ROTATE_180)

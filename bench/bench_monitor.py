@@ -17,7 +17,6 @@ import os
 import random
 import statistics
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -25,14 +24,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
+from bench.bench_train import OUT, SORTFLOW, dataset
+from components.core.config import load_params
+from tests.support.overrides import without_published
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
-
-from bench_train import OUT, SORTFLOW, dataset  # noqa: E402
-
-from components.core.config import load_params  # noqa: E402
-from tests.support.overrides import without_published  # noqa: E402
 
 WORK = OUT / "monitor"
 WINDOW, CONCURRENCY = 200, 4

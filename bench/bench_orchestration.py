@@ -21,11 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from tests.support.helpers import free_port
+from tests.support.project import project_copy
+from tests.support.services import command_env, sh, stop_group
 
-from tests.helpers import free_port  # noqa: E402
-from tests.orchestration.conftest import command_env, project_copy, sh, stop_group  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 OVERRIDES = ["train.epochs=1", "export.parity_images=32"]
 

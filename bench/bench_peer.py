@@ -24,10 +24,9 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "bench"))
+from bench.bench_train import OUT, dataset, sortflow_train
 
-from bench_train import OUT, dataset, sortflow_train  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 YOLO = str(Path(sys.executable).parent / "yolo")
 PEER_EPOCHS, OUR_EPOCHS, OUR_SIZE = 18, 40, 112  # ours: about the peer's wall time on this machine

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,13 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from components.core.config import Params
+from components.model.deployable import Deployable, export_onnx
+from components.model.onnx_session import onnx_session
+from components.model.zoo import create_model, get_spec
 
-from components.core.config import Params  # noqa: E402
-from components.model.deployable import Deployable, export_onnx  # noqa: E402
-from components.model.onnx_session import onnx_session  # noqa: E402
-from components.model.zoo import create_model, get_spec  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 SIZE = 224
 

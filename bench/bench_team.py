@@ -7,19 +7,17 @@ counts as started when its health endpoint answers 200. Three rounds, interleave
 from __future__ import annotations
 
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from tests.orchestration.services import (  # noqa: E402
+from tests.support.services import (
     STARTUP_TIMES,
     running_mlflow,
     running_postgres,
     running_prefect,
 )
+
+REPO = Path(__file__).resolve().parents[1]
 
 ROUNDS = 3
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import RELIABILITY_LOG, cls_dataset
+from tests.support.helpers import RELIABILITY_LOG, cls_dataset
 
 # Hypothesis keeps its examples under the current folder unless told otherwise: tests write nothing into the tree.
 os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(Path(tempfile.gettempdir()) / "sortflow-hypothesis"))

@@ -13,7 +13,7 @@ from PIL import Image
 from components.core.config import DatasetParams
 from components.data.manifest import build_manifest
 from components.data.report import run_check
-from tests.helpers import snapshot, write_image
+from tests.support.helpers import snapshot, write_image
 
 Run = Callable[..., tuple[int, str, str]]
 

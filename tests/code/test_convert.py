@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from components.data.cls_dataset import read_labels, read_list
-from tests.helpers import folder_dataset, snapshot, write_image
+from tests.support.helpers import folder_dataset, snapshot, write_image
 
 Run = Callable[..., tuple[int, str, str]]
 

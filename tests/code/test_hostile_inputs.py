@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import record_figure, snapshot, write_image
+from tests.support.helpers import record_figure, snapshot, write_image
 
 Run = Callable[..., tuple[int, str, str]]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from components.core.locks import lock_path, output_lock
-from tests.helpers import record_figure
+from tests.support.helpers import record_figure
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tests.helpers import CLASSES, write_image
+from tests.support.helpers import CLASSES, write_image
 
 Run = Callable[..., tuple[int, str, str]]
 
@@ -66,7 +66,7 @@ def test_add_reviewed_adds_new_images_and_counts_what_it_skips(run_cli: Run, dat
 
 
 def test_bad_review_files_are_clear_errors_that_change_nothing(run_cli: Run, dataset: Path, tmp_path: Path) -> None:
-    from tests.helpers import snapshot
+    from tests.support.helpers import snapshot
 
     before = snapshot(dataset)
     cases = {

@@ -11,7 +11,7 @@ import pytest
 
 from components.core.config import MlflowParams, load_params
 from components.core.errors import DatasetError, InputError, ParamsError, ServiceError, SortflowError
-from tests.helpers import free_port
+from tests.support.helpers import free_port
 
 
 def test_registry_download_from_a_store_that_does_not_answer(monkeypatch: pytest.MonkeyPatch) -> None:

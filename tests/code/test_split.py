@@ -13,7 +13,7 @@ from components.core.config import SplitParams
 from components.core.errors import DatasetError
 from components.data.cls_dataset import read_list
 from components.data.partition import split_dataset, stratified_split
-from tests.helpers import cls_dataset, snapshot
+from tests.support.helpers import cls_dataset, snapshot
 
 Run = Callable[..., tuple[int, str, str]]
 

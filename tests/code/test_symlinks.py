@@ -12,7 +12,7 @@ import pytest
 
 import components.data.manifest as manifest
 from components.core.errors import DatasetError
-from tests.helpers import folder_dataset, write_image
+from tests.support.helpers import folder_dataset, write_image
 
 Run = Callable[..., tuple[int, str, str]]
 

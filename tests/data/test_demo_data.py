@@ -15,7 +15,7 @@ import yaml
 
 from components.data.cls_dataset import read_labels, read_list
 from components.steps.demo_data import build_demo_dataset
-from tests.helpers import snapshot
+from tests.support.helpers import snapshot
 
 REPO = Path(__file__).resolve().parents[2]
 Run = Callable[..., tuple[int, str, str]]

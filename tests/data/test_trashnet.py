@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import TRASHNET
+from tests.support.helpers import TRASHNET
 
 Run = Callable[..., tuple[int, str, str]]
 COUNTS = {"cardboard": 403, "glass": 501, "metal": 410, "paper": 594, "plastic": 482, "trash": 137}

@@ -16,7 +16,7 @@ import torch
 
 import components.steps.train as train_module
 from components.model.checkpoints import load_checkpoint
-from tests.helpers import TINY_TRAIN, overrides
+from tests.support.helpers import TINY_TRAIN, overrides
 
 Run = Callable[..., tuple[int, str, str]]
 TINY = overrides(*TINY_TRAIN, "train.epochs=2")
@@ -249,7 +249,7 @@ def test_two_nodes_meeting_at_a_c10d_rendezvous_train_as_one_two_process_run(dat
     """Two torchrun launches, one per node folder (--nnodes=2 --nproc-per-node=1, c10d rendezvous on 127.0.0.1),
     train together over gloo: the node that got rank 0 alone writes the checkpoint, and its weights are those
     of the 2-process single-node run."""
-    from tests.helpers import free_port
+    from tests.support.helpers import free_port
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
     args = train_args(dataset, "-o", "train.output=train", "-o", f"dataset.output={tmp_path}/out")
@@ -294,7 +294,7 @@ def test_resume_on_another_number_of_processes_keeps_the_lr_schedule(tmp_path: P
     import signal
     import time
 
-    from tests.helpers import cls_dataset
+    from tests.support.helpers import cls_dataset
 
     dataset = cls_dataset(tmp_path / "ds", per_class=24, val_per_class=4)
     run = ["-o", "train.epochs=4", "-o", "train.warmup_epochs=1", "-o", f"dataset.output={tmp_path}/out"]
@@ -352,7 +352,7 @@ def test_a_nan_on_one_rank_stops_every_rank() -> None:
     """Rank 1 alone gets a NaN loss; both ranks learn it in the same step, so none waits in the next all-reduce."""
     import torch.multiprocessing as mp
 
-    from tests.helpers import free_port
+    from tests.support.helpers import free_port
 
     with mp.Manager() as manager:
         found = manager.dict()

@@ -10,8 +10,9 @@ import pytest
 import yaml
 
 from components.core.config import valid_keys
-from tests.orchestration.conftest import ROOT, sh
 from tests.support.dvc_deps import stage_code
+from tests.support.project import ROOT, project_copy
+from tests.support.services import sh
 
 STAGES = ["check_dataset", "split", "train", "evaluate", "export", "register", "publish"]
 
@@ -87,8 +88,6 @@ def test_dvc_experiment_reruns_train_and_after_only(dvc_project: tuple[Path, str
 
 @pytest.mark.slow
 def test_bad_params_stop_the_dvc_pipeline_before_any_output(tmp_path: Path) -> None:
-    from tests.orchestration.conftest import project_copy
-
     project = project_copy(tmp_path / "project")
     text = (project / "params.yaml").read_text().replace("epochs: 1", "epochs: 0")
     (project / "params.yaml").write_text(text)

@@ -15,8 +15,9 @@ import yaml
 
 from components.core.errors import ParamsError
 from components.integrations.triton_config import parse_config
-from tests.helpers import free_port
-from tests.orchestration.conftest import MODEL, command_env, project_copy, sh, stop_group
+from tests.support.helpers import free_port
+from tests.support.project import MODEL, project_copy
+from tests.support.services import command_env, sh, stop_group
 
 
 def _artifacts(api: str, key: str) -> list[dict]:
@@ -228,7 +229,7 @@ def test_unreachable_mlflow_server_names_the_setting(run_cli) -> None:
 @pytest.mark.slow
 def test_failed_data_check_stops_both_paths_with_the_report(tmp_path: Path, prefect_server: str) -> None:
     project = project_copy(tmp_path / "project", data=False)
-    from tests.helpers import cls_dataset
+    from tests.support.helpers import cls_dataset
 
     data = cls_dataset(project / "data", per_class=8, val_per_class=3)
     with (data / "val.txt").open("a") as f:

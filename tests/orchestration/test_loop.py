@@ -21,8 +21,11 @@ import pytest
 import yaml
 from PIL import Image, ImageEnhance
 
-from tests.helpers import free_port
-from tests.orchestration.conftest import MODEL, command_env, project_copy, sh
+from tests.support.helpers import free_port
+from tests.support.project import MODEL, project_copy
+
+# Capture every request; a window of 20 requests is enough for these tiny tests; every new version is promoted.
+from tests.support.services import command_env, sh
 
 # Capture every request; a window of 20 requests is enough for these tiny tests; every new version is promoted.
 # One decoding instance: each instance refreshes its capture counters on the metrics port when it serves a

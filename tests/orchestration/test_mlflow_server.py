@@ -13,7 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.orchestration.conftest import MODEL, command_env, project_copy, sh
+from tests.support.project import MODEL, project_copy
+
+# `sortflow register` in a process that has imported what it needs and waits for the start file, so that two of
+from tests.support.services import command_env, sh
 
 # `sortflow register` in a process that has imported what it needs and waits for the start file, so that two of
 # them run the gate in the same instant, not a process start-up apart.

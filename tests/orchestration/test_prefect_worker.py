@@ -11,7 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.orchestration.conftest import MODEL, command_env, project_copy, sh, stop_group
+from tests.support.project import MODEL, project_copy
+from tests.support.services import command_env, sh, stop_group
 
 DEPLOYMENTS = ("training-pipeline/nightly", "data-check/hourly", "monitor/hourly", "promote-and-serve/manual")
 IMAGE = "registry.example.com/sortflow:1.0"

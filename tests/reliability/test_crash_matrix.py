@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port, overrides, record_figure, tiny_project
+from tests.support.helpers import free_port, overrides, record_figure, tiny_project
 
 pytestmark = pytest.mark.slow
 

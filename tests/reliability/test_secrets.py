@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import record_figure, tiny_project
+from tests.support.helpers import record_figure, tiny_project
 
 pytestmark = pytest.mark.slow
 

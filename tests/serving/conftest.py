@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from components.cli import main
-from tests.helpers import TINY_TRAIN, cls_dataset, free_port, overrides
+from tests.support.helpers import TINY_TRAIN, cls_dataset, free_port, overrides
 from tests.support.overrides import without_published
 
 

@@ -14,8 +14,8 @@ import torch
 
 from components.core.errors import SortflowError
 from components.core.fsutil import umask
-from tests.helpers import free_port
 from tests.serving.conftest import Release
+from tests.support.helpers import free_port
 
 
 def load(release: Release, path: str) -> dict:

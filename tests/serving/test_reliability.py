@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import free_port, overrides, record_figure
 from tests.serving.conftest import Release
+from tests.support.helpers import free_port, overrides, record_figure
 
 MODEL, BYTES_MODEL = "sortflow-classifier", "sortflow-classifier_bytes"
 LIMITS = ("publish.max_request_mb=1", "publish.max_image_pixels=4000000")

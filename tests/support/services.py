@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import free_port
+from tests.support.helpers import free_port
 
 
 def command_env(**extra: str) -> dict[str, str]:

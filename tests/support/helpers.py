@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 TRASHNET = SHARED_DATA / "trashnet-rgb-112.tar.gz"
 CLASSES = ("glass", "metal", "paper")
 
@@ -80,7 +80,7 @@ def snapshot(root: Path) -> dict[str, str]:
     }
 
 
-RELIABILITY_LOG = Path(__file__).resolve().parents[1] / "bench" / "out" / "reliability.jsonl"
+RELIABILITY_LOG = Path(__file__).resolve().parents[2] / "bench" / "out" / "reliability.jsonl"
 
 
 def record_figure(kind: str, tried: int, failed: int = 0, notes: str = "") -> None:
