@@ -26,6 +26,7 @@ from PIL import Image
 from bench import bench_monitor
 from bench.bench_monitor import lite0_training, server_ports
 from bench.bench_train import OUT, dataset
+from bench.report import Result, record
 from components.steps.bench_serve import image_files, run_level
 from components.steps.serve import resident_memory
 from components.triton_models.preprocess import preprocess
@@ -143,7 +144,9 @@ def requests_of(files: list[bytes]) -> list:
     return out
 
 
-def compare(name: str, files: list[bytes], count: int, setups: dict[str, list[str]], rounds: int = 3) -> None:
+def compare(
+    key: str, name: str, files: list[bytes], count: int, setups: dict[str, list[str]], rounds: int = 3
+) -> None:
     """Alternating rounds of every server at every level and of the in-process baselines; medians."""
     config = bytes_config(setups["default"])
     inputs = requests_of(files)
@@ -161,19 +164,27 @@ def compare(name: str, files: list[bytes], count: int, setups: dict[str, list[st
         rates.setdefault("previous", []).append(in_process(files, torch_preprocess, config, 4.0))
     med = {k: statistics.median(v) for k, v in rates.items()}
     base = med["new"]
-    print(
-        f"\n### {name}: in-process {base:.0f}/s, previous preprocessing in-process {med['previous']:.0f}/s "
-        f"(new/previous {base / med['previous']:.2f}x); all rounds: {rates}"
-    )
-    print("| publish settings | " + " | ".join(f"c{level}" for level in LEVELS) + " |")
-    print("|---|" + "---|" * len(LEVELS))
+    rows = []
     for setup in setups:
         cells = [
             f"{med[(setup, level)]:.0f}/s ({med[(setup, level)] / base:.2f}x, p99 "
             f"{statistics.median(p99[(setup, level)]):.0f} ms)"
             for level in LEVELS
         ]
-        print(f"| {setup} {' '.join(SETUPS[setup])} | " + " | ".join(cells) + " |")
+        rows.append([f"{setup} {' '.join(SETUPS[setup])}", *cells])
+    record(
+        Result(
+            f"bytes_{key}",
+            f"Encoded images on `<model>_bytes`: {name}",
+            "`sortflow bench-serve`'s load (one image per request over gRPC) on servers published with each "
+            "setting, beside an in-process baseline that does the same work in one process (decode, resize, "
+            f"crop, onnxruntime at batch 1): {base:.0f}/s here, and {med['previous']:.0f}/s with the previous "
+            "preprocessing. Servers and baselines alternate in three rounds; medians, with the ratio to the "
+            "in-process baseline.",
+            ["publish settings", *(f"c{level}" for level in LEVELS)],
+            rows,
+        )
+    )
 
 
 def main() -> None:
@@ -183,8 +194,8 @@ def main() -> None:
         config = bytes_config(setups["default"])
         print(f"model: {config['classifier']} at {config['image_size']} px (resize {config['resize_size']})")
         small = [p.read_bytes() for p in image_files((str(data / "images"),))[:400]]
-        compare("1080p JPEG frames", frames(), 240, setups)
-        compare("TrashNet 112 px JPEGs", small, 400, setups)
+        compare("frames", "1080p JPEG frames", frames(), 240, setups)
+        compare("trashnet", "TrashNet 112 px JPEGs", small, 400, setups)
         url = f"127.0.0.1:{setting(setups['default'], 'serve.grpc_port')}"
         run_level(url, MODEL, requests_of((small * 3)[:1000]), 4, 1000, 120)
         import json

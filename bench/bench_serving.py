@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.report import Result, record
 from components.core.config import Params
 from components.model.deployable import Deployable, export_onnx
 from components.model.onnx_session import onnx_session
@@ -54,7 +55,7 @@ def timed(fn, repeat: int) -> list[float]:
     return times
 
 
-def compare_runtimes(name: str, out: Path) -> Path:
+def compare_runtimes(name: str, out: Path) -> tuple[Path, list[str]]:
     model, path = build(name, out)
     session = onnx_session(path)
     one = np.random.rand(1, 3, SIZE, SIZE).astype(np.float32) * 255
@@ -64,22 +65,34 @@ def compare_runtimes(name: str, out: Path) -> Path:
         t32 = statistics.median(timed(lambda: model(torch.from_numpy(many)), 5))
     o1 = statistics.median(timed(lambda: session.run(None, {"image": one}), 30))
     o32 = statistics.median(timed(lambda: session.run(None, {"image": many}), 5))
-    print(
-        f"| {name} | {t1 * 1000:.1f} | {o1 * 1000:.1f} | {t1 / o1:.2f}x | {32 / t32:.0f} | {32 / o32:.0f} | "
-        f"{t32 / o32:.2f}x |"
-    )
-    return path
+    row = [name, f"{t1 * 1000:.1f}", f"{o1 * 1000:.1f}", f"{t1 / o1:.2f}x", f"{32 / t32:.0f}", f"{32 / o32:.0f}"]
+    return path, [*row, f"{t32 / o32:.2f}x"]
 
 
 def runtimes(out: Path) -> Path:
-    print("\n## onnxruntime vs torch eager (CPU, 224 px)")
-    print(
-        "| model | torch batch 1 (ms, median) | onnxruntime batch 1 (ms) | speed-up | torch batch 32 (img/s) "
-        "| onnxruntime batch 32 (img/s) | speed-up |"
+    lcnet, lcnet_row = compare_runtimes("PP-LCNet_x1_0", out)
+    _, lite0_row = compare_runtimes("EfficientNet-Lite0", out)
+    record(
+        Result(
+            "serving",
+            "Serving: onnxruntime vs torch eager",
+            f"Both models exported as sortflow exports them (raw pixels in, normalization and softmax in the graph), "
+            f"at {SIZE} px with 6 classes; random weights with BatchNorm statistics warmed on random images (no "
+            "denormal floats). torch and onnxruntime use the same threads. Batch-1 figures are medians of 30 "
+            "calls, batch-32 figures medians of 5.",
+            [
+                "model",
+                "torch batch 1 (ms)",
+                "onnxruntime batch 1 (ms)",
+                "speed-up",
+                "torch batch 32 (img/s)",
+                "onnxruntime batch 32 (img/s)",
+                "speed-up",
+            ],
+            [lcnet_row, lite0_row],
+            ["Target: onnxruntime at least 3.5x faster than torch at batch 1."],
+        )
     )
-    print("|---|---|---|---|---|---|---|")
-    lcnet = compare_runtimes("PP-LCNet_x1_0", out)
-    compare_runtimes("EfficientNet-Lite0", out)
     return lcnet
 
 
@@ -111,7 +124,7 @@ def ceiling(onnx_file: Path, size: int) -> dict[str, float]:
 SETTINGS = {"threads 0 (pixel clients)": 0, "threads 1 (default)": 1}  # publish.threads
 
 
-def triton(out: Path, onnx_file: Path, label: str, size: int, rounds: int = 3) -> None:
+def triton(out: Path, onnx_file: Path, name: str, label: str, size: int, rounds: int = 3) -> None:
     """Pixel requests at concurrency 1, 4 and 8 over gRPC and over shared memory, for each SETTINGS value,
     in alternating rounds (medians) next to in-process onnxruntime; then the servers' resident memory."""
     from components.integrations.triton_config import ModelInfo
@@ -145,7 +158,7 @@ def triton(out: Path, onnx_file: Path, label: str, size: int, rounds: int = 3) -
                     for r in bench_serve(config):
                         rows.setdefault((name, transport, r.concurrency), []).append(r)
         limits = {k: statistics.median(b[k] for b in base) for k in base[0]}
-        _report(label, rows, limits)
+        _report(name, label, rows, limits)
         for name, params in servers.items():
             config = BenchConfig(
                 f"127.0.0.1:{params.serve.grpc_port}", "bench", ("bytes",), (4,), 1000, 120, (str(images),)
@@ -162,22 +175,28 @@ def triton(out: Path, onnx_file: Path, label: str, size: int, rounds: int = 3) -
             serve.stop(params)
 
 
-def _report(label: str, rows: dict[tuple, list], limits: dict[str, float]) -> None:
-    print(
-        f"\n## Triton (bundled server, python backend + onnxruntime, gRPC, dynamic batching), {label}, batch-1 "
-        f"requests; in-process onnxruntime: batch 32 {limits['b32']:.0f} img/s (the ceiling), batch 8 "
-        f"{limits['b8']:.0f} img/s, batch 1 p50 {limits['b1_ms']:.2f} ms"
-    )
-    print("| publish.threads | transport | concurrency | requests/s | / batch-32 ceiling | p50 (ms) | p99 (ms) |")
-    print("|---|---|---|---|---|---|---|")
-    for (name, transport, level), results in rows.items():
+def _report(name: str, label: str, rows: dict[tuple, list], limits: dict[str, float]) -> None:
+    table = []
+    for (setting, transport, level), results in rows.items():
         rate = statistics.median(r.per_second for r in results)
         p50, p99 = (statistics.median(getattr(r, k) for r in results) for k in ("p50_ms", "p99_ms"))
         where = "gRPC" if transport == "none" else "gRPC + system shared memory"
         added = f" (+{p50 - limits['b1_ms']:.2f} over in-process)" if level == 1 else ""
-        print(
-            f"| {name} | {where} | {level} | {rate:.0f} | {rate / limits['b32']:.2f}x | {p50:.2f}{added} | {p99:.1f} |"
+        share = f"{rate / limits['b32']:.2f}x"
+        table.append([setting, where, level, f"{rate:.0f}", share, f"{p50:.2f}{added}", f"{p99:.1f}"])
+    record(
+        Result(
+            name,
+            f"Triton pixel path: {label}",
+            "The bundled Triton server (python backend + onnxruntime, gRPC, dynamic batching), batch-1 requests "
+            "from 1, 4 and 8 client threads, in alternating rounds (medians) beside in-process onnxruntime: batch "
+            f"32 {limits['b32']:.0f} img/s (the ceiling), batch 8 {limits['b8']:.0f} img/s, batch 1 p50 "
+            f"{limits['b1_ms']:.2f} ms.",
+            ["publish.threads", "transport", "concurrency", "requests/s", "/ batch-32 ceiling", "p50 (ms)", "p99 (ms)"],
+            table,
+            ["Targets: concurrency 8 at least 0.85x of the batch-32 ceiling; at most 1.5 ms added at concurrency 1."],
         )
+    )
 
 
 def free_ports(count: int) -> list[int]:
@@ -197,9 +216,9 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, threads {torch.get_num_threads()}")
     with tempfile.TemporaryDirectory() as tmp:
         lcnet = runtimes(Path(tmp))
-        triton(Path(tmp), lcnet, "lcnet_100 at 224 px (compute-bound here)", SIZE)
+        triton(Path(tmp), lcnet, "serving_lcnet_100", "lcnet_100 at 224 px (compute-bound here)", SIZE)
         _, small = build("PP-LCNet_x0_5", Path(tmp), 112)
-        triton(Path(tmp), small, "lcnet_050 at 112 px, TrashNet's size (overhead-bound)", 112)
+        triton(Path(tmp), small, "serving_lcnet_050", "lcnet_050 at 112 px, TrashNet's size (overhead-bound)", 112)
 
 
 if __name__ == "__main__":

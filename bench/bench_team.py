@@ -10,6 +10,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
+from bench.report import Result, record
 from tests.support.services import (
     STARTUP_TIMES,
     running_mlflow,
@@ -45,11 +46,22 @@ def one_round(index: int) -> dict[str, float]:
 
 def main() -> None:
     rounds = [one_round(i) for i in range(ROUNDS)]
-    print(f"\n## start-up times (median of {ROUNDS} rounds; a fresh database and home each time)")
-    print("| server | seconds to healthy (median) | all rounds |\n|---|---|---|")
+    rows = []
     for name in rounds[0]:
         times = [r[name] for r in rounds]
-        print(f"| {name} | {statistics.median(times):.1f} | {', '.join(f'{t:.1f}' for t in times)} |")
+        rows.append([name, f"{statistics.median(times):.1f}", ", ".join(f"{t:.1f}" for t in times)])
+    record(
+        Result(
+            "team",
+            "Team stack: start-up times of the servers",
+            "Each server started as the tests' session fixtures start it (`tests/support/services.py`), on "
+            "127.0.0.1, with a fresh database and home each round; started when its health endpoint answers "
+            f"200 (`pg_ctl -w` for PostgreSQL). {ROUNDS} rounds, interleaved; each figure includes the "
+            "database's first migration.",
+            ["server", "seconds to healthy (median)", "all rounds"],
+            rows,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -51,3 +51,10 @@ def test_readme_lists_every_command() -> None:
     table = (ROOT / "README.md").read_text().split("## Commands", 1)[1].split("\n## ", 1)[0]
     missing = [name for name, _, _ in _subcommands(build_parser(), "sortflow") if f"`{name}`" not in table]
     assert missing == []
+
+
+def test_benchmarks_file_is_written_from_the_recorded_results() -> None:
+    from bench.report import BENCHMARKS, load, render
+
+    assert BENCHMARKS.read_text() == render(load()), "run `python -m bench.report` and commit BENCHMARKS.md"
+    assert all(r.date and r.machine and r.command.startswith("python -m bench.") for r in load())
