@@ -36,34 +36,19 @@ def _names_the_file(exc: InputError, path: Path) -> None:
     assert "\n" not in str(exc).split(":", 1)[0]
 
 
+@pytest.mark.parametrize("name", ["train.txt", "label.txt"])
 @EXAMPLES
 @given(content=BYTES)
-def test_list_files(content: bytes) -> None:
-    from components.data.cls_dataset import read_list
+def test_list_and_label_files(name: str, content: bytes) -> None:
+    from components.data.cls_dataset import read_labels, read_list
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = _file(Path(tmp), "train.txt", content)
+        path = _file(Path(tmp), name, content)
         try:
-            entries = read_list(path)
+            entries = read_labels(path) if name == "label.txt" else read_list(path)
         except InputError as exc:
             _names_the_file(exc, path)
             assert f"{path}:" in str(exc)  # with the line
-        else:
-            assert all(e.line >= 1 and e.path for e in entries)
-
-
-@EXAMPLES
-@given(content=BYTES)
-def test_label_files(content: bytes) -> None:
-    from components.data.cls_dataset import read_labels
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = _file(Path(tmp), "label.txt", content)
-        try:
-            entries = read_labels(path)
-        except InputError as exc:
-            _names_the_file(exc, path)
-            assert f"{path}:" in str(exc)
         else:
             assert all(e.line >= 1 for e in entries)
 
