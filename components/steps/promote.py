@@ -2,9 +2,9 @@
 
 `promote VERSION` makes a registered version champion (bypassing register's gate, on a person's word);
 `rollback` goes back to the champion before the current one; `history` lists which version was champion
-when. Every change is recorded by `registry.set_champion`, as register's own promotions are. The caller
-publishes the new champion and reloads a running server (`sortflow promote`, `sortflow rollback` and the
-promote-and-serve flow all do).
+when. Every change is recorded by `mlflow_registry.set_champion`, as register's own promotions are. The
+caller publishes the new champion, which reloads a running server (`sortflow promote`, `sortflow rollback`
+and the promote-and-serve flow all do).
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def promote(params: Params, version: int, reason: str = "", by: str = "") -> Cha
 
 
 def rollback(params: Params, reason: str = "", by: str = "") -> ChampionMove:
-    """Make the champion before the current one champion again (see `registry.rollback_target`)."""
+    """Make the champion before the current one champion again (see `mlflow_registry.rollback_target`)."""
     client, name = _client(params), params.register.model_name
     target = rollback_target(_history(client, name))
     if target is None:
