@@ -89,6 +89,7 @@ def rank_failure(log_dir: Path) -> str:
 
 
 def all_sum(values: list[float], dist: Dist, device: torch.device) -> list[float]:
+    """`values` summed over every rank (as they are on one process)."""
     if dist.world == 1:
         return values
     tensor = torch.tensor(values, dtype=torch.float64, device=device)

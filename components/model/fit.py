@@ -58,6 +58,8 @@ class Fit:
 def loader(
     dataset: Any, batch_size: int, seed: int, dist: Dist, workers: int, shuffle: bool, pin: bool = False
 ) -> Any:
+    """Batches of `dataset`: shuffled from `seed` (each rank its share of one order), or in order with every
+    image exactly once (validation)."""
     from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
     generator = torch.Generator().manual_seed(seed)
@@ -79,6 +81,7 @@ def loader(
 
 
 def progress_bar(enabled: bool) -> Any:
+    """The per-epoch progress bar on stderr (shown by rank 0 only)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -235,6 +238,7 @@ def run_epoch(fit: Fit, data: dict[str, Any], loop: Loop, epoch: int) -> dict:
 
 
 def steps_per_epoch(train_images: Any, t: TrainParams, dist: Dist) -> int:
+    """Optimizer steps in one epoch of `train_images` on every rank; none is an error, a partial batch a warning."""
     steps = len(loader(train_images, t.batch_size, t.seed, dist, 0, shuffle=True))
     if len(train_images) < t.batch_size * dist.world:
         log.warning(

@@ -78,6 +78,7 @@ def resident_memory(pid: int) -> list[dict[str, Any]]:
 
 
 def model_ready(host: str, http_port: int, model: str) -> bool:
+    """Whether Triton reports `model` ready on its HTTP endpoint."""
     try:
         with urllib.request.urlopen(f"http://{host}:{http_port}/v2/models/{model}/ready", timeout=2) as r:
             return r.status == 200

@@ -82,6 +82,7 @@ def runtime_model(src: Path, dst: Path) -> None:
 
 
 def repo_models(repo: Path) -> list[str]:
+    """The models of a repository, those that call others (`<model>_bytes`) last."""
     names = sorted(p.name for p in repo.iterdir() if (p / "config.pbtxt").is_file()) if repo.is_dir() else []
     # The encoded-image models last: they call the classifiers.
     return sorted(names, key=lambda n: n.endswith(BYTES))
@@ -100,6 +101,7 @@ def served_repo(server: Server, repo: Path, models: list[str], work: Path) -> Pa
 
 
 def command(server: Server, served: Path, models: list[str], params: Params, work: Path) -> list[str]:
+    """The `tritonserver` command line: explicit model control, the ports and addresses of `serve.*`."""
     serve = params.serve
     command = [
         str(server.binary),
@@ -130,10 +132,12 @@ def die_with_parent() -> None:
 
 
 def tail(path: Path, lines: int = 15) -> str:
+    """The last lines of a log file."""
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
 def terminate(pid: int, grace: float = 15) -> None:
+    """SIGTERM to the server's process group, SIGKILL after `grace` seconds; reaps it when it is our child."""
     try:
         os.killpg(pid, signal.SIGTERM)
     except OSError:

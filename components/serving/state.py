@@ -59,4 +59,5 @@ def read_state(workdir: Path) -> ServerState | None:
 
 
 def write_state(workdir: Path, state: ServerState) -> Path:
+    """Record `state` in `workdir` (whole or not at all)."""
     return atomic_write_json(workdir / STATE_FILE, dataclasses.asdict(state))

@@ -33,8 +33,9 @@ class Release:
         return without_published(self.args)
 
 
-@pytest.fixture(scope="module")
-def release(tmp_path_factory: pytest.TempPathFactory) -> Release:
+@pytest.fixture(scope="package")
+def released(tmp_path_factory: pytest.TempPathFactory) -> Release:
+    """Trained, exported, registered and published once for the whole package."""
     workdir = tmp_path_factory.mktemp("release")
     dataset = cls_dataset(workdir / "ds", per_class=8, val_per_class=3)
     rel = Release(
@@ -51,6 +52,12 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> Release:
     for step in ("train", "export", "register", "publish"):
         assert rel.run(step) == 0, step
     return rel
+
+
+@pytest.fixture(scope="module")
+def release(released: Release) -> Release:
+    """The package's release with a list of overrides of this module's own (its server's ports, its limits)."""
+    return Release(released.workdir, released.dataset, list(released.args))
 
 
 @pytest.fixture(scope="module")

@@ -214,7 +214,7 @@ def test_history_records_who_when_and_why(limited: Release, server: dict) -> Non
     manual = [r for r in rows if r.by == "tester"]
     assert manual and manual[0].reason == "rollout test" and manual[0].at.endswith("+00:00")
     rollbacks = [r for r in rows if r.rollback]
-    assert rollbacks and all(r.version == rows[0].version for r in rollbacks)
+    assert rollbacks and all(r.version == manual[0].previous for r in rollbacks)  # back to the one before
 
 
 def _background(release: Release, workdir: str) -> list[str]:
