@@ -28,7 +28,7 @@ class ServerState:
     models: list[str]
     log: str
     stock_triton: bool  # has the onnxruntime backend
-    started: int | None  # the process's start time (core.procs.start_time)
+    started: int | None = None  # the process's start time (core.procs.start_time); None: an older release's file
 
     @property
     def http_address(self) -> str:
@@ -36,8 +36,9 @@ class ServerState:
         return f"{client_host(self.host)}:{self.http_port}"
 
     def alive(self) -> bool:
-        """Whether the process this state names still runs: the same pid with the same start time."""
-        return running(self.pid) and start_time(self.pid) == self.started
+        """Whether the process this state names still runs: the same pid with the same start time (a state
+        written by an earlier release, without the time, goes by the pid alone)."""
+        return running(self.pid) and self.started in (None, start_time(self.pid))
 
 
 def client_host(host: str) -> str:

@@ -3,6 +3,7 @@ bad data and bad settings stay SortflowError. Each service here is a real port o
 
 from __future__ import annotations
 
+import json
 import subprocess
 import types
 from pathlib import Path
@@ -108,6 +109,26 @@ def test_stop_never_signals_a_pid_that_now_names_another_process(tmp_path: Path)
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def test_a_server_started_by_an_earlier_release_is_still_stopped(tmp_path: Path) -> None:
+    """A server.json written before the start time was recorded (a server left running across an upgrade) is
+    read by its pid alone, so `sortflow serve --stop` still stops that server."""
+    from components.steps.serve import status, stop
+
+    params = load_params(None, [f"serve.workdir={tmp_path}/serve"])
+    server = subprocess.Popen(["sleep", "60"], start_new_session=True)  # a process group of its own, as Triton's
+    try:
+        (tmp_path / "serve").mkdir()
+        earlier = {"pid": server.pid, "host": "127.0.0.1", "grpc_port": 1, "http_port": 2, "metrics_port": 3}
+        earlier |= {"repo": "r", "served_repo": "r", "models": ["m"], "log": "log", "stock_triton": True}
+        (tmp_path / "serve/server.json").write_text(json.dumps(earlier))
+        assert status(params) is not None
+        assert stop(params) is True
+        assert server.wait(10) is not None
+    finally:
+        server.kill()
+        server.wait()
 
 
 def test_a_server_reachable_from_other_machines_says_so() -> None:
