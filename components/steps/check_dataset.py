@@ -9,14 +9,16 @@ separate split dataset (`split.output` empty), so the check covers the lists tra
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from components.core.config import Params
 from components.core.locks import locked
 from components.core.results import StepResult
 from components.data.gate import current_result
 from components.data.partition import SplitResult, split_dataset
-from components.data.report import CheckReport, data_docs_index, format_report, run_check
+
+if TYPE_CHECKING:  # the report code (pandas, the suite) loads only when a check runs: train starts without it
+    from components.data.report import CheckReport
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,8 @@ class CheckOutcome(StepResult):
     data_docs: str  # the Great Expectations Data Docs page
 
     def text(self) -> str:
+        from components.data.report import format_report
+
         return ("Split dataset successfully !\n" if self.resplit else "") + format_report(self.report)
 
     def to_json(self) -> dict[str, Any]:
@@ -48,7 +52,7 @@ def check_step(params: Params) -> CheckOutcome:
     resplit = None
     if params.split.enable and not params.split.output:
         resplit = split_dataset(params.dataset.dir, params.split)
-    return CheckOutcome(run_check(params.dataset), resplit, str(data_docs_index(params.dataset)))
+    return _outcome(params, resplit)
 
 
 def check_if_needed(params: Params) -> CheckOutcome | None:
@@ -59,4 +63,10 @@ def check_if_needed(params: Params) -> CheckOutcome | None:
 
 @locked("dataset.output")
 def _check_only(params: Params) -> CheckOutcome:
-    return CheckOutcome(run_check(params.dataset), None, str(data_docs_index(params.dataset)))
+    return _outcome(params, None)
+
+
+def _outcome(params: Params, resplit: SplitResult | None) -> CheckOutcome:
+    from components.data.report import data_docs_index, run_check
+
+    return CheckOutcome(run_check(params.dataset), resplit, str(data_docs_index(params.dataset)))
