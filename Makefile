@@ -44,8 +44,10 @@ browser:
 	@command -v chromium-headless-shell >/dev/null || command -v chromium >/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium-headless-shell; }
 
+# Two workers, each test file on one of them (its module fixtures built once): most tests wait on servers and
+# subprocesses, so two workers on 2 cores take about half the time of one (the timings are in the docs).
 test: lint browser
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile
 
 # The peer of bench_peer.py (Ultralytics) comes from PyPI, with the numpy that sortflow already has.
 bench: $(STAMP)

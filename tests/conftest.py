@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -42,12 +42,44 @@ def run_cli(
     return run
 
 
-@pytest.fixture(scope="session", autouse=True)
-def reliability_table() -> Iterator[None]:
-    """The figures the reliability tests record (`record_figure`), as the Markdown table of RELIABILITY.md:
-    bench/out/reliability.md, written at the end of a session that recorded any."""
-    RELIABILITY_LOG.unlink(missing_ok=True)
-    yield
+def _controller(config: pytest.Config) -> bool:
+    """The process that runs the session: pytest itself, or with xdist (`-n`) the controller, not a worker."""
+    return not hasattr(config, "workerinput")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if _controller(session.config):  # before any worker starts: the figures of this session only
+        RELIABILITY_LOG.unlink(missing_ok=True)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Workers hand their servers' start-up times to the controller, which writes the reliability table."""
+    from tests.support.services import STARTUP_TIMES, collect_startup_times
+
+    if not _controller(session.config):
+        session.config.workeroutput["startup_times"] = dict(STARTUP_TIMES)
+        return
+    collect_startup_times(STARTUP_TIMES)
+    _reliability_table()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: object, error: object) -> None:
+    """xdist: a worker finished; keep its servers' start-up times for the summary."""
+    from tests.support.services import collect_startup_times
+
+    collect_startup_times(getattr(node, "workeroutput", {}).get("startup_times", {}))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    from tests.support.services import startup_summary
+
+    startup_summary(terminalreporter)
+
+
+def _reliability_table() -> None:
+    """The figures the reliability tests recorded (`record_figure`, from every worker), as the Markdown table
+    of RELIABILITY.md: bench/out/reliability.md."""
     if not RELIABILITY_LOG.is_file():
         return
     rows = [json.loads(line) for line in RELIABILITY_LOG.read_text().splitlines()]

@@ -55,8 +55,12 @@ def convert_folders(src: str | Path, dst: str | Path, split: SplitParams, link: 
     stray = [p.name for p in src.iterdir() if is_image_file(p)]
     if stray:
         log.warning("%s: %d images outside any class folder are ignored (e.g. %s)", src, len(stray), stray[0])
+    hidden = sorted(p.name for p in src.iterdir() if p.is_dir() and p.name.startswith("."))
+    if hidden:  # .git, .ipynb_checkpoints and the like are not classes
+        log.warning("%s: hidden folders are not classes: %s", src, ", ".join(map(repr, hidden)))
     if not classes:
-        raise DatasetError(f"{src}: no class folders with images; expected {src}/<class>/<image>.jpg")
+        skipped = f" (hidden folders are skipped: {', '.join(map(repr, hidden))})" if hidden else ""
+        raise DatasetError(f"{src}: no class folders with images{skipped}; expected {src}/<class>/<image>.jpg")
     for name in classes:
         problem = class_name_problem(name)
         if problem:

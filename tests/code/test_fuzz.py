@@ -157,8 +157,8 @@ FOLDER_NAMES = st.lists(
 @settings(max_examples=200, deadline=None, database=None)
 @given(names=FOLDER_NAMES)
 def test_imagefolder_names(names: list[str]) -> None:
-    """A class folder may be named anything the file system takes: it becomes a class, or the conversion stops
-    naming the folder, before anything is written."""
+    """A class folder may be named anything the file system takes: it becomes a class (a hidden one, such as
+    .ipynb_checkpoints, is skipped), or the conversion stops naming the folder, before anything is written."""
     from PIL import Image
 
     from components.core.config import SplitParams
@@ -177,4 +177,4 @@ def test_imagefolder_names(names: list[str]) -> None:
             assert not dst.exists()
             assert any(name in str(exc) or repr(name)[1:-1] in str(exc) for name in names), str(exc)
         else:
-            assert sorted(label_names(dst / "label.txt").values()) == sorted(names)
+            assert sorted(label_names(dst / "label.txt").values()) == sorted(n for n in names if not n.startswith("."))

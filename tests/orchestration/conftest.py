@@ -17,13 +17,8 @@ from tests.support.services import (  # noqa: F401 (fixtures)
     prefect_pg_server,
     running_prefect,
     sh,
-    startup_summary,
     stop_group,
 )
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    startup_summary(terminalreporter)
 
 
 @pytest.fixture(scope="session")
