@@ -76,6 +76,8 @@ class EvaluateParams:
     weight_path: str = ""  # empty: best.pt in train.output
     output: str = "output/evaluate"
     batch_size: int = 64
+    calibrate: bool = True
+    target_precision: float = 0.95
 
 
 @dataclass
@@ -314,6 +316,7 @@ RULES: dict[str, Rule] = {
     "train.drop_rate": _within(0, 1, "in [0, 1) (0 = off)"),
     "train.drop_path_rate": _within(0, 1, "in [0, 1) (0 = off)"),
     "evaluate.batch_size": _least(1),
+    "evaluate.target_precision": Rule(lambda v: 0 < v <= 1, "in (0, 1]"),
     "export.parity_images": _least(1),
     "export.tolerance": _least(0),
     "export.rtol": _least(0),

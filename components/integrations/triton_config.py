@@ -19,6 +19,8 @@ from components.model.contract import INPUT_NAME, LABELS_FILE, OUTPUT_NAME
 
 BYTES = "_bytes"
 BYTES_INPUT = "image_bytes"
+DECISION = "DECISION"  # the bytes model's answer per image: the class name, or `unsure`
+THRESHOLDS = "unsure_thresholds"  # the config parameter with the per-class thresholds, in label order
 RETIRED = ("_preprocess",)  # models of earlier releases that publish removes (the bytes model decodes itself)
 
 
@@ -60,6 +62,17 @@ class ModelInfo:
     interpolation: str
     labels: list[str]
     lineage: dict[str, str]
+    thresholds: tuple[float, ...] = ()  # per class, from evaluate; empty: every answer is accepted
+
+
+def _thresholds(info: ModelInfo) -> dict[str, str]:
+    return {THRESHOLDS: ",".join(f"{t:.9g}" for t in info.thresholds)} if info.thresholds else {}
+
+
+def parse_thresholds(parameters: dict[str, str]) -> list[float]:
+    """The per-class thresholds of a model config's parameters, by class index (none: every answer accepted)."""
+    text = parameters.get(THRESHOLDS, "")
+    return [float(v) for v in text.split(",")] if text else []
 
 
 def model_names(name: str) -> list[str]:
@@ -90,7 +103,7 @@ def classifier_config(
     sortflow's own runner reads too; 0 = onnxruntime's default). `queue_delay_us` is how long the dynamic
     batcher may hold a request to fill a bigger batch (0: it runs what has arrived)."""
     size = info.image_size
-    parameters = {**info.lineage, "intra_op_thread_count": str(threads)}
+    parameters = {**info.lineage, **_thresholds(info), "intra_op_thread_count": str(threads)}
     delay = f" max_queue_delay_microseconds: {queue_delay_us} " if queue_delay_us else " "
     return f"""name: "{info.name}"
 platform: "onnxruntime_onnx"
@@ -116,7 +129,8 @@ model_warmup [
 
 
 def bytes_config(info: ModelInfo, max_batch_size: int, settings: BytesSettings, instances: int) -> str:
-    """The encoded-image endpoint: one BYTES input (a file per item), the classifier's labelled output."""
+    """The encoded-image endpoint: one BYTES input (a file per item), the classifier's labelled output and
+    the decision (the class name, or `unsure` below the class's threshold)."""
     values = {
         "classifier": info.name,
         "registry_version": str(info.version),
@@ -130,13 +144,15 @@ def bytes_config(info: ModelInfo, max_batch_size: int, settings: BytesSettings, 
         "capture_max_mb": str(settings.capture_max_mb),
         "inference": settings.inference,
         "intra_op_thread_count": str(settings.threads),
+        **_thresholds(info),
     }
     return f"""name: "{info.name}{BYTES}"
 backend: "python"
 max_batch_size: {max_batch_size}
 input [ {{ name: "{BYTES_INPUT}" data_type: TYPE_STRING dims: [ 1 ] }} ]
 output [
-  {{ name: "{OUTPUT_NAME}" data_type: TYPE_FP32 dims: [ {len(info.labels)} ] label_filename: "{LABELS_FILE}" }}
+  {{ name: "{OUTPUT_NAME}" data_type: TYPE_FP32 dims: [ {len(info.labels)} ] label_filename: "{LABELS_FILE}" }},
+  {{ name: "{DECISION}" data_type: TYPE_STRING dims: [ 1 ] }}
 ]
 instance_group [ {{ count: {instances} kind: KIND_CPU }} ]
 dynamic_batching {{ }}

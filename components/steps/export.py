@@ -16,11 +16,12 @@ import torch
 
 from components.core.config import Params
 from components.core.errors import InputError
-from components.core.fsutil import atomic_write_json, staged_dir
+from components.core.fsutil import atomic_write_json, file_digest, staged_dir
 from components.core.locks import locked
 from components.core.results import StepResult
 from components.data.loader import read_split
 from components.data.partition import prepared_dataset
+from components.model.calibration import Calibration, calibrate, recorded_calibration
 from components.model.checkpoints import load_checkpoint, weights_path
 from components.model.contract import (
     INPUT_NAME,
@@ -117,6 +118,24 @@ def _int8(stage: Path, root: Path, data_config: dict[str, Any], images: np.ndarr
     return {"file": INT8_FILE, "size_bytes": (stage / INT8_FILE).stat().st_size, "val_top1": top1}
 
 
+def _calibration(
+    params: Params, weights: Path, ckpt: dict[str, Any], images: np.ndarray, labels: np.ndarray
+) -> Calibration:
+    """evaluate's calibration of this checkpoint; fitted here the same way when evaluate has not run on it
+    with the current settings (export alone, or before evaluate)."""
+    e = params.evaluate
+    found = recorded_calibration(e.output, file_digest(weights), e.target_precision, e.calibrate)
+    if found is not None:
+        return found
+    log.info("No calibration of %s by evaluate with these settings: fitting it on val here", weights)
+    model = deployable_from_checkpoint(ckpt)
+    with torch.no_grad():
+        logits = np.concatenate(
+            [model.logits(torch.from_numpy(images[i : i + 64])).numpy() for i in range(0, len(images), 64)]
+        )
+    return calibrate(logits, labels, ckpt["label_names"], e.target_precision, fit=e.calibrate)
+
+
 @dataclass(frozen=True)
 class Int8Result:
     file: str
@@ -155,16 +174,19 @@ def export(params: Params) -> ExportResult:
 
     Reads the checkpoint and the val images of the prepared dataset (split.output, else dataset.dir).
     Writes `export.output` whole or not at all: model.onnx, labels.txt, export_result.json (contract,
-    parity with torch, val top-1/top-5), reference_profile.json (what normal traffic looks like: the val
-    set's predicted classes, confidences and image statistics) and, with `export.quantize`, model.int8.onnx. Raises
+    parity with torch, val top-1/top-5, the temperature folded into the model and the unsure route's
+    thresholds, from evaluate's record of this checkpoint), reference_profile.json (what normal traffic looks
+    like: the val set's predicted classes, confidences and image statistics) and, with `export.quantize`,
+    model.int8.onnx. Raises
     SortflowError when the ONNX model disagrees with torch beyond `export.tolerance`.
     """
     weights = weights_path(params.export.weight_path, params.train.output)
     ckpt = load_checkpoint(weights, "export.weight_path")
-    model = deployable_from_checkpoint(ckpt)
     root = prepared_dataset(params, check=False)
     images, labels = raw_images(root, "val", ckpt["data_config"])
-    result = _contract(weights, ckpt)
+    calibration = _calibration(params, weights, ckpt, images, labels)
+    model = deployable_from_checkpoint(ckpt, calibration.temperature)
+    result = {**_contract(weights, ckpt), **calibration.record()}
     out = Path(params.export.output)
     with staged_dir(out, replace=True) as stage:
         export_onnx(model, int(ckpt["data_config"]["image_size"]), stage / MODEL_FILE)
@@ -180,7 +202,9 @@ def export(params: Params) -> ExportResult:
             result["int8"]["top1_change"] = result["int8"]["val_top1"] - result["val_top1"]
         (stage / LABELS_FILE).write_text("".join(f"{name}\n" for name in ckpt["label_names"]), encoding="utf-8")
         paths = [s.path for s in read_split(root, "val")]
-        atomic_write_json(stage / PROFILE_FILE, reference_profile(paths, probabilities, ckpt["label_names"]))
+        thresholds = calibration.threshold_array(ckpt["label_names"]).tolist()
+        profile = reference_profile(paths, probabilities, ckpt["label_names"], thresholds)
+        atomic_write_json(stage / PROFILE_FILE, profile)
         result["reference_profile"] = PROFILE_FILE
         atomic_write_json(stage / RESULT_FILE, result)
     log.info(

@@ -2,7 +2,9 @@
 
 PaddleX-like: `create_pipeline(config).predict(inputs)` yields one result per image, with `.print()`,
 `.save_to_json(dir)` and `.save_to_img(dir)`; the JSON holds `input_path`, `class_ids`, `scores`,
-`label_names`. An input that cannot be read fails on its own (its result carries `error`); the rest go on.
+`label_names` and `decision` (the top class, or `unsure` when its calibrated confidence is below that
+class's threshold from evaluate). An input that cannot be read fails on its own (its result carries
+`error`); the rest go on.
 """
 
 from __future__ import annotations
@@ -143,7 +145,10 @@ class _LocalModel:
                 raise InputError(f"{model_dir}: no {name}; run `sortflow export` or pass another model")
         self.session = onnx_session(files[MODEL_FILE], device)
         self.labels = files[LABELS_FILE].read_text(encoding="utf-8").splitlines()
-        self.data_config = json.loads(files[RESULT_FILE].read_text())["data_config"]
+        exported = json.loads(files[RESULT_FILE].read_text())
+        self.data_config = exported["data_config"]
+        thresholds = exported.get("reject", {}).get("thresholds", {})  # none before calibration: all accepted
+        self.thresholds = [float(thresholds[label]) for label in self.labels] if thresholds else []
 
     def classify(self, pixels: np.ndarray, topk: int) -> list[tuple[list[int], list[float], list[str]]]:
         probabilities = self.session.run([OUTPUT_NAME], {INPUT_NAME: pixels})[0]
@@ -171,8 +176,11 @@ class _TritonModel:
             ) from exc
         if not live or not self.client.is_model_ready(model, client_timeout=3):
             raise InputError(f"Triton at {url} does not serve a ready model {model!r}; run `sortflow publish`")
+        from components.integrations.triton_config import parse_thresholds
+
         config = self.client.get_model_config(model, as_json=True)["config"]
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        self.thresholds = parse_thresholds(params)
         size = int(config["input"][0]["dims"][-1])
         resize = int(params["resize_size"])  # written by `sortflow publish`
         # Mean and std are inside the graph; only the resize and crop happen on the client.
@@ -250,7 +258,20 @@ class Pipeline:
         for (name, image), (ids, scores, labels) in zip(
             batch, self.model.classify(pixels, self.config.topk), strict=True
         ):
-            yield Result({"input_path": name, "class_ids": ids, "scores": scores, "label_names": labels}, image)
+            decision = _decision(ids, scores, labels, self.model.thresholds)
+            yield Result(
+                {"input_path": name, "class_ids": ids, "scores": scores, "label_names": labels, "decision": decision},
+                image,
+            )
+
+
+def _decision(ids: list[int], scores: list[float], labels: list[str], thresholds: list[float]) -> str:
+    """The top class's name, or `unsure` when its confidence is below the class's threshold."""
+    from components.model.calibration import UNSURE
+
+    if not ids:
+        return UNSURE
+    return labels[0] if not thresholds or scores[0] >= thresholds[ids[0]] else UNSURE
 
 
 def resolve_model_dir(model: str, tracking: str = "") -> Path:

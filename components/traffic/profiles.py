@@ -1,7 +1,8 @@
 """Reference profiles: what normal traffic looks like for a model version, recorded on its val set at export.
 
 A profile holds, per val image, the class the exported model predicts, its top-1 confidence and the image
-statistics the monitor compares (`images.image_stats`), plus the labels. It travels with the version:
+statistics the monitor compares (`images.image_stats`), plus the labels and the per-class thresholds of the
+"unsure" answer (so the monitor compares the unsure share with the val set's). It travels with the version:
 export writes it, register stores it in the registry, publish puts it beside the model.
 """
 
@@ -15,11 +16,14 @@ import numpy as np
 from components.data.images import STATS, image_stats
 
 
-def reference_profile(image_paths: list[str], probabilities: np.ndarray, labels: list[str]) -> dict[str, Any]:
+def reference_profile(
+    image_paths: list[str], probabilities: np.ndarray, labels: list[str], thresholds: list[float]
+) -> dict[str, Any]:
     """The profile of a model on its val images (`probabilities` of the exported model, in the same order)."""
     stats = [image_stats(path) for path in image_paths]
     return {
         "labels": labels,
+        "thresholds": thresholds,
         "images": len(image_paths),
         "predicted": probabilities.argmax(1).tolist(),
         "confidence": [round(float(p), 6) for p in probabilities.max(1)],

@@ -66,7 +66,8 @@ def live_table(samples: list[Sample], labels: list[str]) -> pd.DataFrame:
 
 
 def drift_tests(live: pd.DataFrame, profile: dict[str, Any], params: Params) -> list[drift.Finding]:
-    """Class mix, confidence, each image statistic, the low-confidence share and undecodable inputs."""
+    """Class mix, confidence, each image statistic, the low-confidence and unsure shares and undecodable
+    inputs."""
     m = params.monitor
     decoded = live[live["decoded"]]
     classes = len(profile["labels"])
@@ -92,6 +93,8 @@ def drift_tests(live: pd.DataFrame, profile: dict[str, Any], params: Params) -> 
     low = int((decoded["confidence"] < m.low_confidence).sum())
     share, p = drift.share_above(low, len(decoded), low_ref)
     tests["low-confidence share"] = (share, p, f"{share:.1%} below {m.low_confidence} vs {low_ref:.1%}")
+    if profile.get("thresholds"):  # profiles of versions from before the unsure route have none
+        tests["unsure share"] = _unsure_share(decoded, profile)
     bad = int((~live["decoded"]).sum())
     share, p = drift.share_above(bad, len(live), m.max_undecodable_share)
     tests["undecodable inputs"] = (
@@ -100,6 +103,15 @@ def drift_tests(live: pd.DataFrame, profile: dict[str, Any], params: Params) -> 
         f"{bad} of {len(live)} ({share:.1%}; tolerated {m.max_undecodable_share:.1%})",
     )
     return drift.findings(tests, m.alpha)
+
+
+def _unsure_share(decoded: pd.DataFrame, profile: dict[str, Any]) -> tuple[float, float, str]:
+    """Are more live answers `unsure` (confidence below the class's threshold) than on the val set?"""
+    thresholds = np.asarray(profile["thresholds"], dtype=float)
+    reference = np.asarray(profile["confidence"]) < thresholds[np.asarray(profile["predicted"], dtype=int)]
+    live = decoded["confidence"].to_numpy(float) < thresholds[decoded["class_id"].to_numpy(int)]
+    share, p = drift.share_above(int(live.sum()), len(live), float(reference.mean()) if len(reference) else 0.0)
+    return share, p, f"{share:.1%} unsure vs {reference.mean():.1%} on val"
 
 
 def served_window(params: Params) -> tuple[Window, str, list[Sample]]:

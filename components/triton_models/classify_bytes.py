@@ -4,7 +4,9 @@ Each file is decoded and resized as sortflow evaluates (`preprocess.py`), and th
 of a dynamic batch are classified at once: by the classifier's ONNX file in this process (parameter
 `inference` local, publish.bytes_inference) or by `<model>` in one BLS call (`classifier`). With capture
 on, the requests are sampled into the capture folder (`capture.py`): the bytes, the served version and
-the top-k probabilities, or the decoding error. Its parameters come from config.pbtxt.
+the top-k probabilities, or the decoding error. Beside the probabilities it answers `DECISION`, one per
+image: the class name, or `unsure` when the (calibrated) confidence is below that class's threshold
+(parameter `unsure_thresholds`, from evaluate). Its parameters come from config.pbtxt.
 
 A request that is the client's mistake (an empty, undecodable or truncated file, an image above
 `max_image_pixels`, a request above `max_request_mb`) answers INVALID_ARGUMENT (HTTP 400) with the reason;
@@ -21,7 +23,8 @@ import numpy as np
 from capture import Capture
 from preprocess import BadImage, preprocess
 
-INPUT, PIXELS, OUTPUT = "image_bytes", "image", "probabilities"
+INPUT, PIXELS, OUTPUT, DECISION = "image_bytes", "image", "probabilities", "DECISION"
+UNSURE = b"unsure"
 PROBE = "sortflow_probe"  # a request parameter of `sortflow serve --status`'s health probes: never captured
 REPORT_SECONDS = 0.25  # the capture counters on the metrics port are refreshed by requests at most this often
 
@@ -34,6 +37,10 @@ class TritonPythonModel:
         p = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self.size, self.resize, self.interpolation = int(p["image_size"]), int(p["resize_size"]), p["interpolation"]
         self.classifier = p["classifier"]
+        labels = (Path(args["model_repository"]) / "labels.txt").read_text(encoding="utf-8").splitlines()
+        self.labels = np.array([label.encode() for label in labels], dtype=object)
+        text = p.get("unsure_thresholds", "")
+        self.thresholds = np.array([float(v) for v in text.split(",")]) if text else np.zeros(len(labels))
         self.session = None
         if p.get("inference") == "local":  # the classifier's published version, beside this model in the repository
             from onnx_runner import open_session
@@ -80,6 +87,12 @@ class TritonPythonModel:
             except BadImage as exc:
                 raise BadImage(f"image {i} of {len(encoded)} in the request: {exc}") from None
         return np.stack(pixels)
+
+    def _decide(self, probabilities: np.ndarray) -> np.ndarray:
+        """[n, 1] BYTES: each row's class name, or `unsure` below its class's threshold."""
+        top = probabilities.argmax(axis=1)
+        sure = probabilities[np.arange(len(top)), top] >= self.thresholds[top]
+        return np.where(sure, self.labels[top], UNSURE).astype(object).reshape(-1, 1)
 
     def _classify(self, pixels: np.ndarray) -> np.ndarray:
         if self.session is not None:
@@ -129,7 +142,8 @@ class TritonPythonModel:
             out = next(probabilities)
             for item, row in zip(batch, out, strict=True) if capture else ():
                 self.capture.submit(bytes(item[0]), row.tolist())
-            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(OUTPUT, out)]))
+            outputs = [pb_utils.Tensor(OUTPUT, out), pb_utils.Tensor(DECISION, self._decide(out))]
+            responses.append(pb_utils.InferenceResponse(outputs))
         self._report()
         return responses
 

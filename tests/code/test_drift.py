@@ -88,6 +88,6 @@ def test_profile_statistics_equal_live_ones_for_the_same_images(tmp_path) -> Non
         path = tmp_path / f"{i}.jpg"
         Image.fromarray(np.full((30, 40, 3), 8 * i, np.uint8)).save(path)
         paths.append(str(path))
-    profile = reference_profile(paths, np.eye(3)[[i % 3 for i in range(30)]], ["a", "b", "c"])
+    profile = reference_profile(paths, np.eye(3)[[i % 3 for i in range(30)]], ["a", "b", "c"], [0.5, 0.5, 0.5])
     live = [image_stats(Path(path).read_bytes())["aspect"] for path in paths]
     assert drift.two_sample(live, profile["stats"]["aspect"])[1] == 1.0

@@ -35,7 +35,7 @@ class Release:
 
 @pytest.fixture(scope="package")
 def released(tmp_path_factory: pytest.TempPathFactory) -> Release:
-    """Trained, exported, registered and published once for the whole package."""
+    """Trained, evaluated (calibrated), exported, registered and published once for the whole package."""
     workdir = tmp_path_factory.mktemp("release")
     dataset = cls_dataset(workdir / "ds", per_class=8, val_per_class=3)
     rel = Release(
@@ -49,7 +49,7 @@ def released(tmp_path_factory: pytest.TempPathFactory) -> Release:
             f"publish.repo={workdir}/triton_repo",
         ),
     )
-    for step in ("train", "export", "register", "publish"):
+    for step in ("train", "evaluate", "export", "register", "publish"):
         assert rel.run(step) == 0, step
     return rel
 

@@ -64,6 +64,30 @@ def test_export_is_parity_checked_with_a_dynamic_batch(release: Release) -> None
     assert np.allclose(one, many[:1], atol=1e-6)
 
 
+def test_export_folds_evaluates_temperature_into_the_model(release: Release) -> None:
+    """The exported probabilities are the checkpoint's softmax of logits / T, with evaluate's T and thresholds;
+    the predicted class is the uncalibrated one."""
+    from components.model.calibration import softmax
+    from components.model.checkpoints import load_checkpoint
+    from components.model.deployable import deployable_from_checkpoint
+
+    evaluated, exported = (load(release, f"output/{s}/{s}_result.json") for s in ("evaluate", "export"))
+    assert exported["calibration"] == evaluated["calibration"] and exported["reject"] == evaluated["reject"]
+    temperature = evaluated["calibration"]["temperature"]
+    assert temperature != 1.0 and set(evaluated["reject"]["thresholds"]) == {"glass", "metal", "paper"}
+    images = val_pixels(release)
+    model = deployable_from_checkpoint(load_checkpoint(release.workdir / "output/train/best.pt"))
+    with torch.no_grad():
+        logits = model.logits(torch.from_numpy(images)).numpy()
+    got = local_probabilities(release, images)
+    assert got == pytest.approx(softmax(logits, temperature), abs=1e-5)
+    assert (got.argmax(1) == logits.argmax(1)).all()
+    profile = json.loads((release.workdir / "output/export/reference_profile.json").read_text())
+    assert profile["thresholds"] == [evaluated["reject"]["thresholds"][c] for c in ("glass", "metal", "paper")]
+    for name in ("reliability.png", "risk_coverage.png"):
+        assert (release.workdir / "output/evaluate" / name).stat().st_size > 10_000
+
+
 def test_export_fails_whole_when_parity_fails(release: Release, tmp_path: Path) -> None:
     from components.steps.export import export
 
@@ -76,6 +100,8 @@ def test_export_fails_whole_when_parity_fails(release: Release, tmp_path: Path) 
                 "export.tolerance=0",
                 "export.rtol=0",
                 f"export.weight_path={release.workdir}/output/train/best.pt",
+                # The tiny model's calibrated probabilities are near-uniform: equal to the last bit in float32.
+                "evaluate.calibrate=false",
             )
         )
     assert not out.exists() and not list(tmp_path.iterdir())
@@ -119,6 +145,15 @@ def test_config_parses_with_tritons_schema(release: Release) -> None:
     )
     assert encoded.backend == "python" and encoded.input[0].data_type == model_config_pb2.TYPE_STRING
     assert encoded.output[0].label_filename == "labels.txt"
+    assert [o.name for o in encoded.output] == ["probabilities", "DECISION"] and len(encoded.input) == 1
+    assert encoded.output[1].data_type == model_config_pb2.TYPE_STRING and list(encoded.output[1].dims) == [1]
+    # The classifier keeps one input and one FP32 output (clients of Triton's examples work unchanged).
+    assert len(config.input) == 1 and len(config.output) == 1
+    assert config.output[0].data_type == model_config_pb2.TYPE_FP32
+    thresholds = load(release, "output/export/export_result.json")["reject"]["thresholds"]
+    written = ",".join(f"{thresholds[c]:.9g}" for c in ("glass", "metal", "paper"))
+    assert encoded.parameters["unsure_thresholds"].string_value == written
+    assert config.parameters["unsure_thresholds"].string_value == written
     assert encoded.parameters["classifier"].string_value == "sortflow-classifier"
     assert encoded.parameters["capture_rate"].string_value == "0"  # capture is off unless asked for
     assert encoded.parameters["inference"].string_value == "local"  # publish.bytes_inference auto, on the CPU
@@ -227,6 +262,29 @@ def test_bytes_model_classifies_encoded_files(release: Release, server: dict, fm
     assert got[local["class_ids"]] == pytest.approx(local["scores"], abs=1e-5)
 
 
+def test_bytes_model_decides_as_predict_does(release: Release, server: dict) -> None:
+    """DECISION: the class, or unsure below the class's threshold; the same answers as `sortflow predict`."""
+    import tritonclient.grpc as grpcclient
+
+    from components.steps.predict import create_pipeline
+
+    paths = sorted(release.dataset.glob("images/*/*.jpg"))
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{server['grpc_port']}")
+    inputs = [grpcclient.InferInput("image_bytes", [len(paths), 1], "BYTES")]
+    inputs[0].set_data_from_numpy(np.array([[p.read_bytes()] for p in paths], dtype=object))
+    response = client.infer("sortflow-classifier_bytes", inputs)
+    decided = [d.decode() for d in response.as_numpy("DECISION")[:, 0]]
+    probabilities = response.as_numpy("probabilities")
+    thresholds = load(release, "output/export/export_result.json")["reject"]["thresholds"]
+    labels = ["glass", "metal", "paper"]
+    expected = [
+        labels[row.argmax()] if row.max() >= thresholds[labels[row.argmax()]] else "unsure" for row in probabilities
+    ]
+    assert decided == expected
+    local = create_pipeline(model_dir=str(release.workdir / "output/export"), topk=1).predict([str(p) for p in paths])
+    assert [r["decision"] for r in local] == decided
+
+
 def _bytes_probabilities(port: int, files: list[bytes]) -> np.ndarray:
     import tritonclient.grpc as grpcclient
 
@@ -284,7 +342,8 @@ def test_predict_cli_over_triton_and_bad_inputs(release: Release, server: dict, 
     )
     assert code == 1  # one input failed, the other was classified and saved
     result = json.loads((tmp_path / "out" / f"{good.stem}_res.json").read_text())
-    assert set(result) == {"input_path", "class_ids", "scores", "label_names"} and len(result["class_ids"]) == 2
+    assert set(result) == {"input_path", "class_ids", "scores", "label_names", "decision"}
+    assert len(result["class_ids"]) == 2 and result["decision"] in {result["label_names"][0], "unsure"}
     assert (tmp_path / "out" / f"{good.stem}_res.png").is_file()
     assert not (tmp_path / "out" / "broken_res.json").exists()
 
