@@ -54,6 +54,7 @@ bench: $(STAMP)
 	$(BIN)/pip install --quiet ultralytics "numpy==$$($(BIN)/python -c 'import numpy; print(numpy.__version__)')"
 	$(BIN)/python -m bench.bench_check_dataset
 	$(BIN)/python -m bench.bench_train
+	$(BIN)/python -m bench.bench_decisions
 	$(BIN)/python -m bench.bench_serving
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m bench.bench_monitor
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m bench.bench_bytes

@@ -20,6 +20,7 @@ ORDER = (
     "check_dataset",
     "train_throughput",
     "train_accuracy",
+    "decisions",
     "peer",
     "serving",
     "serving_lcnet_100",

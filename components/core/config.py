@@ -96,6 +96,11 @@ class RegisterParams:
     min_improvement: float = 0.0
     queue_timeout: float = 600.0
     output: str = "output/register"
+    min_production: int = 50
+    alpha: float = 0.05
+    cost_matrix: str = ""  # empty: 1 for every error, unsure_cost for unsure
+    unsure_cost: float = 0.2
+    max_recall_drop: float = 0.05
 
 
 @dataclass
@@ -138,6 +143,7 @@ class MonitorParams:
 class ReviewParams:
     size: int = 100
     output: str = "output/review"
+    holdout: float = 0.3
 
 
 @dataclass
@@ -321,6 +327,10 @@ RULES: dict[str, Rule] = {
     "export.tolerance": _least(0),
     "export.rtol": _least(0),
     "register.queue_timeout": _least(0, "0 or more (seconds)"),
+    "register.min_production": _least(1),
+    "register.alpha": _OPEN_UNIT,
+    "register.unsure_cost": _least(0),
+    "register.max_recall_drop": _within(0, 1, "in [0, 1)"),
     "publish.max_batch_size": _least(1),
     "publish.instance_kind": _one_of("cpu", "gpu", text="cpu or gpu (Triton's KIND_CPU or KIND_GPU)"),
     "publish.instances": _least(1),
@@ -347,6 +357,7 @@ RULES: dict[str, Rule] = {
     "monitor.low_confidence": _OPEN_UNIT,
     "monitor.max_undecodable_share": _OPEN_UNIT,
     "review.size": _least(1),
+    "review.holdout": Rule(lambda v: 0 <= v < 1, "in [0, 1) (0 = every reviewed image trains)"),
     "deploy.training_cron": _CRON,
     "deploy.data_check_cron": _CRON,
     "deploy.monitor_cron": _CRON,

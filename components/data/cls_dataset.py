@@ -18,6 +18,7 @@ from components.core.fsutil import atomic_write_text
 
 LABEL_FILE = "label.txt"
 SPLITS = ("train", "val")
+PRODUCTION_SPLIT = "production"  # production.txt: reviewed images of the line, never trained on (optional)
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"})
 MAX_LINE_BYTES = 4096  # PATH_MAX on Linux: a longer line of a list or label.txt names no file
 _INT = re.compile(r"^[+-]?\d+$")

@@ -152,7 +152,7 @@ def _expectations(manifest: Manifest, min_image_size: int) -> dict[str, list[Any
         gxe.ExpectColumnValuesToBeUnique(
             column="norm_path",
             description="no path is listed twice",
-            meta=fix("keep one line per image across train.txt and val.txt"),
+            meta=fix("keep one line per image across train.txt, val.txt and production.txt"),
         ),
         gxe.ExpectColumnValuesToBeInSet(
             column="readable",
@@ -164,6 +164,11 @@ def _expectations(manifest: Manifest, min_image_size: int) -> dict[str, list[Any
             column="leak_with",
             description="no image content is in both train and val",
             meta=fix("remove the duplicate from one split (`sortflow split DIR` resplits by path)"),
+        ),
+        gxe.ExpectColumnValuesToBeNull(
+            column="seen_in_training",
+            description="no production image is also in train or val",
+            meta=fix("remove its line from production.txt: the promotion gate judges on images new to the model"),
         ),
         gxe.ExpectColumnValuesToBeNull(
             column="label_conflict",

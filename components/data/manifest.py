@@ -15,7 +15,15 @@ from typing import Any
 import pandas as pd
 
 from components.core.errors import DatasetError
-from components.data.cls_dataset import LABEL_FILE, SPLITS, list_file, listed_file, read_labels, read_list
+from components.data.cls_dataset import (
+    LABEL_FILE,
+    PRODUCTION_SPLIT,
+    SPLITS,
+    list_file,
+    listed_file,
+    read_labels,
+    read_list,
+)
 from components.data.images import decode_all, probe_image
 
 log = logging.getLogger(__name__)
@@ -39,6 +47,7 @@ IMAGE_COLUMNS = [
     "format",
     "hash",
     "leak_with",
+    "seen_in_training",
     "label_conflict",
     "leaves_root",
 ]
@@ -49,7 +58,7 @@ class Manifest:
     root: Path
     files: pd.DataFrame  # one row per list file: list_file, line (0), exists, entries
     labels: pd.DataFrame  # one row per label.txt line, with train/val image counts
-    images: pd.DataFrame  # one row per train.txt/val.txt line
+    images: pd.DataFrame  # one row per train.txt/val.txt/production.txt line
 
 
 def _track(items: Iterable[Any], total: int, description: str) -> Iterator[Any]:
@@ -64,12 +73,15 @@ def _file_row(path: Path, entries: int) -> dict[str, Any]:
 
 
 def _list_rows(root: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """One row per list file, and one per line of train.txt and val.txt (`exists` for well-formed lines)."""
+    """One row per list file, and one per line of train.txt, val.txt and production.txt where there is one
+    (`exists` for well-formed lines). production.txt is optional: it has no row among the files."""
     files, rows = [], []
-    for split in SPLITS:
+    optional = [PRODUCTION_SPLIT] if (root / list_file(PRODUCTION_SPLIT)).is_file() else []
+    for split in [*SPLITS, *optional]:
         path = root / list_file(split)
         entries = read_list(path) if path.is_file() else []
-        files.append(_file_row(path, len(entries)))
+        if split in SPLITS:
+            files.append(_file_row(path, len(entries)))
         for e in entries:
             row = dict.fromkeys(IMAGE_COLUMNS)
             row.update(
@@ -105,7 +117,8 @@ def _probe_rows(root: Path, rows: list[dict[str, Any]], workers: int) -> None:
 
 
 def _mark_duplicates(rows: list[dict[str, Any]]) -> None:
-    """`leak_with`: the same content in the other split; `label_conflict`: the same content under another label."""
+    """`leak_with`: the same content in the other split; `seen_in_training`: a production.txt image whose
+    content is in train or val; `label_conflict`: the same content under another label."""
     first_seen: dict[tuple[str, str], str] = {}
     labels_of: dict[str, dict[int, str]] = {}
     for r in rows:
@@ -115,8 +128,11 @@ def _mark_duplicates(rows: list[dict[str, Any]]) -> None:
             labels_of.setdefault(r["hash"], {}).setdefault(r["label"], f"{r['list_file']}:{r['line']}")
     for r in rows:
         if r["hash"] and r["label"] is not None:
-            other = "val" if r["split"] == "train" else "train"
-            r["leak_with"] = first_seen.get((other, r["hash"]))
+            if r["split"] == PRODUCTION_SPLIT:
+                found = (first_seen.get((o, r["hash"])) for o in SPLITS)
+                r["seen_in_training"] = next((where for where in found if where), None)
+            else:
+                r["leak_with"] = first_seen.get(("val" if r["split"] == "train" else "train", r["hash"]))
             others = [where for label, where in labels_of.get(r["hash"], {}).items() if label != r["label"]]
             r["label_conflict"] = others[0] if others else None
 

@@ -122,6 +122,7 @@ def run_check(params: DatasetParams) -> CheckReport:
             "train_sample_paths": samples["train"],
             "val_samples": int((manifest.images["split"] == "val").sum()),
             "val_sample_paths": samples["val"],
+            "production_samples": int((manifest.images["split"] == "production").sum()),
         },
         "analysis": analysis,
         "dataset_path": str(root),

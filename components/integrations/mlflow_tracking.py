@@ -171,8 +171,13 @@ def _ended(mlflow_client: Any, run_id: str) -> Iterator[Run]:
     mlflow_client.set_terminated(run_id, "FINISHED")
 
 
+# The production gate's figures of a challenger (register), shown by `sortflow compare` where a run has them.
+PRODUCTION_METRICS = {"production_top1": ".4f", "production_cost_per_1000": ".1f"}
+
+
 def compare_runs(params: MlflowParams, limit: int = 10) -> tuple[list[str], list[dict[str, str]]]:
-    """Recent runs side by side: the parameters that differ between them, top-1, top-5 and time."""
+    """Recent runs side by side: the parameters that differ between them, top-1, top-5, the production gate's
+    figures where register judged a run on production images, and time."""
     mlflow_client, experiment_id = client(params)
     runs = mlflow_client.search_runs([experiment_id], order_by=["attributes.start_time DESC"], max_results=limit)
     keys = sorted({k for r in runs for k in r.data.params})
@@ -186,9 +191,11 @@ def compare_runs(params: MlflowParams, limit: int = 10) -> tuple[list[str], list
                 **{k: r.data.params.get(k, "") for k in differing},
                 "val_top1": f"{r.data.metrics['val_top1']:.4f}" if "val_top1" in r.data.metrics else "",
                 "val_top5": f"{r.data.metrics['val_top5']:.4f}" if "val_top5" in r.data.metrics else "",
+                **{k: f"{r.data.metrics[k]:{f}}" if k in r.data.metrics else "" for k, f in PRODUCTION_METRICS.items()},
                 "minutes": f"{minutes:.1f}",
                 "status": r.info.status,
             }
         )
-    columns = ["run", *differing, "val_top1", "val_top5", "minutes", "status"]
+    production = [k for k in PRODUCTION_METRICS if any(k in r.data.metrics for r in runs)]
+    columns = ["run", *differing, "val_top1", "val_top5", *production, "minutes", "status"]
     return columns, rows

@@ -1,7 +1,9 @@
 """dataset add-reviewed: labelled images from a review (review.csv, or a Label Studio JSON export) into the dataset.
 
 Each labelled image is copied to `dataset.dir/images/<class>/reviewed-<hash>.<ext>` and listed in train.txt
-(the split step redistributes it when `split.enable` is set). Unknown classes and missing images are errors
+(the split step redistributes it when `split.enable` is set), or, for a seeded share of them
+(`review.holdout`, seed `split.seed`), in production.txt: images of the line that training never reads and
+that the promotion gate judges on (`register.min_production`). Unknown classes and missing images are errors
 that name the file and line; rows without a label, repeated rows and images whose pixels are already in
 the dataset are skipped and counted. The dataset is checked again, and `dvc add`ed when DVC tracks it, so
 `data.dvc` shows the new version. A failed check puts the dataset back as it was.
@@ -22,7 +24,7 @@ from components.core.errors import DatasetError
 from components.core.fsutil import atomic_write_text, file_digest
 from components.core.locks import locked
 from components.core.results import StepResult
-from components.data.cls_dataset import LABEL_FILE, format_list, label_names, list_file
+from components.data.cls_dataset import LABEL_FILE, PRODUCTION_SPLIT, format_list, label_names, list_file
 from components.data.images import probe_image
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,7 @@ class Reviewed:
 @dataclass(frozen=True)
 class AddResult(StepResult):
     added: int
+    to_production: int  # of those added, listed in production.txt (review.holdout)
     unlabelled: int
     repeated: int
     already_in_dataset: int
@@ -46,7 +49,8 @@ class AddResult(StepResult):
 
     def text(self) -> str:
         lines = [
-            f"Added {self.added} reviewed images to the dataset; skipped {self.already_in_dataset} already in it, "
+            f"Added {self.added} reviewed images to the dataset ({self.added - self.to_production} to train.txt, "
+            f"{self.to_production} to production.txt); skipped {self.already_in_dataset} already in it, "
             f"{self.unlabelled} rows without a label and {self.repeated} repeated rows"
         ]
         if self.dvc_file:
@@ -171,7 +175,8 @@ def _copy_new(
     rows: list[Reviewed], pixels: dict[Path, str], root: Path, classes: dict[str, int], known: set[str]
 ) -> tuple[list, list[Path]]:
     """Copy the images whose pixels are not in the dataset yet; their list rows and the files written."""
-    lines, written = [], []
+    lines: list[tuple[str, int]] = []
+    written: list[Path] = []
     for row in rows:
         if pixels[row.image] in known:
             continue
@@ -183,6 +188,17 @@ def _copy_new(
         written.append(root / rel)
         lines.append((rel, classes[row.label]))
     return lines, written
+
+
+def held_out(count: int, share: float, seed: int) -> list[int]:
+    """Which of `count` new images go to production.txt: round(share x count) of them, chosen with `seed`."""
+    import random
+
+    return sorted(random.Random(seed).sample(range(count), round(share * count)))
+
+
+def _append(path: Path, text: str, rows: list[tuple[str, int]]) -> None:
+    atomic_write_text(path, (text if text.endswith("\n") or not text else text + "\n") + format_list(rows))
 
 
 @locked("dataset.dir")
@@ -204,21 +220,29 @@ def add_reviewed(params: Params, review_file: str | Path) -> AddResult:
     rows, unlabelled, repeated = read_reviewed(review_file)
     pixels = _validate(rows, classes, root / LABEL_FILE)
     known = {h for h in build_manifest(root, params.dataset.num_workers).images["hash"].dropna()}
-    train = root / list_file("train")
-    before = train.read_text(encoding="utf-8") if train.is_file() else ""
+    lists = {split: root / list_file(split) for split in ("train", PRODUCTION_SPLIT)}
+    before = {split: path.read_text(encoding="utf-8") if path.is_file() else None for split, path in lists.items()}
     written: list[Path] = []
     try:
         lines, written = _copy_new(rows, pixels, root, classes, known)
-        if lines:
-            text = before if before.endswith("\n") or not before else before + "\n"
-            atomic_write_text(train, text + format_list(lines))
+        held = set(held_out(len(lines), params.review.holdout, params.split.seed))
+        chosen = {"train": [], PRODUCTION_SPLIT: []}
+        for i, line in enumerate(lines):
+            chosen[PRODUCTION_SPLIT if i in held else "train"].append(line)
+        for split, added in chosen.items():
+            if added:
+                _append(lists[split], before[split] or "", added)
         report = run_check(params.dataset)
         if not report.check_pass:
             raise DatasetError(
                 f"{root} fails check-dataset with the reviewed images; it was put back:\n{report.result['err_msg']}"
             )
     except BaseException:
-        atomic_write_text(train, before)
+        for split, path in lists.items():
+            if before[split] is None:
+                path.unlink(missing_ok=True)
+            else:
+                atomic_write_text(path, before[split])
         for path in written:
             path.unlink(missing_ok=True)
         raise
@@ -232,5 +256,11 @@ def add_reviewed(params: Params, review_file: str | Path) -> AddResult:
         repeated,
     )
     return AddResult(
-        len(lines), unlabelled, repeated, len(rows) - len(lines), report.check_pass, str(dvc_file) if dvc_file else None
+        len(lines),
+        len(held),
+        unlabelled,
+        repeated,
+        len(rows) - len(lines),
+        report.check_pass,
+        str(dvc_file) if dvc_file else None,
     )

@@ -1,9 +1,11 @@
 """register: the exported ONNX model into the MLflow model registry, behind a promotion gate.
 
 The new version gets alias `challenger`; it also becomes `champion` when its val top-1 is at least the
-current champion's plus `register.min_improvement` (the first version always does). Registrations that
-overlap (several machines, one MLflow server) take the gate in version order. A champion that was
-scored on another val set (another split, other data) is scored again on this one first.
+current champion's plus `register.min_improvement` (the first version always does) and, once the dataset's
+production.txt holds `register.min_production` reviewed images, the production gate (`model/production.py`)
+does not refuse it. Registrations that overlap (several machines, one MLflow server) take the gate in version
+order. A champion that was scored on another val set (another split, other data) is scored again on this
+one first.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from components.core.config import Params
 from components.core.errors import InputError
 from components.core.fsutil import atomic_write_json, file_digest
 from components.core.locks import locked
-from components.core.results import StepResult
+from components.core.results import StepResult, plain
 from components.data.digests import val_set_digest
 from components.integrations.mlflow_registry import (
     CHALLENGER,
@@ -37,6 +39,7 @@ from components.integrations.mlflow_registry import (
     who,
 )
 from components.model.contract import INPUT_NAME, LABELS_FILE, MODEL_FILE, PROFILE_FILE, RESULT_FILE
+from components.model.production import ProductionVerdict
 
 log = logging.getLogger(__name__)
 
@@ -225,14 +228,58 @@ def _decide(
     )
 
 
+def _thresholds(exported: dict[str, Any], labels: list[str]) -> Any:
+    """A version's unsure thresholds in label order (zeros, every answer accepted, before calibration)."""
+    import numpy as np
+
+    found = exported.get("reject", {}).get("thresholds", {})
+    return np.array([float(found[label]) for label in labels]) if found else np.zeros(len(labels))
+
+
+def production_verdict(params: Params, champion: Any, exported: dict[str, Any], costs: Any) -> ProductionVerdict | None:
+    """The production gate, when `dataset.dir` has a production.txt: the challenger in `export.output` and the
+    champion scored on its images. Skipped with its reason when there are too few or nothing to compare."""
+    from components.data.cls_dataset import PRODUCTION_SPLIT, list_file, read_list
+    from components.model.onnx_session import onnx_probabilities, onnx_session, raw_images
+    from components.model.production import judge
+
+    root, r = Path(params.dataset.dir), params.register
+    listed = root / list_file(PRODUCTION_SPLIT)
+    if not listed.is_file():
+        return None
+    count, labels = len(read_list(listed)), exported["labels"]
+    if champion is None:
+        return ProductionVerdict(count, "skipped", ["no champion to compare with"])
+    if count < r.min_production:
+        return ProductionVerdict(count, "skipped", [f"fewer than register.min_production ({r.min_production})"])
+    with downloaded(params.mlflow, champion) as files:
+        if files[LABELS_FILE].read_text(encoding="utf-8").splitlines() != labels:
+            return ProductionVerdict(count, "skipped", ["the champion predicts other classes"])
+        held = json.loads(files[RESULT_FILE].read_text())
+        images, targets = raw_images(root, PRODUCTION_SPLIT, held["data_config"])
+        old = onnx_probabilities(onnx_session(files[MODEL_FILE]), images)
+    if exported["data_config"] != held["data_config"]:
+        images, targets = raw_images(root, PRODUCTION_SPLIT, exported["data_config"])
+    new = onnx_probabilities(onnx_session(Path(params.export.output) / MODEL_FILE), images)
+    pair = (_thresholds(held, labels), _thresholds(exported, labels))
+    verdict = judge(old, new, targets, pair, costs, labels, r)
+    log.info("Production gate: %s", verdict.text())
+    return verdict
+
+
 def _gate_and_record(
-    params: Params, run: Any, version: Any, val_hash: str, exported: dict[str, Any], root: Path
-) -> dict[str, Any]:
-    """Wait for earlier registrations, take the gate, move the aliases and mark `version` registered whole."""
+    params: Params, run: Any, version: Any, val_hash: str, exported: dict[str, Any], root: Path, costs: Any
+) -> tuple[dict[str, Any], ProductionVerdict | None]:
+    """Wait for earlier registrations, take the gates, move the aliases and mark `version` registered whole:
+    register_result.json's record, and the production gate's verdict."""
     name = params.register.model_name
     wait_for_earlier(run.client, name, int(version.version), params.register.queue_timeout)
     champion = champion_version(run.client, name)
     decision = _decide(params, champion, version, val_hash, exported, root)
+    production = production_verdict(params, champion, exported, costs)
+    if production is not None:
+        decision = _with_production(decision, production)
+        _log_production(run, name, version, production)
     run.client.set_registered_model_alias(name, CHALLENGER, version.version)
     if decision.promoted:
         set_champion(run.client, name, int(version.version), decision.text, by=f"sortflow register ({who()})")
@@ -240,7 +287,7 @@ def _gate_and_record(
     run.client.delete_model_version_tag(name, version.version, REGISTERING)  # registered whole
     run.client.set_tag(run.run_id, "sortflow.promotion", decision.text)
     log.info("Registered %s: %s", name, decision.text)
-    return {
+    record = {
         "model_name": name,
         "version": int(version.version),
         "promoted": decision.promoted,
@@ -250,7 +297,30 @@ def _gate_and_record(
         "previous_champion_top1": decision.champion_top1,
         "decision": decision.text,
         "mlflow_run_id": run.run_id,
+        "production": plain(production) if production is not None else None,
     }
+    return record, production
+
+
+def _with_production(decision: Decision, production: ProductionVerdict) -> Decision:
+    """The val gate's decision, refused when the production gate refuses."""
+    from dataclasses import replace
+
+    if production.refused and decision.promoted:
+        return replace(decision, promoted=False, text=f"{decision.text}; refused {production.text()}")
+    return replace(decision, text=f"{decision.text}; {production.text()}")
+
+
+def _log_production(run: Any, name: str, version: Any, production: ProductionVerdict) -> None:
+    """The production figures on the version (the registry UI, `sortflow history`) and the run (`compare`)."""
+    run.client.set_model_version_tag(name, version.version, "production_decision", production.decision)
+    if production.challenger is None:
+        return
+    figures = {"production_top1": production.challenger.top1}
+    figures["production_cost_per_1000"] = production.challenger.cost_per_1000
+    run.log_metrics(figures, step=0)
+    for key, value in figures.items():
+        run.client.set_model_version_tag(name, version.version, key, f"{value:.6f}")
 
 
 @dataclass(frozen=True)
@@ -261,6 +331,7 @@ class RegisterResult(StepResult):
     champion_version: int
     decision: str
     mlflow_run_id: str
+    production: ProductionVerdict | None  # None: the dataset has no production.txt
 
     def text(self) -> str:
         return f"Registered {self.model_name} version {self.version}: {self.decision}"
@@ -277,11 +348,15 @@ def register(params: Params) -> RegisterResult:
     """
     from components.data.partition import prepared_dataset
     from components.integrations.mlflow_tracking import ensure_run
+    from components.model.production import default_costs, read_cost_matrix
 
     export_dir = Path(params.export.output)
     if not (export_dir / RESULT_FILE).is_file():
         raise InputError(f"{export_dir / RESULT_FILE} not found; run `sortflow export` first")
     exported = json.loads((export_dir / RESULT_FILE).read_text())
+    r = params.register  # a bad cost matrix fails here, before a version exists
+    labels = exported["labels"]
+    costs = read_cost_matrix(r.cost_matrix, labels) if r.cost_matrix else default_costs(labels, r.unsure_cost)
     root = prepared_dataset(params, check=False)
     run = ensure_run(params, exported.get("mlflow_run_id"), root, f"register-{exported['model_name']}")
     name = params.register.model_name
@@ -289,7 +364,7 @@ def register(params: Params) -> RegisterResult:
     repair_half_registered(run.client, name)
     version = _new_version(params, run, exported, root, val_hash)
     with registering(run.client, name, version):
-        result = _gate_and_record(params, run, version, val_hash, exported, root)
+        result, production = _gate_and_record(params, run, version, val_hash, exported, root, costs)
     atomic_write_json(Path(params.register.output) / "register_result.json", result)
     keys = ("model_name", "version", "promoted", "champion_version", "decision", "mlflow_run_id")
-    return RegisterResult(**{key: result[key] for key in keys})
+    return RegisterResult(**{key: result[key] for key in keys}, production=production)

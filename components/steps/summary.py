@@ -52,6 +52,8 @@ def pipeline_summary(params: Params) -> dict[str, Any]:
         "top1": evaluation["metrics"]["val.top1"] if evaluation else None,
         "top5": evaluation["metrics"]["val.top5"] if evaluation else None,
         "model": evaluation["model_name"] if evaluation else params.train.model,
+        "calibration": evaluation.get("calibration") if evaluation else None,
+        "reject": evaluation.get("reject") if evaluation else None,
         "registry_version": registered["version"] if registered else None,
         "decision": registered["decision"] if registered else None,
         "triton_model": params.register.model_name,
@@ -63,6 +65,17 @@ def pipeline_summary(params: Params) -> dict[str, Any]:
 
 def _fmt(value: Any, pattern: str = "{}") -> str:
     return "n/a" if value is None else pattern.format(value)
+
+
+def _confidence_row(summary: dict[str, Any]) -> str:
+    cal, reject = summary.get("calibration"), summary.get("reject")
+    if not cal or not reject:
+        return "| confidence | not calibrated |"
+    return (
+        f"| confidence | temperature {cal['temperature']:.3f}, ECE {cal['ece_before']:.4f} -> {cal['ece_after']:.4f}; "
+        f"unsure below the class thresholds: coverage {reject['coverage']:.1%}, error of the answered "
+        f"{reject['accepted_error']:.2%} (all: {reject['overall_error']:.2%}) |"
+    )
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:
@@ -77,6 +90,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         f"{_fmt(summary['train_samples'])} train / {_fmt(summary['val_samples'])} val images; check {check} |",
         f"| model | {summary['model']}: val top-1 **{_fmt(summary['top1'], '{:.4f}')}**, "
         f"top-5 {_fmt(summary['top5'], '{:.4f}')} |",
+        _confidence_row(summary),
         f"| registry | version {_fmt(summary['registry_version'])}: {_fmt(summary['decision'])} |",
         f"| Triton | `{summary['triton_model']}` version {_fmt(summary['triton_version'])} in "
         f"`{summary['triton_repo']}/` (also `{summary['triton_model']}_bytes` for encoded images) |",

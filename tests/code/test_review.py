@@ -55,14 +55,36 @@ def test_add_reviewed_adds_new_images_and_counts_what_it_skips(run_cli: Run, dat
     with queue.open("a") as f:
         f.write("images/known.jpg,glass,0.5,glass\n")
     train_before = (dataset / "train.txt").read_text().splitlines()
-    code, out, err = run_cli("dataset", "add-reviewed", str(queue), "-o", f"dataset.dir={dataset}")
+    holdout = "review.holdout=0"  # every reviewed image trains
+    code, out, err = run_cli("dataset", "add-reviewed", str(queue), "-o", f"dataset.dir={dataset}", "-o", holdout)
     assert code == 0, err
-    assert "Added 2 reviewed images" in out
+    assert "Added 2 reviewed images" in out and "0 to production.txt" in out
     assert "skipped 1 already in it, 1 rows without a label and 1 repeated rows" in out
     added = (dataset / "train.txt").read_text().splitlines()[len(train_before) :]
     assert [line.rsplit(" ", 1)[1] for line in added] == [str(CLASSES.index("metal")), str(CLASSES.index("paper"))]
     assert all((dataset / line.rsplit(" ", 1)[0]).is_file() for line in added)
     assert json.loads(Path("output/check_dataset_result.json").read_text())["check_pass"]
+
+
+def test_a_seeded_share_of_reviewed_images_goes_to_production(run_cli: Run, dataset: Path, tmp_path: Path) -> None:
+    """review.holdout of the new images go to production.txt (never trained on), the same ones for the same seed;
+    check-dataset checks them like val: a production image that is also a train image fails, naming its line."""
+    queue = _review(tmp_path / "review", [(f"n{i}.jpg", CLASSES[i % 3]) for i in range(10)])
+    train_before = (dataset / "train.txt").read_text().splitlines()
+    code, out, err = run_cli("dataset", "add-reviewed", str(queue), "-o", f"dataset.dir={dataset}", "--json")
+    assert code == 0, err
+    assert json.loads(out)["added"] == 10 and json.loads(out)["to_production"] == 3
+    production = (dataset / "production.txt").read_text().splitlines()
+    added = (dataset / "train.txt").read_text().splitlines()[len(train_before) :]
+    assert len(production) == 3 and len(added) == 7 and not set(production) & set(added)
+    checked = json.loads(Path("output/check_dataset_result.json").read_text())
+    assert checked["check_pass"] and checked["attributes"]["production_samples"] == 3
+    assert checked["attributes"]["train_samples"] == len(train_before) + 7
+
+    with (dataset / "production.txt").open("a") as f:
+        f.write(train_before[0] + "\n")  # an image the model trains on is no evidence of how it does on the line
+    code, out, err = run_cli("check-dataset", "-o", f"dataset.dir={dataset}")
+    assert code == 1 and "production.txt:4" in out + err and "train.txt:1" in out + err
 
 
 def test_bad_review_files_are_clear_errors_that_change_nothing(run_cli: Run, dataset: Path, tmp_path: Path) -> None:

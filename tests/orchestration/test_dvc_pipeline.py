@@ -55,7 +55,8 @@ def test_dvc_repro_runs_every_stage_then_nothing(dvc_project: tuple[Path, str, P
     result = json.loads((project / "output/evaluate/evaluate_result.json").read_text())
     assert 0 <= result["metrics"]["val.top1"] <= 1
     assert (project / "triton_repo/sortflow-classifier/1/model.onnx").is_file()
-    assert (project / "output/evaluate/predictions.csv").read_text().startswith("path,actual,predicted,score\n")
+    predictions = (project / "output/evaluate/predictions.csv").read_text()
+    assert predictions.startswith("path,actual,predicted,score,decision\n")
 
     again = sh(["dvc", "repro"], project)
     assert "Running stage" not in again

@@ -15,7 +15,7 @@ import torch
 from components.core.errors import SortflowError
 from components.core.fsutil import umask
 from tests.serving.conftest import Release
-from tests.support.helpers import free_port
+from tests.support.helpers import free_port, overrides
 
 
 def load(release: Release, path: str) -> dict:
@@ -183,6 +183,56 @@ def test_promotion_gate_keeps_a_worse_model_out(release: Release) -> None:
     assert {"mlflow_run_id", "git_commit", "dataset_lists_hash", "params_hash", "val_top1", "val_top5"} <= set(
         challenger.tags
     )
+
+
+def test_the_production_gate_refuses_a_challenger_that_costs_more_on_the_line(
+    release: Release, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One model registered with two sets of unsure thresholds: equal on val, so the val gate passes; on the
+    production images the one that sends everything to the manual sorter (at 5 an item, errors at 1) costs
+    more and is refused, with its reasons, in register_result.json and `sortflow compare`."""
+    import shutil
+
+    from components.cli import main
+    from tests.support.helpers import CLASSES, write_image
+
+    dataset = shutil.copytree(release.dataset, tmp_path / "ds")
+    rows = [(f"images/{CLASSES[i % 3]}/line_{i}.jpg", i % 3) for i in range(12)]
+    for i, (rel, _) in enumerate(rows):
+        write_image(dataset / rel, 7000 + i)
+    (dataset / "production.txt").write_text("".join(f"{rel} {label}\n" for rel, label in rows))
+    monkeypatch.chdir(tmp_path)
+    base = [*release.args, *overrides(f"dataset.dir={dataset}", f"mlflow.tracking_uri=sqlite:///{tmp_path}/m.db")]
+    base += overrides(f"export.weight_path={release.workdir}/output/train/best.pt", "register.min_production=12")
+    base += overrides("register.unsure_cost=5")
+    assert main(["export", *base]) == 0
+    exported = tmp_path / "output/export/export_result.json"
+
+    def register(threshold: float) -> dict:
+        """Register the export with every class's threshold at `threshold` (0: always a class; 1: unsure)."""
+        record = json.loads(exported.read_text())
+        record["reject"]["thresholds"] = dict.fromkeys(CLASSES, threshold)
+        exported.write_text(json.dumps(record))
+        assert main(["register", *base]) == 0
+        return json.loads((tmp_path / "output/register/register_result.json").read_text())
+
+    first = register(0.0)
+    assert first["promoted"] and first["production"]["decision"] == "skipped"
+    assert first["production"]["reasons"] == ["no champion to compare with"]
+    cautious = register(1.0)
+    production = cautious["production"]
+    assert not cautious["promoted"] and production["decision"] == "refuse" and production["images"] == 12
+    assert [r.split(" (")[0] for r in production["reasons"]] == ["costs more"]
+    assert production["challenger"]["top1"] == production["champion"]["top1"]  # the same answers
+    assert production["challenger"]["cost_per_1000"] == 5000.0
+    assert production["champion"]["cost_per_1000"] == pytest.approx((1 - production["champion"]["top1"]) * 1000)
+    assert production["p_value"] == 1.0 and set(production["champion"]["recall"]) == set(CLASSES)
+    assert "refused on 12 production images" in cautious["decision"]
+    again = register(0.0)
+    assert again["promoted"] and again["production"]["decision"] == "promote"
+    capsys.readouterr()
+    assert main(["compare", *base]) == 0
+    assert "production_cost_per_1000" in capsys.readouterr().out
 
 
 def test_labels_that_break_the_classification_extension_are_rejected() -> None:
