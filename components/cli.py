@@ -60,6 +60,7 @@ RESULT_COMMANDS = (
     "promote",
     "rollback",
     "history",
+    "shadow",
     "monitor",
     "review",
 )
@@ -185,6 +186,14 @@ def cmd_promote(args: argparse.Namespace) -> int:
         move = promote.rollback(params, args.reason, args.by)
     _show(move, args)
     return _show(publish(params), args)
+
+
+def cmd_shadow(args: argparse.Namespace) -> int:
+    from components.steps.shadow import shadow
+
+    if (args.version is None) == (not args.stop):
+        raise InputError("give a registry VERSION to shadow the champion with, or --stop (not both)")
+    return _show(shadow(_params(args), None if args.stop else args.version), args)
 
 
 def cmd_history(args: argparse.Namespace) -> int:
@@ -465,6 +474,12 @@ def _release_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     sub.add_parser("history", parents=[common], help="which version was champion when, by whom and why").set_defaults(
         func=cmd_history
     )
+    p = sub.add_parser(
+        "shadow", parents=[common], help="run a registry version beside the champion on live traffic, answering nothing"
+    )
+    p.add_argument("version", type=int, nargs="?", help="registry version to shadow the champion with")
+    p.add_argument("--stop", action="store_true", help="end the shadow run")
+    p.set_defaults(func=cmd_shadow)
     p = sub.add_parser("serve", parents=[common], help="start a local Triton server over publish.repo")
     group = p.add_mutually_exclusive_group()
     group.add_argument(

@@ -133,6 +133,16 @@ def serve(params: Params) -> dict[str, Any]:
     return dataclasses.asdict(triton.status(params) or triton.start(params))
 
 
+@service_step(name="shadow")
+def shadow(params: Params, version: int) -> dict[str, Any]:
+    """Start a shadow run of `version` beside the served champion (`sortflow shadow VERSION`)."""
+    from components.steps.shadow import shadow as start_shadow
+
+    result = start_shadow(params, version)
+    get_run_logger().info(result.text())
+    return result.to_json()
+
+
 def _summary_artifact(params: Params, key: str) -> str:
     from components.steps.summary import pipeline_summary, summary_markdown
 
@@ -189,9 +199,11 @@ def promote_and_serve(
     version: int | None = None,
     rollback: bool = False,
     reason: str = "",
+    shadow_version: int | None = None,
 ) -> str:
     """Publish the registry's champion into the Triton repository and (re)load it; start Triton if asked.
-    With `version`, that registry version becomes champion first; with `rollback`, the previous champion."""
+    With `version`, that registry version becomes champion first; with `rollback`, the previous champion.
+    With `shadow_version`, that version then shadows the champion on live traffic (serve.shadow_rate)."""
     params = resolve_params(params_file, overrides)
     if version is not None and rollback:
         raise InputError("promote-and-serve takes a version or rollback, not both")
@@ -200,6 +212,8 @@ def promote_and_serve(
     published = publish(params)
     if start_server and not published["reloaded"]:
         serve(params)
+    if shadow_version is not None:
+        shadow(params, shadow_version)
     return _summary_artifact(params, "promote-and-serve-summary")
 
 

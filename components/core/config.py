@@ -127,6 +127,7 @@ class ServeParams:
     http_port: int = 8000
     metrics_port: int = 8002
     workdir: str = "output/serve"
+    shadow_rate: float = 0.2
 
 
 @dataclass
@@ -213,10 +214,16 @@ def valid_keys() -> list[str]:
 
 def refuse_published_keys(overrides: list[str], command: str) -> None:
     """`sortflow serve` runs what `publish` wrote: an override of a key that only publish writes into the model
-    configs (every publish.* key but repo) cannot take effect there, so it is an error naming the command
-    that applies it rather than a setting silently ignored."""
+    configs (every publish.* key but repo), or that `sortflow shadow` writes (serve.shadow_rate), cannot take
+    effect there, so it is an error naming the command that applies it rather than a setting silently
+    ignored."""
     for override in overrides:
         key = override.partition("=")[0].strip()
+        if key == "serve.shadow_rate":
+            raise ParamsError(
+                f"-o {override}: {key} takes effect when `sortflow shadow VERSION` starts a shadow run, not at "
+                f"`sortflow {command}`; run `sortflow shadow VERSION -o {override}`"
+            )
         if key.startswith("publish.") and key != "publish.repo" and key in valid_keys():
             raise ParamsError(
                 f"-o {override}: {key} takes effect when `sortflow publish` writes the model configs, not at "
@@ -349,6 +356,7 @@ RULES: dict[str, Rule] = {
     "publish.max_image_pixels": _least(1),
     "publish.max_request_mb": Rule(lambda v: v > 0, "above 0"),
     "serve.grpc_port": Rule(lambda v: 0 < v < 65536, "a TCP port, 1 to 65535"),
+    "serve.shadow_rate": Rule(lambda v: 0 < v <= 1, "in (0, 1] (1 = every request)"),
     "serve.http_port": Rule(lambda v: 0 < v < 65536, "a TCP port, 1 to 65535"),
     "serve.metrics_port": Rule(lambda v: 0 < v < 65536, "a TCP port, 1 to 65535"),
     "monitor.window_hours": Rule(lambda v: v > 0, "above 0"),

@@ -23,10 +23,17 @@ from components.core.config import Params
 from components.core.fsutil import atomic_write_json, staged_dir
 from components.core.locks import locked
 from components.core.plots import figure, save_png
-from components.core.results import StepResult
+from components.core.results import StepResult, plain
 from components.integrations import mlflow_tracking
 from components.traffic import drift
-from components.traffic.windows import drift_tests, live_table, load_profile, served_window
+from components.traffic.windows import (
+    ShadowAgreement,
+    drift_tests,
+    live_table,
+    load_profile,
+    served_window,
+    shadow_agreement,
+)
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +152,7 @@ class MonitorResult(StepResult):
     window_samples: int
     window_hours: float
     report: str  # monitor_result.json
+    shadow: ShadowAgreement | None = None  # a shadow run's agreement with the served version, if one ran
 
     def text(self) -> str:
         lines = [f"{'check':22} {'statistic':>10} {'p-value':>10} {'threshold':>10}  verdict"]
@@ -153,6 +161,8 @@ class MonitorResult(StepResult):
             lines.append(f"{c.check:22} {numbers}  {'DRIFT' if c.drift else 'ok'}  {c.detail}")
         served = f"{self.model} version {self.version}: {self.window_samples} requests in {self.window_hours:g} h"
         lines.append(f"{served}: {self.verdict}")
+        if self.shadow is not None:
+            lines.append(self.shadow.text())
         report = Path(self.report).parent
         lines.append(f"Report: {self.report} (Data Docs: {report}/data_docs/index.html)")
         return "\n".join(lines)
@@ -168,14 +178,16 @@ def monitor(params: Params) -> MonitorResult:
 
     Reads `publish.capture_dir`, the reference profile (beside the published model, else in the registry) and
     Triton's metrics port. Writes `monitor.output` whole: monitor_result.json (each check with its statistic,
-    p-value, threshold and verdict), monitor.png, window.csv and data_docs/; logs an MLflow run tagged with
-    the served version. Raises SortflowError when there is no capture folder or too few samples.
+    p-value, threshold and verdict, and a shadow run's agreement and flips), monitor.png, window.csv and
+    data_docs/; logs an MLflow run tagged with the served version. Raises SortflowError when there is no
+    capture folder or too few samples.
     """
     m = params.monitor
     window, version, served = served_window(params)
     profile = load_profile(params, version)
     live = live_table(served, profile["labels"])
     findings = drift_tests(live, profile, params)
+    shadow = shadow_agreement(served, profile["labels"])
     drifted = [f.check for f in findings if f.drift]
     result: dict[str, Any] = {
         "drift": bool(drifted),
@@ -193,6 +205,7 @@ def monitor(params: Params) -> MonitorResult:
         },
         "reference_images": profile["images"],
         "checks": [vars(f) for f in findings],
+        "shadow": plain(shadow),
         "triton": triton_metrics(params.serve.metrics_port),
     }
     out = Path(m.output)
@@ -212,4 +225,5 @@ def monitor(params: Params) -> MonitorResult:
     return MonitorResult(
         result["model"], version, result["drift"], result["verdict"], findings, len(served), m.window_hours,
         str(out / RESULT_FILE),
+        shadow,
     )

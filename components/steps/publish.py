@@ -16,7 +16,7 @@ from typing import Any
 
 from components.core.config import Params
 from components.core.errors import InputError
-from components.core.fsutil import atomic_write_text, file_digest, staged_dir
+from components.core.fsutil import atomic_write_text
 from components.core.locks import locked
 from components.core.results import StepResult
 from components.integrations.mlflow_registry import REFERENCE_PROFILE, champion_version, downloaded
@@ -33,6 +33,7 @@ from components.integrations.triton_config import (
     model_source,
     parse_config,
 )
+from components.integrations.triton_repo import place_version, published, same_files
 from components.model.contract import LABELS_FILE, MODEL_FILE, PROFILE_FILE, RESULT_FILE
 from components.serving.control import reload_if_running
 
@@ -52,32 +53,6 @@ def _write_config(path: Path, text: str) -> None:
     atomic_write_text(path, text)
 
 
-def _same_files(folder: Path, files: dict[str, Path]) -> bool:
-    present = {p.name for p in folder.iterdir()}
-    return present == set(files) and all(file_digest(folder / n) == file_digest(src) for n, src in files.items())
-
-
-def _published(target: Path, files: dict[str, Path]) -> bool:
-    """Whether version folder `target` is already published with these files. A published version is
-    immutable, since a server may be reading it: other files under its number are refused."""
-    if not target.is_dir():
-        return False
-    if _same_files(target, files):
-        return True
-    raise InputError(
-        f"{target} already holds other files than this version has (was the MLflow registry replaced?); a "
-        f"published version is never rewritten while a server may read it: publish into another repository "
-        f"(-o publish.repo=...), or stop the server and remove {target}"
-    )
-
-
-def _place_version(model_dir: Path, version: int, files: dict[str, Path]) -> None:
-    """Build `<version>/` aside and rename it into place in one step."""
-    with staged_dir(model_dir / str(version)) as stage:
-        for name, src in files.items():
-            shutil.copyfile(src, stage / name)
-
-
 def _prune(model_dir: Path, served: int) -> None:
     """Keep the served version and the newest others, KEEP_VERSIONS in all."""
     others = sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and int(p.name) != served)
@@ -90,7 +65,7 @@ def _code_version(model_dir: Path, files: dict[str, Path]) -> int:
     files, else the next number (so a running server is never served a folder rewritten in place)."""
     versions = [int(p.name) for p in model_dir.iterdir() if p.name.isdigit()] if model_dir.is_dir() else []
     latest = max(versions, default=0)
-    return latest if latest and _same_files(model_dir / str(latest), files) else latest + 1
+    return latest if latest and same_files(model_dir / str(latest), files) else latest + 1
 
 
 def write_repository(
@@ -101,7 +76,7 @@ def write_repository(
     kind = "KIND_GPU" if publish.instance_kind == "gpu" else "KIND_CPU"
     model_dir = repo / info.name
     version_files = {MODEL_FILE: onnx_file, **({PROFILE_FILE: profile} if profile else {})}
-    published = _published(model_dir / str(info.version), version_files)  # refused before anything is written
+    in_place = published(model_dir / str(info.version), version_files)  # refused before anything is written
     _write_config(
         model_dir / "config.pbtxt",
         classifier_config(
@@ -109,10 +84,10 @@ def write_repository(
         ),
     )
     atomic_write_text(model_dir / LABELS_FILE, "".join(f"{label}\n" for label in info.labels))
-    if published:
+    if in_place:
         log.info("%s version %d is already published with the same files", info.name, info.version)
     else:
-        _place_version(model_dir, info.version, version_files)
+        place_version(model_dir, info.version, version_files)
     _prune(model_dir, info.version)
 
     bytes_dir = repo / f"{info.name}{BYTES}"
@@ -132,7 +107,7 @@ def write_repository(
     code = {name: model_source(src) for name, src in BYTES_MODEL_FILES.items()}
     code_version = _code_version(bytes_dir, code)
     if not (bytes_dir / str(code_version)).is_dir():
-        _place_version(bytes_dir, code_version, code)
+        place_version(bytes_dir, code_version, code)
     _prune(bytes_dir, code_version)
     for retired in RETIRED:  # an earlier release's model that nothing calls any more
         shutil.rmtree(repo / f"{info.name}{retired}", ignore_errors=True)

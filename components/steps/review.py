@@ -57,16 +57,18 @@ def _drift_contribution(live: pd.DataFrame, profile: dict[str, Any], drifted: li
 def review_queue(
     live: pd.DataFrame, profile: dict[str, Any], drifted: list[str], size: int, low: float
 ) -> pd.DataFrame:
-    """The queue: requests below confidence `low`, least confident first; then the largest drift contributors;
-    each image (sha) once, only images still on disk, at most `size` rows."""
+    """The queue: requests where a shadow run's version disagreed with the served one (the images most worth
+    labelling), least confident first; then requests below confidence `low`, least confident first; then the
+    largest drift contributors; each image (sha) once, only images still on disk, at most `size` rows."""
     candidates = live[live["decoded"] & live["image_present"]].drop_duplicates("sha").copy()
     candidates["contribution"] = _drift_contribution(candidates, profile, drifted)
-    unsure = candidates[candidates["confidence"] < low].sort_values("confidence", kind="stable")
+    shadow = candidates.get("shadow_class_id", pd.Series(None, index=candidates.index, dtype=object))
+    disagree = candidates[shadow.notna() & (shadow != candidates["class_id"])].sort_values("confidence", kind="stable")
+    left = candidates.drop(disagree.index)
+    unsure = left[left["confidence"] < low].sort_values("confidence", kind="stable")
     # Without a drift every contribution is 0, and the order is by confidence alone.
-    rest = candidates.drop(unsure.index).sort_values(
-        ["contribution", "confidence"], ascending=[False, True], kind="stable"
-    )
-    return pd.concat([unsure, rest]).head(size)
+    rest = left.drop(unsure.index).sort_values(["contribution", "confidence"], ascending=[False, True], kind="stable")
+    return pd.concat([disagree, unsure, rest]).head(size)
 
 
 def _thumbnail(src: Path, dst: Path) -> None:

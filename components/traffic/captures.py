@@ -33,6 +33,8 @@ class Sample:
     top: list[list[float]]  # [[class index, probability], ...], best first; empty when it did not decode
     error: str | None
     path: Path  # the image file (it may have been evicted since)
+    shadow_version: str | None = None  # the version of a shadow run that also classified this request
+    shadow_top: list[list[float]] = field(default_factory=list)  # its top classes, as `top`
 
     @property
     def label(self) -> int | None:
@@ -41,6 +43,11 @@ class Sample:
     @property
     def confidence(self) -> float | None:
         return float(self.top[0][1]) if self.top else None
+
+    @property
+    def shadow_label(self) -> int | None:
+        """The shadow version's class, when a shadow run classified this request."""
+        return int(self.shadow_top[0][0]) if self.shadow_top else None
 
 
 @dataclass
@@ -63,6 +70,8 @@ def _sample(root: Path, line: str) -> Sample:
     if record["decoded"] and not top:
         raise ValueError("a decoded request without probabilities")
     path = image_path(root, str(record["sha"]), str(record["ext"]))
+    shadow = record.get("shadow") or {}
+    shadow_top = [[int(i), float(p)] for i, p in shadow.get("top", [])]
     return Sample(
         float(record["time"]),
         str(record["model"]),
@@ -73,6 +82,8 @@ def _sample(root: Path, line: str) -> Sample:
         top,
         record.get("error"),
         path,
+        str(shadow["version"]) if shadow_top else None,
+        shadow_top,
     )
 
 

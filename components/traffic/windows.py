@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,7 @@ def live_table(samples: list[Sample], labels: list[str]) -> pd.DataFrame:
         image = stats[s.sha]
         row = {"time": s.time, "version": s.version, "sha": s.sha, "file": str(s.path), "decoded": s.decoded}
         row.update(label=labels[s.label] if s.label is not None else None, class_id=s.label, confidence=s.confidence)
+        row.update(shadow_class_id=s.shadow_label)  # the shadow run's class, where one classified the request
         row.update(image_present=image.get("decoded") is not None, format=image.get("format"))
         row.update({k: image.get(k) for k in STATS})
         rows.append(row)
@@ -112,6 +114,42 @@ def _unsure_share(decoded: pd.DataFrame, profile: dict[str, Any]) -> tuple[float
     live = decoded["confidence"].to_numpy(float) < thresholds[decoded["class_id"].to_numpy(int)]
     share, p = drift.share_above(int(live.sum()), len(live), float(reference.mean()) if len(reference) else 0.0)
     return share, p, f"{share:.1%} unsure vs {reference.mean():.1%} on val"
+
+
+@dataclass(frozen=True)
+class ShadowAgreement:
+    """How often a shadow run's version gave the champion's class, with a 95% (Wilson) interval, and the flips
+    (champion class -> shadow class) where they differed, most frequent first."""
+
+    version: str
+    requests: int
+    agreement: float
+    low: float
+    high: float
+    flips: dict[str, int]
+
+    def text(self) -> str:
+        flips = ", ".join(f"{k} {v}" for k, v in list(self.flips.items())[:5]) or "none"
+        return (
+            f"shadow version {self.version} agreed on {self.agreement:.1%} of {self.requests} requests "
+            f"(95% interval {self.low:.1%} to {self.high:.1%}); flips: {flips}"
+        )
+
+
+def shadow_agreement(samples: list[Sample], labels: list[str]) -> ShadowAgreement | None:
+    """The latest shadow run's agreement with the served version on the requests both classified."""
+    from scipy.stats import binomtest
+
+    both = [s for s in samples if s.label is not None and s.shadow_label is not None]
+    if not both:
+        return None
+    version = both[-1].shadow_version or ""
+    both = [s for s in both if s.shadow_version == version]
+    agreed = sum(s.label == s.shadow_label for s in both)
+    interval = binomtest(agreed, len(both)).proportion_ci(0.95, method="wilson")
+    flips = Counter(f"{labels[s.label]} -> {labels[s.shadow_label]}" for s in both if s.label != s.shadow_label)
+    share = agreed / len(both)
+    return ShadowAgreement(version, len(both), share, interval.low, interval.high, dict(flips.most_common()))
 
 
 def served_window(params: Params) -> tuple[Window, str, list[Sample]]:

@@ -5,7 +5,8 @@ Layout of the capture folder (`publish.capture_dir`):
     records/<YYYYMMDD-HH>.jsonl     one JSON line per sampled request (UTC hour of the request)
 
 A record: time (Unix seconds), model, version, sha, ext, bytes, decoded (false: the image did not decode,
-with its error) and top: [[class index, probability], ...] (the five highest, best first).
+with its error) and top: [[class index, probability], ...] (the five highest, best first). A request that
+a shadow run also classified (`sortflow shadow`) is always captured, with shadow: {version, top}.
 
 The request thread only samples and queues; a background thread hashes and writes. A full queue, a full
 disk, a missing folder or any write error drops the sample and counts it; the first failure is logged.
@@ -67,7 +68,7 @@ def top_k(probabilities: list[float]) -> list[list[float]]:
 class Capture:
     """Samples requests at `rate` and writes them to `root` in a background thread."""
 
-    def __init__(self, root: str, rate: float, max_bytes: int, model: str, version: str) -> None:
+    def __init__(self, root: str, rate: float, max_bytes: int, model: str, version: str, shadow: bool = False) -> None:
         self.root, self.rate, self.max_bytes = Path(root), rate, max_bytes
         self.model, self.version = model, version
         self.captured = self.dropped = 0
@@ -77,7 +78,7 @@ class Capture:
         self._queue: queue.Queue = queue.Queue(QUEUE_SIZE)
         self._used = None  # bytes in the folder, counted on the first write
         self._seen: dict[str, float] = {}  # sha -> when its file was last written or touched
-        if rate > 0:
+        if rate > 0 or shadow:  # a shadow run's requests are captured whatever the rate
             try:
                 (self.root / IMAGES).mkdir(parents=True, exist_ok=True)
                 (self.root / RECORDS).mkdir(exist_ok=True)
@@ -85,12 +86,18 @@ class Capture:
                 self._fail(exc)
             threading.Thread(target=self._run, name="sortflow-capture", daemon=True).start()
 
-    def submit(self, data: bytes, probabilities: list[float] | None, error: str | None = None) -> None:
-        """Sample one request: never blocks, never raises."""
-        if self.rate <= 0 or random.random() >= self.rate:
+    def submit(
+        self,
+        data: bytes,
+        probabilities: list[float] | None,
+        error: str | None = None,
+        shadow: tuple[str, list[float]] | None = None,
+    ) -> None:
+        """Sample one request (always, with the `shadow` version's probabilities): never blocks, never raises."""
+        if shadow is None and (self.rate <= 0 or random.random() >= self.rate):
             return
         try:
-            self._queue.put_nowait((time.time(), data, probabilities, error))
+            self._queue.put_nowait((time.time(), data, probabilities, error, shadow))
         except queue.Full:
             self._count("dropped")
 
@@ -123,7 +130,14 @@ class Capture:
             for path, lines in records.items():
                 self._append(path, lines)
 
-    def _store(self, when: float, data: bytes, probabilities: list[float] | None, error: str | None) -> str:
+    def _store(
+        self,
+        when: float,
+        data: bytes,
+        probabilities: list[float] | None,
+        error: str | None,
+        shadow: tuple[str, list[float]] | None,
+    ) -> str:
         """Write the image unless it is there (a recently seen one is not even looked up); its record line."""
         sha, ext = content_hash(data), sniff_ext(data)
         path = image_path(self.root, sha, ext)
@@ -141,6 +155,8 @@ class Capture:
         record = {"time": round(when, 3), "model": self.model, "version": self.version, "sha": sha, "ext": ext}
         record.update(bytes=len(data), decoded=error is None)
         record.update({"top": top_k(probabilities)} if probabilities is not None else {"error": error})
+        if shadow is not None:
+            record["shadow"] = {"version": shadow[0], "top": top_k(shadow[1])}
         return json.dumps(record, separators=(",", ":")) + "\n"
 
     def _append(self, path: Path, lines: list[str]) -> None:

@@ -6,7 +6,10 @@ of a dynamic batch are classified at once: by the classifier's ONNX file in this
 on, the requests are sampled into the capture folder (`capture.py`): the bytes, the served version and
 the top-k probabilities, or the decoding error. Beside the probabilities it answers `DECISION`, one per
 image: the class name, or `unsure` when the (calibrated) confidence is below that class's threshold
-(parameter `unsure_thresholds`, from evaluate). Its parameters come from config.pbtxt.
+(parameter `unsure_thresholds`, from evaluate). During a shadow run (`sortflow shadow`: parameters
+`shadow_version` and `shadow_rate`) a sampled share of the requests is also classified by that registry
+version's ONNX file, in this process; its answer goes only into the capture, never to the client. Its
+parameters come from config.pbtxt.
 
 A request that is the client's mistake (an empty, undecodable or truncated file, an image above
 `max_image_pixels`, a request above `max_request_mb`) answers INVALID_ARGUMENT (HTTP 400) with the reason;
@@ -16,6 +19,7 @@ only a failure of the classifier itself answers INTERNAL (500).
 from __future__ import annotations
 
 import json
+import random
 import time
 from pathlib import Path
 
@@ -47,6 +51,13 @@ class TritonPythonModel:
 
             onnx_file = Path(args["model_repository"]).parent / self.classifier / p["registry_version"] / "model.onnx"
             self.session = open_session(onnx_file, int(p.get("intra_op_thread_count", "0")))
+        self.shadow_version, self.shadow_rate = p.get("shadow_version", ""), float(p.get("shadow_rate", "0"))
+        self.shadow = None
+        if self.shadow_version:
+            from onnx_runner import open_session
+
+            shadow_file = Path(args["model_repository"]).parent / self.classifier / self.shadow_version / "model.onnx"
+            self.shadow = open_session(shadow_file, int(p.get("intra_op_thread_count", "0")))
         self.max_pixels = int(p.get("max_image_pixels", "0"))
         self.max_request_mb = float(p.get("max_request_mb", "inf"))
         self.capture = Capture(
@@ -55,6 +66,7 @@ class TritonPythonModel:
             int(float(p.get("capture_max_mb", "1024")) * 1024 * 1024),
             self.classifier,
             p.get("registry_version", ""),
+            shadow=self.shadow is not None,
         )
         family = pb_utils.MetricFamily(
             name="sortflow_capture_samples_total",
@@ -128,6 +140,7 @@ class TritonPythonModel:
         except Exception as exc:  # the classifier failed: every request of the batch answers with its error
             return [pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))) for _ in requests]
         probabilities = iter(np.split(scores, np.cumsum([len(p) for p in decoded])[:-1]))
+        shadowed = iter(self._shadow(requests, pixels))
         responses = []
         for request, batch, error in zip(requests, encoded, errors, strict=True):
             capture = PROBE not in request.parameters()
@@ -139,13 +152,32 @@ class TritonPythonModel:
                     pb_utils.InferenceResponse(error=pb_utils.TritonError(error, pb_utils.TritonError.INVALID_ARG))
                 )
                 continue
-            out = next(probabilities)
-            for item, row in zip(batch, out, strict=True) if capture else ():
-                self.capture.submit(bytes(item[0]), row.tolist())
+            out, shadow = next(probabilities), next(shadowed)
+            for i, (item, row) in enumerate(zip(batch, out, strict=True) if capture else ()):
+                second = (self.shadow_version, shadow[i].tolist()) if shadow is not None else None
+                self.capture.submit(bytes(item[0]), row.tolist(), shadow=second)
             outputs = [pb_utils.Tensor(OUTPUT, out), pb_utils.Tensor(DECISION, self._decide(out))]
             responses.append(pb_utils.InferenceResponse(outputs))
         self._report()
         return responses
+
+    def _shadow(self, requests: list, pixels: list) -> list:
+        """For each decoded request, the shadow version's probabilities when it was sampled, else None (one
+        onnxruntime call for all the sampled ones). A failure of the shadow model is logged, never answered."""
+        decoded = [(r, p) for r, p in zip(requests, pixels, strict=True) if p is not None]
+        if self.shadow is None:
+            return [None] * len(decoded)
+        chosen = [PROBE not in r.parameters() and random.random() < self.shadow_rate for r, _ in decoded]
+        sampled = [p for (_, p), c in zip(decoded, chosen, strict=True) if c]
+        if not sampled:
+            return [None] * len(decoded)
+        try:
+            scores = self.shadow.run([OUTPUT], {PIXELS: np.concatenate(sampled)})[0]
+        except Exception as exc:  # the shadow run must never cost a client its answer
+            self.capture.failure = f"sortflow shadow: version {self.shadow_version} failed ({exc})"
+            return [None] * len(decoded)
+        parts = iter(np.split(scores, np.cumsum([len(p) for p in sampled])[:-1]))
+        return [next(parts) if c else None for c in chosen]
 
     def _report(self) -> None:
         """Custom metrics on the metrics port, and the capture's first failure in the server log.

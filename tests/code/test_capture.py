@@ -105,3 +105,22 @@ def test_monitor_without_enough_captured_traffic_says_what_to_do(run_cli, tmp_pa
     (empty / RECORDS).mkdir(parents=True)
     code, _, err = run_cli("monitor", "-o", f"publish.capture_dir={empty}")
     assert code == 2 and "no captured requests in the last 24 h" in err
+
+
+def test_a_shadowed_request_is_always_captured_with_both_answers_and_their_agreement(tmp_path: Path) -> None:
+    from components.traffic.windows import shadow_agreement
+
+    capture = Capture(str(tmp_path / "cap"), 0.0, 10 * 1024 * 1024, "m", "3", shadow=True)  # capture rate 0
+    capture.submit(JPEG, [0.1, 0.7, 0.2])  # not shadowed: not sampled at rate 0
+    for i in range(10):  # shadowed: always captured; version 5 says class 2 on the last two
+        capture.submit(JPEG + bytes([i]), [0.1, 0.7, 0.2], shadow=("5", [0.1, 0.2, 0.7] if i >= 8 else [0, 1, 0]))
+    _drain(capture, 10)
+    samples = read_window(tmp_path / "cap", hours=1).samples
+    assert len(samples) == 10 and all(s.shadow_version == "5" for s in samples)
+    assert [s.shadow_label for s in samples] == [1] * 8 + [2] * 2
+    agreement = shadow_agreement(samples, ["glass", "metal", "paper"])
+    # 8 of 10: the Wilson 95% interval is 0.490 to 0.943.
+    assert (agreement.version, agreement.requests, agreement.agreement) == ("5", 10, 0.8)
+    assert (agreement.low, agreement.high) == pytest.approx((0.4902, 0.9433), abs=1e-4)
+    assert agreement.flips == {"metal -> paper": 2}
+    assert shadow_agreement(samples[:0], ["glass", "metal", "paper"]) is None

@@ -33,6 +33,9 @@ def test_queue_puts_the_unsure_first_then_the_drift_drivers_each_image_once() ->
     # b is unsure; then a (brightness 40, far from 200) before c (200); d's image is gone, e did not decode.
     assert queue["sha"].tolist() == ["b", "a", "c"]
     assert review_queue(live, profile, [], size=2, low=0.5)["sha"].tolist() == ["b", "c"]
+    # A shadow run disagreed on c and agreed on a: c is the image most worth labelling.
+    live["shadow_class_id"] = [0, None, 1, None, 0, None]
+    assert review_queue(live, profile, ["brightness"], size=10, low=0.5)["sha"].tolist() == ["c", "b", "a"]
 
 
 def _review(folder: Path, rows: list[tuple[str, str]], seed: int = 500) -> Path:

@@ -544,3 +544,27 @@ def test_bench_serve_through_shared_memory_leaves_no_region(release: Release, se
     assert _successes(client, "sortflow-classifier") - before == 4 + 10  # the pixels came through the region
     assert not client.get_system_shared_memory_status(as_json=True).get("regions")  # unregistered afterwards
     assert not [p for p in Path("/dev/shm").iterdir() if p.name.startswith("sortflow_bench_")]  # and removed
+
+
+def test_shadow_refuses_the_champion_an_unknown_version_and_a_bad_command_line(
+    release: Release, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    config = release.workdir / "triton_repo/sortflow-classifier_bytes/config.pbtxt"
+    before = config.read_text()
+    champion = text_format.Parse(before, model_config_pb2.ModelConfig()).parameters["registry_version"].string_value
+    cases = {
+        ("shadow",): "give a registry VERSION to shadow the champion with, or --stop",
+        ("shadow", "3", "--stop"): "give a registry VERSION to shadow the champion with, or --stop",
+        ("shadow", champion): f"version {champion} of 'sortflow-classifier' is the published champion",
+        ("shadow", "99"): "'sortflow-classifier' has no version 99 in the MLflow registry",
+        ("shadow", "2", "-o", "serve.shadow_rate=0"): "serve.shadow_rate must be in (0, 1]",
+        ("serve", "-o", "serve.shadow_rate=0.5"): "takes effect when `sortflow shadow VERSION` starts a shadow run",
+    }
+    for argv, message in cases.items():
+        capsys.readouterr()
+        assert release.run(*argv) == 2, argv
+        assert message in capsys.readouterr().err, argv
+    assert config.read_text() == before  # nothing written

@@ -201,6 +201,58 @@ def test_promote_and_rollback_under_load_drop_no_request(limited: Release, serve
     assert code == 0
 
 
+def test_shadow_runs_start_stop_and_promote_under_load_dropping_no_request(limited: Release, server: dict) -> None:
+    """A registered version shadows the champion on half the requests to the bytes model: clients still get the
+    champion's answers, the shadowed requests are captured with both answers (the capture itself is off), the
+    monitor reports the agreement, and starting, stopping and promoting under load fail no request."""
+    port = server["http_port"]
+    assert limited.run("register", "-o", "register.min_improvement=1") == 0  # registered, not promoted
+    version = json.loads((limited.workdir / "output/register/register_result.json").read_text())["version"]
+    champion = _served_version(port)
+    probe = _files(_jpeg(3))
+    before = _send(port, BYTES_MODEL, "image_bytes", probe, "BYTES")
+    stop, outcomes, errors = threading.Event(), Counter(), []
+    deadline = time.monotonic() + 90
+    threads = [threading.Thread(target=_load, args=(port, stop, outcomes, errors, deadline)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        assert limited.run("shadow", str(version), "-o", "serve.shadow_rate=0.5") == 0
+        time.sleep(3)
+        assert _send(port, BYTES_MODEL, "image_bytes", probe, "BYTES") == before  # the champion answers
+        assert limited.run("shadow", "--stop") == 0
+        assert limited.run("shadow", str(version), "-o", "serve.shadow_rate=0.5") == 0
+        time.sleep(3)
+        assert limited.run("promote", str(version), "--reason", "after its shadow run") == 0  # ends the shadow run
+        promoted = _served_version(port)
+        assert limited.run("rollback") == 0
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert promoted == str(version) and _served_version(port) == champion
+    assert outcomes["failed"] == 0 and outcomes["ok"] > 100, (outcomes, errors[:3])
+    records = [
+        json.loads(line)
+        for path in (limited.workdir / "output/capture/records").glob("*.jsonl")
+        for line in path.read_text().splitlines()
+    ]
+    shadowed = [r for r in records if r.get("shadow", {}).get("version") == str(version)]
+    assert shadowed and all(r["version"] == champion and r["top"] for r in shadowed)
+    assert len(shadowed) == len([r for r in records if r["version"] == champion])  # capture off: only those
+    code = limited.run("monitor", "-o", "monitor.min_samples=5", "-o", "monitor.window_hours=1")
+    assert code in (0, 3)
+    watched = json.loads((limited.workdir / "output/monitor/monitor_result.json").read_text())["shadow"]
+    assert watched["version"] == str(version) and watched["requests"] == len(shadowed)
+    assert 0 <= watched["low"] <= watched["agreement"] <= watched["high"] <= 1
+    record_figure(
+        "shadow runs under load (4 threads, 2 starts, 1 stop, 1 promote, 1 rollback)",
+        outcomes["ok"] + outcomes["failed"],
+        failed=outcomes["failed"],
+        notes=f"requests on 127.0.0.1; {len(shadowed)} shadowed requests captured with both answers",
+    )
+
+
 def test_history_records_who_when_and_why(limited: Release, server: dict) -> None:
     from components.core.config import load_params
     from components.steps.promote import history
