@@ -27,6 +27,7 @@ ORDER = (
     "serving_lcnet_050",
     "bytes_frames",
     "bytes_trashnet",
+    "shadow",
     "monitor",
     "orchestration",
     "team",

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance, ImageFilter
 
-from components.data.images import image_stats
+from components.data.images import STATS, image_stats
 from components.traffic import drift
 
 
@@ -91,3 +91,36 @@ def test_profile_statistics_equal_live_ones_for_the_same_images(tmp_path) -> Non
     profile = reference_profile(paths, np.eye(3)[[i % 3 for i in range(30)]], ["a", "b", "c"], [0.5, 0.5, 0.5])
     live = [image_stats(Path(path).read_bytes())["aspect"] for path in paths]
     assert drift.two_sample(live, profile["stats"]["aspect"])[1] == 1.0
+
+
+def test_the_unsure_share_is_compared_with_the_val_sets() -> None:
+    """With the thresholds in the profile, the monitor tests whether more live answers are unsure than on val;
+    a profile from before the unsure route has no such test."""
+    import pandas as pd
+
+    from components.core.config import Params
+    from components.traffic.windows import drift_tests
+
+    profile = {
+        "labels": ["a", "b"],
+        "thresholds": [0.8, 0.6],
+        "predicted": [0, 1] * 50,
+        "confidence": [0.9, 0.7] * 45 + [0.5] * 10,  # 10% of val answers are unsure
+        "stats": {key: [1.0] * 100 for key in STATS},
+    }
+    rng = np.random.default_rng(0)
+
+    def live(unsure: int) -> pd.DataFrame:
+        confidence = [0.5] * unsure + [0.95] * (100 - unsure)
+        rows = {"decoded": True, "image_present": True, "class_id": rng.integers(0, 2, 100)}
+        frame = pd.DataFrame({**rows, "confidence": confidence, "label": "a"})
+        return frame.assign(**{key: 1.0 for key in STATS})
+
+    def unsure_check(frame: pd.DataFrame, prof: dict) -> list:
+        return [f for f in drift_tests(frame, prof, Params()) if f.check == "unsure share"]
+
+    (calm,) = unsure_check(live(10), profile)
+    (alarm,) = unsure_check(live(40), profile)
+    assert calm.statistic == 0.1 and not calm.drift
+    assert alarm.statistic == 0.4 and alarm.drift and "40.0% unsure vs 10.0% on val" in alarm.detail
+    assert unsure_check(live(40), {k: v for k, v in profile.items() if k != "thresholds"}) == []
