@@ -25,6 +25,7 @@ LEVEL, COUNT, RATE = 4, 400, 0.2
 
 def servers(data: Path) -> dict[str, list[str]]:
     """The plain server and the shadowed one (a second registered version of the same export shadows it)."""
+    WORK.mkdir(parents=True, exist_ok=True)
     plain = overrides(data, "plain", ())
     shadowed = overrides(data, "shadowed", (f"publish.capture_dir={WORK / 'capture_shadow'}",))
     if not (WORK / "output/export/model.onnx").is_file():

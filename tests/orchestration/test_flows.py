@@ -114,6 +114,19 @@ def test_promote_and_serve_loads_the_champion_in_triton(flow_project: tuple[Path
         )
         assert "label_names" in predicted
         assert _artifacts(prefect_server, "promote-and-serve-summary")
+
+        # The flow's shadow_version: a second registered version shadows the champion in the running server.
+        sh(["sortflow", "register", "-o", "register.min_improvement=1"], project)
+        flow = (
+            "import sys; from flows.pipeline import promote_and_serve as f; "
+            "f(overrides=dict(a.split('=') for a in sys.argv[1:]), shadow_version=2)"
+        )
+        sh([sys.executable, "-c", flow, *ports[1::2]], project, PREFECT_API_URL=prefect_server)
+        config = parse_config((project / f"triton_repo/{MODEL}_bytes/config.pbtxt").read_text(), MODEL)
+        assert config.parameters["shadow_version"].string_value == "2"
+        assert config.parameters["registry_version"].string_value == "1"
+        assert "version 2 shadows champion version 1" in sh(["sortflow", "shadow", "2", *ports], project)
+        sh(["sortflow", "shadow", "--stop", *ports], project)
     finally:
         sh(["sortflow", "serve", "--stop", *ports], project, check=False)
 
