@@ -4,6 +4,7 @@ server drains on SIGTERM, and a crashed server or a dead backend is reported and
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -14,6 +15,7 @@ import threading
 import time
 import zlib
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -168,27 +170,38 @@ def _load(port: int, stop: threading.Event, outcomes: Counter, errors: list[str]
             return
 
 
-def test_promote_and_rollback_under_load_drop_no_request(limited: Release, server: dict) -> None:
-    port = server["http_port"]
-    assert limited.run("register", "-o", "register.min_improvement=1") == 0  # registered, not promoted
-    version = json.loads((limited.workdir / "output/register/register_result.json").read_text())["version"]
-    champion = _served_version(port)
+@contextlib.contextmanager
+def _under_load(port: int, seconds: float) -> Iterator[tuple[Counter, list[str]]]:
+    """Four client threads send requests for as long as the block runs (at most `seconds`): their outcomes."""
     stop, outcomes, errors = threading.Event(), Counter(), []
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + seconds
     threads = [threading.Thread(target=_load, args=(port, stop, outcomes, errors, deadline)) for _ in range(4)]
     for t in threads:
         t.start()
     try:
+        yield outcomes, errors
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+
+
+def _challenger(release: Release) -> int:
+    """Register the release's export again, not promoted: its version number."""
+    assert release.run("register", "-o", "register.min_improvement=1") == 0
+    return json.loads((release.workdir / "output/register/register_result.json").read_text())["version"]
+
+
+def test_promote_and_rollback_under_load_drop_no_request(limited: Release, server: dict) -> None:
+    port = server["http_port"]
+    version, champion = _challenger(limited), _served_version(port)
+    with _under_load(port, 60) as (outcomes, errors):
         served = []
         for _ in range(2):
             assert limited.run("promote", str(version), "--reason", "rollout test", "--by", "tester") == 0
             served.append(_served_version(port))
             assert limited.run("rollback") == 0
             served.append(_served_version(port))
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
     assert served == [str(version), champion] * 2
     assert outcomes["failed"] == 0 and outcomes["ok"] > 100, (outcomes, errors[:3])
     record_figure(
@@ -206,17 +219,10 @@ def test_shadow_runs_start_stop_and_promote_under_load_dropping_no_request(limit
     champion's answers, the shadowed requests are captured with both answers (the capture itself is off), the
     monitor reports the agreement, and starting, stopping and promoting under load fail no request."""
     port = server["http_port"]
-    assert limited.run("register", "-o", "register.min_improvement=1") == 0  # registered, not promoted
-    version = json.loads((limited.workdir / "output/register/register_result.json").read_text())["version"]
-    champion = _served_version(port)
+    version, champion = _challenger(limited), _served_version(port)
     probe = _files(_jpeg(3))
     before = _send(port, BYTES_MODEL, "image_bytes", probe, "BYTES")
-    stop, outcomes, errors = threading.Event(), Counter(), []
-    deadline = time.monotonic() + 90
-    threads = [threading.Thread(target=_load, args=(port, stop, outcomes, errors, deadline)) for _ in range(4)]
-    for t in threads:
-        t.start()
-    try:
+    with _under_load(port, 90) as (outcomes, errors):
         assert limited.run("shadow", str(version), "-o", "serve.shadow_rate=0.5") == 0
         time.sleep(3)
         assert _send(port, BYTES_MODEL, "image_bytes", probe, "BYTES") == before  # the champion answers
@@ -226,10 +232,6 @@ def test_shadow_runs_start_stop_and_promote_under_load_dropping_no_request(limit
         assert limited.run("promote", str(version), "--reason", "after its shadow run") == 0  # ends the shadow run
         promoted = _served_version(port)
         assert limited.run("rollback") == 0
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
     assert promoted == str(version) and _served_version(port) == champion
     assert outcomes["failed"] == 0 and outcomes["ok"] > 100, (outcomes, errors[:3])
     records = [
