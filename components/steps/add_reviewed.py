@@ -172,11 +172,16 @@ def _validate(rows: list[Reviewed], classes: dict[str, int], label_file: Path) -
 
 
 def _copy_new(
-    rows: list[Reviewed], pixels: dict[Path, str], root: Path, classes: dict[str, int], known: set[str]
-) -> tuple[list, list[Path]]:
-    """Copy the images whose pixels are not in the dataset yet; their list rows and the files written."""
+    rows: list[Reviewed],
+    pixels: dict[Path, str],
+    root: Path,
+    classes: dict[str, int],
+    known: set[str],
+    written: list[Path],
+) -> list[tuple[str, int]]:
+    """Copy the images whose pixels are not in the dataset yet; their list rows. Each file is added to `written`
+    as it is copied, so a copy cut short is cleaned up too."""
     lines: list[tuple[str, int]] = []
-    written: list[Path] = []
     for row in rows:
         if pixels[row.image] in known:
             continue
@@ -184,10 +189,10 @@ def _copy_new(
         folder = row.label.replace("/", "_")
         rel = f"images/{folder}/reviewed-{file_digest(row.image)[:16]}{row.image.suffix.lower()}"
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(row.image, root / rel)
         written.append(root / rel)
+        shutil.copyfile(row.image, root / rel)
         lines.append((rel, classes[row.label]))
-    return lines, written
+    return lines
 
 
 def held_out(count: int, share: float, seed: int) -> list[int]:
@@ -197,17 +202,39 @@ def held_out(count: int, share: float, seed: int) -> list[int]:
     return sorted(random.Random(seed).sample(range(count), round(share * count)))
 
 
-def _append(path: Path, text: str, rows: list[tuple[str, int]]) -> None:
-    atomic_write_text(path, (text if text.endswith("\n") or not text else text + "\n") + format_list(rows))
+def _extend_lists(
+    lists: dict[str, Path], before: dict[str, str | None], lines: list[tuple[str, int]], held: set[int]
+) -> None:
+    """The new lines at the end of train.txt, those held out at the end of production.txt."""
+    chosen: dict[str, list[tuple[str, int]]] = {"train": [], PRODUCTION_SPLIT: []}
+    for i, line in enumerate(lines):
+        chosen[PRODUCTION_SPLIT if i in held else "train"].append(line)
+    for split, added in chosen.items():
+        text = before[split] or ""
+        if added:
+            text = text if text.endswith("\n") or not text else text + "\n"
+            atomic_write_text(lists[split], text + format_list(added))
+
+
+def _restore(lists: dict[str, Path], before: dict[str, str | None], written: list[Path]) -> None:
+    """Put the lists back as they were and remove the copied images."""
+    for split, path in lists.items():
+        if before[split] is None:
+            path.unlink(missing_ok=True)
+        else:
+            atomic_write_text(path, before[split])
+    for path in written:
+        path.unlink(missing_ok=True)
 
 
 @locked("dataset.dir")
 def add_reviewed(params: Params, review_file: str | Path) -> AddResult:
     """Add the labelled images of `review_file` to `dataset.dir`, check it, and `dvc add` it when tracked.
 
-    Reads the review file, the images it names and the dataset. Writes the new images and train.txt, the
-    check-dataset reports, and `<dataset>.dvc`. Raises DatasetError for an unknown class, a missing image,
-    conflicting labels, or a dataset that no longer passes its check (then nothing is left changed).
+    Reads the review file, the images it names and the dataset. Writes the new images, train.txt and
+    production.txt (`review.holdout` of them), the check-dataset reports, and `<dataset>.dvc`. Raises
+    DatasetError for an unknown class, a missing image, conflicting labels, or a dataset that no longer
+    passes its check (then nothing is left changed).
     """
     from components.data.manifest import build_manifest
     from components.data.report import run_check
@@ -224,27 +251,16 @@ def add_reviewed(params: Params, review_file: str | Path) -> AddResult:
     before = {split: path.read_text(encoding="utf-8") if path.is_file() else None for split, path in lists.items()}
     written: list[Path] = []
     try:
-        lines, written = _copy_new(rows, pixels, root, classes, known)
-        held = set(held_out(len(lines), params.review.holdout, params.split.seed))
-        chosen = {"train": [], PRODUCTION_SPLIT: []}
-        for i, line in enumerate(lines):
-            chosen[PRODUCTION_SPLIT if i in held else "train"].append(line)
-        for split, added in chosen.items():
-            if added:
-                _append(lists[split], before[split] or "", added)
+        lines = _copy_new(rows, pixels, root, classes, known, written)
+        held = held_out(len(lines), params.review.holdout, params.split.seed)
+        _extend_lists(lists, before, lines, set(held))
         report = run_check(params.dataset)
         if not report.check_pass:
             raise DatasetError(
                 f"{root} fails check-dataset with the reviewed images; it was put back:\n{report.result['err_msg']}"
             )
     except BaseException:
-        for split, path in lists.items():
-            if before[split] is None:
-                path.unlink(missing_ok=True)
-            else:
-                atomic_write_text(path, before[split])
-        for path in written:
-            path.unlink(missing_ok=True)
+        _restore(lists, before, written)
         raise
     dvc_file = dvc_add(root) if lines else None
     log.info(
