@@ -144,6 +144,32 @@ def test_review_csv(content: bytes) -> None:
             assert all(r.label for r in rows)
 
 
+COST_LABELS = ["glass", "metal", "paper"]
+COST_WORDS = st.one_of(WORDS, st.sampled_from([*COST_LABELS, "unsure", "true", "0", "1.5", "-1", "nan", "inf"]))
+
+
+@EXAMPLES
+@given(
+    content=BYTES
+    | st.lists(st.lists(COST_WORDS, max_size=5), max_size=5).map(
+        lambda rows: "\n".join(",".join(r) for r in [["true", *COST_LABELS, "unsure"], *rows]).encode()
+    )
+)
+def test_cost_matrix(content: bytes) -> None:
+    import numpy as np
+
+    from components.model.production import read_cost_matrix
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = _file(Path(tmp), "costs.csv", content)
+        try:
+            costs = read_cost_matrix(path, COST_LABELS)
+        except InputError as exc:
+            _names_the_file(exc, path)
+        else:
+            assert costs.shape == (3, 4) and np.isfinite(costs).all() and (costs >= 0).all()
+
+
 FOLDER_NAMES = st.lists(
     st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="/\x00"), min_size=1, max_size=30).filter(
         lambda n: n not in (".", "..") and len(n.encode()) < 200
