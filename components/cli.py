@@ -52,6 +52,7 @@ RESULT_COMMANDS = (
     "dataset convert",
     "dataset demo",
     "dataset add-reviewed",
+    "dataset audit",
     "train",
     "evaluate",
     "export",
@@ -120,6 +121,12 @@ def cmd_add_reviewed(args: argparse.Namespace) -> int:
     from components.steps.add_reviewed import add_reviewed
 
     return _show(add_reviewed(_params(args), args.file), args)
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from components.steps.audit import audit
+
+    return _show(audit(_params(args)), args)
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
@@ -445,6 +452,9 @@ def _dataset_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("file", help="review.csv with its label column filled in, or a Label Studio JSON export")
     p.set_defaults(func=cmd_add_reviewed)
+    dataset.add_parser(
+        "audit", parents=[common], help="near-duplicates across splits and labels, likely label errors (a sheet)"
+    ).set_defaults(func=cmd_audit)
     p = dataset.add_parser("demo", help="write the bundled demo dataset (handwritten digits)")
     p.add_argument("dst", help="folder to create, e.g. data/")
     p.add_argument("--force", action="store_true", help="replace an existing folder")

@@ -1,7 +1,7 @@
 """The pipeline as Prefect 3 flows. Each task is a thin wrapper over one component; no logic lives here.
 
 Flows: `training-pipeline` (when the data changed, or with `force`: pull, check, split, train, evaluate,
-export, register, publish), `data-check` (pull, check), `promote-and-serve` (optionally promote a version
+audit, export, register, publish), `data-check` (pull, check), `promote-and-serve` (optionally promote a version
 or roll back first, then publish the champion and (re)load it in Triton) and `monitor` (captured traffic
 against the reference; drift emits the Prefect event `sortflow.monitor.drift`). Every flow takes
 `overrides` ({"train.epochs": 3}: params.yaml keys, as `-o` and `dvc exp run -S`) and `params_file`.
@@ -102,6 +102,19 @@ def evaluate(params: Params) -> dict[str, Any]:
     return evaluate_model(params).to_json()
 
 
+@step(name="audit")
+def audit(params: Params) -> dict[str, Any]:
+    """dataset audit after training: near-duplicates and likely label errors, as a report artifact; with
+    audit.fail_on_leak, near-duplicates across splits fail the run."""
+    from components.steps.audit import audit as audit_dataset
+
+    result = audit_dataset(params)
+    create_markdown_artifact(f"## dataset audit\n\n```\n{result.text()}\n```\n", key="dataset-audit")
+    if result.exit_code:
+        raise InputError(result.text())
+    return result.to_json()
+
+
 @step(name="export")
 def export(params: Params) -> dict[str, Any]:
     from components.steps.export import export as export_model
@@ -156,7 +169,7 @@ def training_pipeline(
     overrides: dict[str, Any] | None = None, params_file: str | None = None, force: bool = False
 ) -> str:
     """When the data changed since the champion was trained (or with `force`): pull the DVC data, check,
-    split, train, evaluate, export, register and publish to Triton. Otherwise it ends at once."""
+    split, train, evaluate, audit, export, register and publish to Triton. Otherwise it ends at once."""
     params = resolve_params(params_file, overrides)
     needed, reason = new_data(params)
     if not needed and not force:
@@ -166,6 +179,7 @@ def training_pipeline(
     split(params)
     train(params, params_file, overrides)
     evaluate(params)
+    audit(params)
     export(params)
     register(params)
     publish(params)

@@ -148,6 +148,14 @@ class ReviewParams:
 
 
 @dataclass
+class AuditParams:
+    max_hamming: int = 4
+    fail_on_leak: bool = False
+    folds: int = 5
+    output: str = "output/audit"
+
+
+@dataclass
 class MlflowParams:
     tracking_uri: str = ""
     experiment: str = "sortflow"
@@ -178,6 +186,7 @@ class Params:
     serve: ServeParams = field(default_factory=ServeParams)
     monitor: MonitorParams = field(default_factory=MonitorParams)
     review: ReviewParams = field(default_factory=ReviewParams)
+    audit: AuditParams = field(default_factory=AuditParams)
     mlflow: MlflowParams = field(default_factory=MlflowParams)
     deploy: DeployParams = field(default_factory=DeployParams)
     locks: LocksParams = field(default_factory=LocksParams)
@@ -365,6 +374,8 @@ RULES: dict[str, Rule] = {
     "monitor.low_confidence": _OPEN_UNIT,
     "monitor.max_undecodable_share": _OPEN_UNIT,
     "review.size": _least(1),
+    "audit.max_hamming": Rule(lambda v: 0 <= v <= 16, "from 0 (identical hashes) to 16 bits of 64"),
+    "audit.folds": _least(2),
     "review.holdout": Rule(lambda v: 0 <= v < 1, "in [0, 1) (0 = every reviewed image trains)"),
     "deploy.training_cron": _CRON,
     "deploy.data_check_cron": _CRON,

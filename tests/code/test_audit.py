@@ -1,0 +1,108 @@
+"""The dataset audit: near-duplicate pairs against brute force, a resized and re-encoded copy across splits found
+as a leak, and a flipped label found among colour-coded classes."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image, ImageDraw
+
+from components.data.audit import near_pairs
+from tests.support.helpers import TINY_TRAIN, overrides
+
+Run = Callable[..., tuple[int, str, str]]
+COLOURS = {"glass": (40, 160, 60), "metal": (150, 150, 160), "paper": (230, 220, 190)}
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(
+    hashes=st.lists(st.integers(0, 2**64 - 1), min_size=0, max_size=30),
+    flips=st.lists(st.tuples(st.integers(0, 29), st.integers(0, 63)), max_size=20),
+    distance=st.integers(0, 16),
+)
+def test_near_pairs_equal_brute_force(hashes: list[int], flips: list[tuple[int, int]], distance: int) -> None:
+    values = list(hashes)
+    for i, bit in flips:  # near copies: a few bits flipped in copies of some hashes
+        if i < len(values):
+            values.append(values[i] ^ (1 << bit))
+    expected = [
+        (i, j, (values[i] ^ values[j]).bit_count())
+        for i in range(len(values))
+        for j in range(i + 1, len(values))
+        if (values[i] ^ values[j]).bit_count() <= distance
+    ]
+    assert near_pairs(values, distance) == expected
+
+
+def _photo(path: Path, colour: tuple[int, int, int], seed: int) -> Path:
+    """A 64 px picture: a background of the class's colour with two small shapes placed by the seed."""
+    rng = np.random.default_rng(seed)
+    image = Image.new("RGB", (64, 64), colour)
+    draw = ImageDraw.Draw(image)
+    for _ in range(2):
+        x, y, r = (int(v) for v in rng.integers(8, 56, 3) // (1, 1, 6))
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, quality=95)
+    return path
+
+
+def _dataset(root: Path, per_class: int = 10) -> Path:
+    train, val = [], []
+    for label, (name, colour) in enumerate(COLOURS.items()):
+        for i in range(per_class):
+            rel = f"images/{name}/{name}_{i}.jpg"
+            _photo(root / rel, colour, 100 * label + i)
+            (val if i < 3 else train).append(f"{rel} {label}\n")
+    (root / "label.txt").write_text("".join(f"{i} {n}\n" for i, n in enumerate(COLOURS)))
+    (root / "train.txt").write_text("".join(train))
+    (root / "val.txt").write_text("".join(val))
+    return root
+
+
+def _rows(path: str) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_resized_reencoded_copy_across_splits_is_a_leak_and_a_flipped_label_is_found(
+    run_cli: Run, tmp_path: Path
+) -> None:
+    data = _dataset(tmp_path / "data")
+    with Image.open(data / "images/glass/glass_5.jpg") as original:  # a train image, shot again smaller
+        original.resize((48, 48)).save(data / "images/glass/again.jpg", quality=70)
+    with (data / "val.txt").open("a") as f:
+        f.write("images/glass/again.jpg 0\n")
+    train = (data / "train.txt").read_text().replace("images/paper/paper_7.jpg 2", "images/paper/paper_7.jpg 1")
+    (data / "train.txt").write_text(train)  # a paper photo labelled metal
+    settings = overrides(
+        f"dataset.dir={data}", *TINY_TRAIN, "train.epochs=4", f"mlflow.tracking_uri=sqlite:///{tmp_path}/m.db"
+    )
+
+    code, out, err = run_cli("dataset", "audit", *settings)
+    assert code == 0 and "likely label errors: not looked for (no trained checkpoint" in out, err
+    assert run_cli("train", *settings)[0] == 0
+    code, out, err = run_cli("dataset", "audit", *settings, "-o", "audit.fail_on_leak=true", "--json")
+    assert code == 1, err
+    result = json.loads(out)
+    assert result["leaks"] >= 1 and result["label_issues"] >= 1
+    pairs = _rows("output/audit/near_duplicates.csv")
+    copy = {"images/glass/glass_5.jpg", "images/glass/again.jpg"}
+    (leak,) = [p for p in pairs if {p["a"].split()[1], p["b"].split()[1]} == copy]
+    assert leak["cross_split"] == "True" and leak["labels_differ"] == "False"
+    assert all(p["cross_split"] == "True" for p in pairs[: result["leaks"]])  # leaks first
+    issues = _rows("output/audit/label_issues.csv")
+    assert issues[0]["file"].endswith("images/paper/paper_7.jpg") and (issues[0]["given"], issues[0]["suggested"]) == (
+        "metal",
+        "paper",
+    )
+    report = json.loads(Path("output/audit/audit_result.json").read_text())
+    assert report["leak_check"]["severity"] == "critical" and not report["leak_check"]["success"]
+    sheet = Path("output/audit/index.html").read_text()
+    assert sheet.count("data:image/png;base64,") >= 3 and "across splits" in sheet
