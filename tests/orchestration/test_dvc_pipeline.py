@@ -77,7 +77,7 @@ def test_dvc_experiment_reruns_train_and_after_only(dvc_project: tuple[Path, str
 
     exp = sh(["dvc", "exp", "run", "-S", "train.learning_rate=0.02"], project)
     ran = set(re.findall(r"Running stage '(\w+)'", exp))
-    assert ran == {"train", "evaluate", "export", "register", "publish"}, exp
+    assert ran == {"train", "evaluate", "audit", "export", "register", "publish"}, exp
 
     shown = sh(["dvc", "exp", "show", "--no-pager", "--md"], project)
     assert "train.learning_rate" in shown
