@@ -4,9 +4,11 @@ Each labelled image is copied to `dataset.dir/images/<class>/reviewed-<hash>.<ex
 (the split step redistributes it when `split.enable` is set), or, for a seeded share of them
 (`review.holdout`, seed `split.seed`), in production.txt: images of the line that training never reads and
 that the promotion gate judges on (`register.min_production`). Unknown classes and missing images are errors
-that name the file and line; rows without a label, repeated rows and images whose pixels are already in
-the dataset are skipped and counted. The dataset is checked again, and `dvc add`ed when DVC tracks it, so
-`data.dvc` shows the new version. A failed check puts the dataset back as it was.
+that name the file and line; rows without a label and repeated rows are skipped and counted. An image whose
+pixels are already in the dataset is not copied again: under the same label it is skipped, under another its
+list lines get the reviewed label (the result lists each change). The dataset is checked again, and
+`dvc add`ed when DVC tracks it, so `data.dvc` shows the new version. A failed check puts the dataset back
+as it was.
 """
 
 from __future__ import annotations
@@ -38,6 +40,16 @@ class Reviewed:
 
 
 @dataclass(frozen=True)
+class Relabel:
+    """A reviewed image already in the dataset under another label: its list line, and the change."""
+
+    where: str  # list file:line
+    path: str
+    old: str
+    new: str
+
+
+@dataclass(frozen=True)
 class AddResult(StepResult):
     added: int
     to_production: int  # of those added, listed in production.txt (review.holdout)
@@ -46,6 +58,7 @@ class AddResult(StepResult):
     already_in_dataset: int
     check_pass: bool
     dvc_file: str | None
+    relabelled: tuple[Relabel, ...] = ()  # of those already in the dataset, the ones whose label changed
 
     def text(self) -> str:
         lines = [
@@ -53,6 +66,10 @@ class AddResult(StepResult):
             f"{self.to_production} to production.txt); skipped {self.already_in_dataset} already in it, "
             f"{self.unlabelled} rows without a label and {self.repeated} repeated rows"
         ]
+        if self.relabelled:
+            changes = ", ".join(f"{r.where} {r.path}: {r.old} -> {r.new}" for r in self.relabelled[:5])
+            more = f" and {len(self.relabelled) - 5} more" if len(self.relabelled) > 5 else ""
+            lines.append(f"Relabelled {len(self.relabelled)} images already in the dataset: {changes}{more}")
         if self.dvc_file:
             lines.append(
                 f"New data version in {self.dvc_file}: commit it with git (git add {self.dvc_file}), then `dvc push`"
@@ -195,6 +212,31 @@ def _copy_new(
     return lines
 
 
+def _relabels(
+    rows: list[Reviewed], pixels: dict[Path, str], listed: dict[str, list[tuple[str, int, str, int]]], names: list[str]
+) -> list[Relabel]:
+    """The list lines of reviewed images already in the dataset (by pixels) under another label."""
+    return [
+        Relabel(f"{list_name}:{line}", path, names[label], row.label)
+        for row in rows
+        for list_name, line, path, label in listed.get(pixels[row.image], [])
+        if names[label] != row.label
+    ]
+
+
+def _apply_relabels(root: Path, relabels: list[Relabel], classes: dict[str, int]) -> None:
+    """Rewrite each relabelled line of its list file with the new label (the same image, no copy)."""
+    for list_name in sorted({r.where.rsplit(":", 1)[0] for r in relabels}):
+        path = root / list_name
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        for r in relabels:
+            name, line = r.where.rsplit(":", 1)
+            if name == list_name:
+                ending = "\n" if lines[int(line) - 1].endswith("\n") else ""
+                lines[int(line) - 1] = f"{r.path} {classes[r.new]}{ending}"
+        atomic_write_text(path, "".join(lines))
+
+
 def held_out(count: int, share: float, seed: int) -> list[int]:
     """Which of `count` new images go to production.txt: round(share x count) of them, chosen with `seed`."""
     import random
@@ -202,15 +244,13 @@ def held_out(count: int, share: float, seed: int) -> list[int]:
     return sorted(random.Random(seed).sample(range(count), round(share * count)))
 
 
-def _extend_lists(
-    lists: dict[str, Path], before: dict[str, str | None], lines: list[tuple[str, int]], held: set[int]
-) -> None:
+def _extend_lists(lists: dict[str, Path], lines: list[tuple[str, int]], held: set[int]) -> None:
     """The new lines at the end of train.txt, those held out at the end of production.txt."""
-    chosen: dict[str, list[tuple[str, int]]] = {"train": [], PRODUCTION_SPLIT: []}
+    chosen: dict[str, list[tuple[str, int]]] = {"train": [], PRODUCTION_SPLIT: []}  # val gets no new image
     for i, line in enumerate(lines):
         chosen[PRODUCTION_SPLIT if i in held else "train"].append(line)
     for split, added in chosen.items():
-        text = before[split] or ""
+        text = lists[split].read_text(encoding="utf-8") if lists[split].is_file() else ""
         if added:
             text = text if text.endswith("\n") or not text else text + "\n"
             atomic_write_text(lists[split], text + format_list(added))
@@ -246,14 +286,20 @@ def add_reviewed(params: Params, review_file: str | Path) -> AddResult:
     classes = {name: index for index, name in sorted(label_names(root / LABEL_FILE).items())}
     rows, unlabelled, repeated = read_reviewed(review_file)
     pixels = _validate(rows, classes, root / LABEL_FILE)
-    known = {h for h in build_manifest(root, params.dataset.num_workers).images["hash"].dropna()}
-    lists = {split: root / list_file(split) for split in ("train", PRODUCTION_SPLIT)}
+    images = build_manifest(root, params.dataset.num_workers).images.dropna(subset=["hash", "label"])
+    listed: dict[str, list[tuple[str, int, str, int]]] = {}
+    for r in images.itertuples():
+        listed.setdefault(r.hash, []).append((r.list_file, int(r.line), r.path, int(r.label)))
+    known = set(listed)
+    relabels = _relabels(rows, pixels, listed, list(classes))
+    lists = {split: root / list_file(split) for split in ("train", "val", PRODUCTION_SPLIT)}
     before = {split: path.read_text(encoding="utf-8") if path.is_file() else None for split, path in lists.items()}
     written: list[Path] = []
     try:
+        _apply_relabels(root, relabels, classes)
         lines = _copy_new(rows, pixels, root, classes, known, written)
         held = held_out(len(lines), params.review.holdout, params.split.seed)
-        _extend_lists(lists, before, lines, set(held))
+        _extend_lists(lists, lines, set(held))
         report = run_check(params.dataset)
         if not report.check_pass:
             raise DatasetError(
@@ -262,7 +308,7 @@ def add_reviewed(params: Params, review_file: str | Path) -> AddResult:
     except BaseException:
         _restore(lists, before, written)
         raise
-    dvc_file = dvc_add(root) if lines else None
+    dvc_file = dvc_add(root) if lines or relabels else None
     log.info(
         "Added %d reviewed images to %s (%d already there, %d unlabelled, %d repeated rows)",
         len(lines),
@@ -279,4 +325,5 @@ def add_reviewed(params: Params, review_file: str | Path) -> AddResult:
         len(rows) - len(lines),
         report.check_pass,
         str(dvc_file) if dvc_file else None,
+        tuple(relabels),
     )

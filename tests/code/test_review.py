@@ -69,6 +69,34 @@ def test_add_reviewed_adds_new_images_and_counts_what_it_skips(run_cli: Run, dat
     assert json.loads(Path("output/check_dataset_result.json").read_text())["check_pass"]
 
 
+def test_a_reviewed_image_already_in_the_dataset_under_another_label_is_relabelled(
+    run_cli: Run, dataset: Path, tmp_path: Path
+) -> None:
+    """Its list line changes (no copy is added), the result says what changed, and the dataset is checked."""
+    queue = _review(tmp_path / "review", [("n1.jpg", "metal")])
+    (tmp_path / "review/images/known.jpg").write_bytes((dataset / "images/glass/glass_0.jpg").read_bytes())
+    with queue.open("a") as f:
+        f.write("images/known.jpg,glass,0.5,paper\n")  # glass_0 is listed as glass: a person says paper
+    where = next(
+        f"{name}:{n}"
+        for name in ("train.txt", "val.txt")
+        for n, line in enumerate((dataset / name).read_text().splitlines(), start=1)
+        if line.startswith("images/glass/glass_0.jpg ")
+    )
+    files_before = sorted(p.name for p in dataset.rglob("*.jpg"))
+    code, out, err = run_cli("dataset", "add-reviewed", str(queue), "-o", f"dataset.dir={dataset}", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["added"] == 1 and result["already_in_dataset"] == 1
+    assert result["relabelled"] == [
+        {"where": where, "path": "images/glass/glass_0.jpg", "old": "glass", "new": "paper"}
+    ]
+    name, n = where.split(":")
+    assert (dataset / name).read_text().splitlines()[int(n) - 1] == f"images/glass/glass_0.jpg {CLASSES.index('paper')}"
+    assert len(sorted(p.name for p in dataset.rglob("*.jpg"))) == len(files_before) + 1  # only n1's copy
+    assert json.loads(Path("output/check_dataset_result.json").read_text())["check_pass"]
+
+
 def test_a_seeded_share_of_reviewed_images_goes_to_production(run_cli: Run, dataset: Path, tmp_path: Path) -> None:
     """review.holdout of the new images go to production.txt (never trained on), the same ones for the same seed;
     check-dataset checks them like val: a production image that is also a train image fails, naming its line."""
