@@ -69,7 +69,9 @@ def label_issues(probabilities: np.ndarray, labels: np.ndarray) -> list[LabelIss
     """cleanlab's label issues (confident learning), least self-confident first."""
     from cleanlab.filter import find_label_issues
 
-    ranked = find_label_issues(labels, probabilities, return_indices_ranked_by="self_confidence")
+    # n_jobs=1: cleanlab's default forks a worker per core, and a fork of a process that runs threads (a Prefect
+    # flow, torch) can deadlock in the child; one process is fast enough for these counts.
+    ranked = find_label_issues(labels, probabilities, return_indices_ranked_by="self_confidence", n_jobs=1)
     return [
         LabelIssue(
             rank,
