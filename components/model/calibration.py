@@ -222,6 +222,13 @@ def calibrate(
     )
 
 
+def recorded_thresholds(record: dict[str, Any], labels: list[str]) -> list[float]:
+    """A model's unsure thresholds in label order, from its export_result.json; empty for a version exported
+    before calibration (every answer is accepted)."""
+    found = record.get("reject", {}).get("thresholds", {})
+    return [float(found[label]) for label in labels] if found else []
+
+
 def recorded_calibration(
     evaluate_output: str | Path, weight_digest: str, target_precision: float, fit: bool
 ) -> Calibration | None:

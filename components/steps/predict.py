@@ -136,6 +136,7 @@ def _load(item: Any) -> tuple[str, Any]:
 class _LocalModel:
     def __init__(self, model_dir: Path, device: str) -> None:
         from components.integrations.mlflow_registry import EXTRA, REQUIRED, artifact_files
+        from components.model.calibration import recorded_thresholds
         from components.model.onnx_session import onnx_session
 
         # An export folder holds the files side by side; a registry download keeps all but the model in extra_files/.
@@ -147,8 +148,7 @@ class _LocalModel:
         self.labels = files[LABELS_FILE].read_text(encoding="utf-8").splitlines()
         exported = json.loads(files[RESULT_FILE].read_text())
         self.data_config = exported["data_config"]
-        thresholds = exported.get("reject", {}).get("thresholds", {})  # none before calibration: all accepted
-        self.thresholds = [float(thresholds[label]) for label in self.labels] if thresholds else []
+        self.thresholds = recorded_thresholds(exported, self.labels)
 
     def classify(self, pixels: np.ndarray, topk: int) -> list[tuple[list[int], list[float], list[str]]]:
         probabilities = self.session.run([OUTPUT_NAME], {INPUT_NAME: pixels})[0]

@@ -187,7 +187,7 @@ def _model_info(
     resize = data_config.resize_size
     # What a client needs to prepare pixels as the model expects (mean and std are inside the graph).
     lineage.update(image_size=str(size), resize_size=str(resize), interpolation=data_config.interpolation)
-    # A version registered before calibration has no thresholds: every answer is accepted.
-    thresholds = export.get("reject", {}).get("thresholds", {})
-    per_class = tuple(float(thresholds[label]) for label in labels) if thresholds else ()
-    return ModelInfo(name, version, size, resize, data_config.interpolation, labels, lineage, per_class)
+    from components.model.calibration import recorded_thresholds
+
+    thresholds = tuple(recorded_thresholds(export, labels))
+    return ModelInfo(name, version, size, resize, data_config.interpolation, labels, lineage, thresholds)

@@ -232,8 +232,9 @@ def _thresholds(exported: dict[str, Any], labels: list[str]) -> Any:
     """A version's unsure thresholds in label order (zeros, every answer accepted, before calibration)."""
     import numpy as np
 
-    found = exported.get("reject", {}).get("thresholds", {})
-    return np.array([float(found[label]) for label in labels]) if found else np.zeros(len(labels))
+    from components.model.calibration import recorded_thresholds
+
+    return np.array(recorded_thresholds(exported, labels) or [0.0] * len(labels))
 
 
 def production_verdict(params: Params, champion: Any, exported: dict[str, Any], costs: Any) -> ProductionVerdict | None:
