@@ -88,6 +88,8 @@ class ExportParams:
     tolerance: float = 1e-4
     rtol: float = 1e-3
     quantize: bool = False
+    embedding_dim: int = 128
+    novelty_neighbours: int = 5
 
 
 @dataclass
@@ -137,6 +139,7 @@ class MonitorParams:
     alpha: float = 0.01
     low_confidence: float = 0.5
     max_undecodable_share: float = 0.01
+    permutations: int = 5000
     output: str = "output/monitor"
 
 
@@ -145,6 +148,7 @@ class ReviewParams:
     size: int = 100
     output: str = "output/review"
     holdout: float = 0.3
+    heatmaps: bool = True
 
 
 @dataclass
@@ -340,6 +344,8 @@ RULES: dict[str, Rule] = {
     "evaluate.batch_size": _least(1),
     "evaluate.target_precision": Rule(lambda v: 0 < v <= 1, "in (0, 1]"),
     "export.parity_images": _least(1),
+    "export.embedding_dim": _least(2),
+    "export.novelty_neighbours": _least(1),
     "export.tolerance": _least(0),
     "export.rtol": _least(0),
     "register.queue_timeout": _least(0, "0 or more (seconds)"),
@@ -371,6 +377,7 @@ RULES: dict[str, Rule] = {
     "monitor.window_hours": Rule(lambda v: v > 0, "above 0"),
     "monitor.min_samples": _least(1),
     "monitor.alpha": _OPEN_UNIT,
+    "monitor.permutations": _least(99),
     "monitor.low_confidence": _OPEN_UNIT,
     "monitor.max_undecodable_share": _OPEN_UNIT,
     "review.size": _least(1),

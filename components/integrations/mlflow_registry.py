@@ -1,7 +1,8 @@
 """The MLflow model registry as sortflow uses it: the files of a version, its aliases, and its download.
 
 A registered version is MLflow's ONNX flavor with `extra_files`: labels.txt, export_result.json, the
-train.txt it was trained on and its reference profile (versions registered before these lack them).
+train.txt it was trained on, its reference profile, its embedder, embeddings and torch weights (versions
+registered before these lack them).
 """
 
 from __future__ import annotations
@@ -25,7 +26,15 @@ from urllib.parse import urlparse
 from components.core.config import MlflowParams, Params, redact_uri
 from components.core.errors import InputError, ServiceError
 from components.core.procs import gone
-from components.model.contract import LABELS_FILE, MODEL_FILE, PROFILE_FILE, RESULT_FILE
+from components.model.contract import (
+    EMBEDDER_FILE,
+    EMBEDDINGS_FILE,
+    LABELS_FILE,
+    MODEL_FILE,
+    PROFILE_FILE,
+    RESULT_FILE,
+    WEIGHTS_FILE,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +43,7 @@ EXTRA = "extra_files"  # where MLflow's save_model puts extra_files
 TRAIN_LIST = "train.txt"  # kept with each version, so a later gate knows which images it trained on
 REFERENCE_PROFILE = PROFILE_FILE  # what normal traffic looks like for the version (earlier versions lack it)
 REQUIRED = (MODEL_FILE, LABELS_FILE, RESULT_FILE)
+EXTRA_FILES = (LABELS_FILE, RESULT_FILE, TRAIN_LIST, REFERENCE_PROFILE, EMBEDDER_FILE, EMBEDDINGS_FILE, WEIGHTS_FILE)
 REGISTERING = "sortflow.registering"  # host:pid while `register` has not finished with the version
 HISTORY_TAG = "sortflow.champion."  # a registered-model tag per change of champion: key + time in ns
 
@@ -189,14 +199,8 @@ def rollback_target(history: list[ChampionChange]) -> int | None:
 
 
 def artifact_files(model_dir: Path) -> dict[str, Path]:
-    """model.onnx, labels.txt, export_result.json, train.txt and the reference profile of a downloaded version."""
-    return {
-        MODEL_FILE: model_dir / MODEL_FILE,
-        LABELS_FILE: model_dir / EXTRA / LABELS_FILE,
-        RESULT_FILE: model_dir / EXTRA / RESULT_FILE,
-        TRAIN_LIST: model_dir / EXTRA / TRAIN_LIST,
-        REFERENCE_PROFILE: model_dir / EXTRA / REFERENCE_PROFILE,
-    }
+    """model.onnx and the extra files (EXTRA_FILES) of a downloaded version; an older version lacks some."""
+    return {MODEL_FILE: model_dir / MODEL_FILE, **{name: model_dir / EXTRA / name for name in EXTRA_FILES}}
 
 
 def champion_version(mlflow_client: Any, name: str) -> Any | None:

@@ -8,6 +8,17 @@ from pathlib import Path
 
 from components.core.errors import InputError
 from components.core.fsutil import file_digest, staged_dir
+from components.model.contract import EMBEDDER_FILE, EMBEDDINGS_FILE, MODEL_FILE, PROFILE_FILE, WEIGHTS_FILE
+
+# Beside the ONNX file in a classifier's version folder, where the registry version has them: the reference
+# profile (monitor), the embedder and the embeddings (what <model>_bytes runs for the capture and novelty),
+# and the torch weights (the review sheet's heatmaps). Triton loads only model.onnx.
+BESIDE_MODEL = (PROFILE_FILE, EMBEDDER_FILE, EMBEDDINGS_FILE, WEIGHTS_FILE)
+
+
+def version_files(files: dict[str, Path]) -> dict[str, Path]:
+    """What goes into a classifier's version folder, out of a registry version's files (`artifact_files`)."""
+    return {MODEL_FILE: files[MODEL_FILE], **{name: files[name] for name in BESIDE_MODEL if files[name].is_file()}}
 
 
 def same_files(folder: Path, files: dict[str, Path]) -> bool:

@@ -15,6 +15,11 @@ INT8_FILE = "model.int8.onnx"
 LABELS_FILE = "labels.txt"
 RESULT_FILE = "export_result.json"
 PROFILE_FILE = "reference_profile.json"  # what normal traffic looks like for this model (profiles.py)
+# The same model with a second output, `embedding`: what <model>_bytes runs to capture what the model sees.
+EMBEDDER_FILE = "embedder.onnx"
+EMBEDDING_NAME = "embedding"
+EMBEDDINGS_FILE = "embeddings.npz"  # train and val embeddings: the novelty score's neighbours, the drift reference
+WEIGHTS_FILE = "model.pt"  # the torch weights, for the heatmaps of the review sheet
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,12 @@ center-cropped as in evaluation (so any client can feed decoded pixels); normali
 mean and std happens inside the graph. The output is `probabilities`, float32 [batch, num_classes]: the
 softmax of the logits divided by the temperature that evaluate fitted, so every confidence served is the
 calibrated one (the predicted class is the same at any temperature).
+
+The embedder is the same model with a second output, `embedding`, float32 [batch, dim]: the pooled
+penultimate features (the input of the classifier layer), normalized to unit length, multiplied by a fixed
+random Gaussian matrix (seeded, so every export of a model gets the same one) and normalized again. The
+random projection keeps distances between images close to those between their full features (Johnson and
+Lindenstrauss) in a fraction of the space, which is what the capture stores per request.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import torch
 from torch import nn
 
 from components.model.checkpoints import model_from_checkpoint
-from components.model.contract import INPUT_NAME, OUTPUT_NAME
+from components.model.contract import EMBEDDING_NAME, INPUT_NAME, OUTPUT_NAME
 
 OPSET = 17
 
@@ -42,17 +48,42 @@ class Deployable(nn.Module):
         return (self.logits(image) * self.inverse_temperature).softmax(dim=1)
 
 
+PROJECTION_SEED = 0
+
+
+class Embedder(nn.Module):
+    """The deployable model with a second output: its pooled features, randomly projected to `dim` numbers."""
+
+    def __init__(self, deployable: Deployable, dim: int) -> None:
+        super().__init__()
+        self.deployable = deployable
+        model = deployable.model  # timm: the pre-logits width is head_hidden_size where a head adds layers
+        features = getattr(model, "head_hidden_size", None) or model.num_features
+        generator = torch.Generator().manual_seed(PROJECTION_SEED)
+        projection = torch.randn(features, dim, generator=generator) / dim**0.5
+        self.register_buffer("projection", projection if dim < features else torch.eye(features))
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        d = self.deployable
+        features = d.model.forward_features(image * d.scale + d.shift)
+        # The classifier's own head for the probabilities, so they are exactly the classifier model's.
+        probabilities = (d.model.forward_head(features) * d.inverse_temperature).softmax(dim=1)
+        pooled = nn.functional.normalize(d.model.forward_head(features, pre_logits=True).flatten(1), dim=1)
+        return probabilities, nn.functional.normalize(pooled @ self.projection, dim=1)
+
+
 def deployable_from_checkpoint(ckpt: dict[str, Any], temperature: float = 1.0) -> Deployable:
     """A checkpoint's model with its own mean and std inside and the given temperature, in eval mode."""
     cfg = ckpt["data_config"]
     return Deployable(model_from_checkpoint(ckpt), tuple(cfg["mean"]), tuple(cfg["std"]), temperature).eval()
 
 
-def export_onnx(model: Deployable, size: int, path: Path) -> None:
+def export_onnx(model: Deployable | Embedder, size: int, path: Path) -> None:
     """Write `model` as ONNX (opset 17, dynamic batch axis) and check the file with onnx's checker."""
     import onnx
 
     example = torch.rand(2, 3, size, size) * 255
+    outputs = [OUTPUT_NAME, EMBEDDING_NAME] if isinstance(model, Embedder) else [OUTPUT_NAME]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript-based exporter announces its deprecation
         torch.onnx.export(
@@ -60,8 +91,8 @@ def export_onnx(model: Deployable, size: int, path: Path) -> None:
             (example,),
             str(path),
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            output_names=outputs,
+            dynamic_axes={name: {0: "batch"} for name in [INPUT_NAME, *outputs]},
             opset_version=OPSET,
             dynamo=False,
         )

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from components.core.errors import InputError
-from components.model.contract import INPUT_NAME, OUTPUT_NAME
+from components.model.contract import EMBEDDING_NAME, INPUT_NAME, OUTPUT_NAME
 
 
 def onnx_session(path: Path, device: str = "cpu") -> Any:
@@ -50,10 +50,20 @@ def onnx_probabilities(session: Any, images: np.ndarray, batch: int = 32) -> np.
     )
 
 
+def onnx_embeddings(session: Any, images: np.ndarray, batch: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """An embedder's probabilities and embeddings for `images` (raw 0-255 pixels), `batch` images at a time."""
+    runs = [
+        session.run([OUTPUT_NAME, EMBEDDING_NAME], {INPUT_NAME: images[i : i + batch]})
+        for i in range(0, len(images), batch)
+    ]
+    return np.concatenate([r[0] for r in runs]), np.concatenate([r[1] for r in runs])
+
+
 def raw_images(
-    dataset_dir: Path, split: str, data_config: dict[str, Any], limit: int | None = None
+    dataset_dir: Path, split: str, data_config: dict[str, Any], limit: int | None = None, start: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Images of a split as the exported model takes them (resized, cropped, 0-255 float), and labels."""
+    """Images of a split as the exported model takes them (resized, cropped, 0-255 float), and labels: the
+    `limit` images from line `start` on (all by default)."""
     import torch
 
     from components.data.images import load_rgb
@@ -61,7 +71,7 @@ def raw_images(
 
     cfg = DataConfig(**data_config)
     tf = transform(cfg, training=False, normalize=False)
-    samples = read_split(dataset_dir, split)[:limit]
+    samples = read_split(dataset_dir, split)[start : None if limit is None else start + limit]
     images = [tf(torch.from_numpy(np.array(load_rgb(s.path))).permute(2, 0, 1)).numpy() for s in samples]
     if not images:
         raise InputError(f"{dataset_dir}/{split}.txt: no images to check the exported model on")

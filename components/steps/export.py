@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from components.core.config import Params
+from components.core.config import ExportParams, Params
 from components.core.errors import InputError
 from components.core.fsutil import atomic_write_json, file_digest, staged_dir
 from components.core.locks import locked
@@ -22,8 +22,10 @@ from components.core.results import StepResult
 from components.data.loader import read_split
 from components.data.partition import prepared_dataset
 from components.model.calibration import Calibration, calibrate, recorded_calibration
-from components.model.checkpoints import load_checkpoint, weights_path
+from components.model.checkpoints import CHECKPOINT_KEYS, load_checkpoint, weights_path
 from components.model.contract import (
+    EMBEDDER_FILE,
+    EMBEDDINGS_FILE,
     INPUT_NAME,
     INT8_FILE,
     LABELS_FILE,
@@ -31,11 +33,13 @@ from components.model.contract import (
     OUTPUT_NAME,
     PROFILE_FILE,
     RESULT_FILE,
+    WEIGHTS_FILE,
 )
-from components.model.deployable import OPSET, Deployable, deployable_from_checkpoint, export_onnx
+from components.model.deployable import OPSET, Deployable, Embedder, deployable_from_checkpoint, export_onnx
 from components.model.metrics import accuracy_at_k
-from components.model.onnx_session import onnx_probabilities, onnx_session, raw_images
+from components.model.onnx_session import onnx_embeddings, onnx_probabilities, onnx_session, raw_images
 from components.traffic.profiles import reference_profile
+from components.triton_models import novelty
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +140,54 @@ def _calibration(
     return calibrate(logits, labels, ckpt["label_names"], e.target_precision, fit=e.calibrate)
 
 
+TRAIN_CHUNK = 256  # train images decoded at once for their embeddings
+
+
+def _train_embeddings(session: Any, root: Path, data_config: dict[str, Any]) -> np.ndarray:
+    """The embeddings of every train image, decoded a chunk at a time (a large train set never sits in memory)."""
+    from rich.progress import track
+
+    count = len(read_split(root, "train"))
+    chunks = range(0, count, TRAIN_CHUNK)
+    found = [
+        onnx_embeddings(session, raw_images(root, "train", data_config, TRAIN_CHUNK, start)[0])[1]
+        for start in track(chunks, description="train embeddings", transient=True, disable=len(chunks) < 4)
+    ]
+    return np.concatenate(found)
+
+
+def _embeddings(
+    stage: Path,
+    model: Deployable,
+    ckpt: dict[str, Any],
+    root: Path,
+    val: tuple[np.ndarray, np.ndarray],
+    e: ExportParams,
+) -> dict[str, Any]:
+    """Write the embedder (checked against the classifier) and the embeddings file; what the reference profile
+    records of them: the file, the dimension, k and the 99th percentile of the val images' novelty."""
+    images, probabilities = val
+    export_onnx(Embedder(model, e.embedding_dim).eval(), int(ckpt["data_config"]["image_size"]), stage / EMBEDDER_FILE)
+    session = onnx_session(stage / EMBEDDER_FILE)
+    served, embedded = onnx_embeddings(session, images)
+    if (
+        not np.allclose(served, probabilities, atol=e.tolerance, rtol=e.rtol)
+        or (served.argmax(1) != probabilities.argmax(1)).any()
+    ):
+        raise InputError(f"{EMBEDDER_FILE} disagrees with {MODEL_FILE} on the val images; nothing was written")
+    train = _train_embeddings(session, root, ckpt["data_config"])
+    scores = novelty.novelty(embedded, train, e.novelty_neighbours)
+    arrays = {novelty.TRAIN: train.astype(np.float16), novelty.VAL: embedded.astype(np.float16)}
+    np.savez(stage / EMBEDDINGS_FILE, **arrays, val_novelty=scores, neighbours=e.novelty_neighbours)
+    p99 = float(np.quantile(scores, 0.99))
+    return {"file": EMBEDDINGS_FILE, "dim": embedded.shape[1], "neighbours": e.novelty_neighbours, "novelty_p99": p99}
+
+
+def _weights(ckpt: dict[str, Any], path: Path) -> None:
+    """The model's weights and what rebuilds it (no optimizer state): the review sheet draws heatmaps with it."""
+    torch.save({k: ckpt[k] for k in CHECKPOINT_KEYS}, path)
+
+
 @dataclass(frozen=True)
 class Int8Result:
     file: str
@@ -176,8 +228,9 @@ def export(params: Params) -> ExportResult:
     Writes `export.output` whole or not at all: model.onnx, labels.txt, export_result.json (contract,
     parity with torch, val top-1/top-5, the temperature folded into the model and the unsure route's
     thresholds, from evaluate's record of this checkpoint), reference_profile.json (what normal traffic looks
-    like: the val set's predicted classes, confidences and image statistics) and, with `export.quantize`,
-    model.int8.onnx. Raises
+    like: the val set's predicted classes, confidences and image statistics), embedder.onnx (the model with
+    its embedding as a second output), embeddings.npz (train and val embeddings), model.pt (the weights, for
+    heatmaps) and, with `export.quantize`, model.int8.onnx. Raises
     SortflowError when the ONNX model disagrees with torch beyond `export.tolerance`.
     """
     weights = weights_path(params.export.weight_path, params.train.output)
@@ -203,7 +256,9 @@ def export(params: Params) -> ExportResult:
         (stage / LABELS_FILE).write_text("".join(f"{name}\n" for name in ckpt["label_names"]), encoding="utf-8")
         paths = [s.path for s in read_split(root, "val")]
         thresholds = calibration.threshold_array(ckpt["label_names"]).tolist()
-        profile = reference_profile(paths, probabilities, ckpt["label_names"], thresholds)
+        embedding = _embeddings(stage, model, ckpt, root, (images, probabilities), params.export)
+        _weights(ckpt, stage / WEIGHTS_FILE)
+        profile = reference_profile(paths, probabilities, ckpt["label_names"], thresholds, embedding)
         atomic_write_json(stage / PROFILE_FILE, profile)
         result["reference_profile"] = PROFILE_FILE
         atomic_write_json(stage / RESULT_FILE, result)

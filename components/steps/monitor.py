@@ -71,25 +71,29 @@ def triton_metrics(port: int) -> dict[str, Any]:
     return metrics
 
 
-def _plot(live: pd.DataFrame, profile: dict[str, Any], path: Path) -> None:
-    """Reference against live: class mix, top-1 confidence and brightness."""
+def _plot(live: pd.DataFrame, profile: dict[str, Any], findings: list[drift.Finding], path: Path) -> None:
+    """Reference against live: class mix, top-1 confidence, brightness and, where the version has an embedder,
+    the novelty scores (with the embedding drift test's verdict)."""
     labels = profile["labels"]
     decoded = live[live["decoded"]]
-    fig = figure(14, 4)
-    ax = fig.add_subplot(1, 3, 1)
+    panels = [
+        (decoded["confidence"], profile["confidence"], "top-1 confidence"),
+        (live["brightness"].dropna(), profile["stats"]["brightness"], "brightness"),
+    ]
+    if "embedding" in profile:
+        test = next(f for f in findings if f.check == "embedding drift")
+        verdict = f"embedding drift p={test.p_value:.2g}: {'DRIFT' if test.drift else 'ok'}"
+        panels.append((decoded["novelty"].dropna(), profile["embedding"]["val_novelty"], f"novelty ({verdict})"))
+    fig = figure(4.7 * (len(panels) + 1), 4)
+    ax = fig.add_subplot(1, len(panels) + 1, 1)
     x = np.arange(len(labels))
     ax.bar(x - 0.2, drift.class_shares(profile["predicted"], len(labels)), 0.4, label="reference")
     ax.bar(x + 0.2, drift.class_shares(decoded["class_id"], len(labels)), 0.4, label="live")
     ax.set_xticks(x, labels, rotation=90)
     ax.set_title("predicted class mix")
     ax.legend()
-    for i, (values, reference, title) in enumerate(
-        [
-            (decoded["confidence"], profile["confidence"], "top-1 confidence"),
-            (live["brightness"].dropna(), profile["stats"]["brightness"], "brightness"),
-        ]
-    ):
-        ax = fig.add_subplot(1, 3, i + 2)
+    for i, (values, reference, title) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels) + 1, i + 2)
         ax.hist(reference, bins=20, alpha=0.6, density=True, label="reference")
         ax.hist(values, bins=20, alpha=0.6, density=True, label="live")
         ax.set_title(title)
@@ -215,8 +219,8 @@ def monitor(params: Params) -> MonitorResult:
         result["mlflow_run_id"] = run.run_id
         with staged_dir(out, replace=True) as stage:
             result["expectations"] = _gx_suite(live, findings, params, stage)
-            live.to_csv(stage / "window.csv", index=False)
-            _plot(live, profile, stage / PLOT_FILE)
+            live.drop(columns="embedding").to_csv(stage / "window.csv", index=False)
+            _plot(live, profile, findings, stage / PLOT_FILE)
             atomic_write_json(stage / RESULT_FILE, result)
         p_values = {f"p_{f.check.replace(' ', '_').replace('-', '_')}": f.p_value for f in findings}
         run.log_metrics({**p_values, "samples": len(served)}, step=0)

@@ -19,7 +19,7 @@ from components.core.errors import InputError
 from components.core.fsutil import atomic_write_text
 from components.core.locks import locked
 from components.core.results import StepResult
-from components.integrations.mlflow_registry import REFERENCE_PROFILE, champion_version, downloaded
+from components.integrations.mlflow_registry import champion_version, downloaded
 from components.integrations.triton_config import (
     BYTES,
     RETIRED,
@@ -33,8 +33,8 @@ from components.integrations.triton_config import (
     model_source,
     parse_config,
 )
-from components.integrations.triton_repo import place_version, published, same_files
-from components.model.contract import LABELS_FILE, MODEL_FILE, PROFILE_FILE, RESULT_FILE
+from components.integrations.triton_repo import place_version, published, same_files, version_files
+from components.model.contract import LABELS_FILE, MODEL_FILE, RESULT_FILE
 from components.serving.control import reload_if_running
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ BYTES_MODEL_FILES = {
     "model.py": "classify_bytes.py",
     "preprocess.py": "preprocess.py",
     "capture.py": "capture.py",
+    "novelty.py": "novelty.py",  # embeddings in the capture records, novelty scores
     "onnx_runner.py": "onnx_runner.py",  # its session for publish.bytes_inference=local
 }
 
@@ -69,14 +70,14 @@ def _code_version(model_dir: Path, files: dict[str, Path]) -> int:
 
 
 def write_repository(
-    repo: Path, info: ModelInfo, onnx_file: Path, params: Params, profile: Path | None = None
+    repo: Path, info: ModelInfo, onnx_file: Path, params: Params, beside: dict[str, Path] | None = None
 ) -> list[str]:
-    """The models of one classifier (and its reference profile beside the ONNX file); returns their names."""
+    """The models of one classifier (with the files `beside` its ONNX file: `version_files`); their names."""
     publish = params.publish
     kind = "KIND_GPU" if publish.instance_kind == "gpu" else "KIND_CPU"
     model_dir = repo / info.name
-    version_files = {MODEL_FILE: onnx_file, **({PROFILE_FILE: profile} if profile else {})}
-    in_place = published(model_dir / str(info.version), version_files)  # refused before anything is written
+    files = {**(beside or {}), MODEL_FILE: onnx_file}
+    in_place = published(model_dir / str(info.version), files)  # refused before anything is written
     _write_config(
         model_dir / "config.pbtxt",
         classifier_config(
@@ -87,7 +88,7 @@ def write_repository(
     if in_place:
         log.info("%s version %d is already published with the same files", info.name, info.version)
     else:
-        place_version(model_dir, info.version, version_files)
+        place_version(model_dir, info.version, files)
     _prune(model_dir, info.version)
 
     bytes_dir = repo / f"{info.name}{BYTES}"
@@ -153,8 +154,7 @@ def publish(params: Params) -> PublishResult:
         check_labels(labels)
         export = json.loads(files[RESULT_FILE].read_text())
         info = _model_info(name, int(champion.version), files[MODEL_FILE], labels, champion.tags, export)
-        profile = files[REFERENCE_PROFILE] if files[REFERENCE_PROFILE].is_file() else None
-        models = write_repository(repo, info, files[MODEL_FILE], params, profile)
+        models = write_repository(repo, info, files[MODEL_FILE], params, version_files(files))
     log.info("Published %s version %s into %s", name, champion.version, repo)
     reloaded = reload_if_running(params, models)
     return PublishResult(

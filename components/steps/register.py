@@ -26,6 +26,7 @@ from components.core.results import StepResult, plain
 from components.data.digests import val_set_digest
 from components.integrations.mlflow_registry import (
     CHALLENGER,
+    EXTRA_FILES,
     REGISTERING,
     TRAIN_LIST,
     champion_version,
@@ -38,7 +39,7 @@ from components.integrations.mlflow_registry import (
     wait_for_earlier,
     who,
 )
-from components.model.contract import INPUT_NAME, LABELS_FILE, MODEL_FILE, PROFILE_FILE, RESULT_FILE
+from components.model.contract import INPUT_NAME, LABELS_FILE, MODEL_FILE, RESULT_FILE
 from components.model.production import ProductionVerdict
 
 log = logging.getLogger(__name__)
@@ -109,8 +110,8 @@ def decide_promotion(
 
 
 def _save_mlflow_model(export_dir: Path, result: dict[str, Any], dst: Path, train_list: Path) -> None:
-    """The ONNX flavor with a signature, an input example, the labels, the export report, the train list and the
-    reference profile."""
+    """The ONNX flavor with a signature, an input example and the extra files: the labels, the export report, the
+    train list, the reference profile, the embedder, the embeddings and the weights."""
     from importlib.metadata import version
 
     import mlflow.onnx
@@ -129,7 +130,7 @@ def _save_mlflow_model(export_dir: Path, result: dict[str, Any], dst: Path, trai
         onnx_execution_providers=["CPUExecutionProvider"],
         extra_files=[
             str(p)
-            for p in (export_dir / LABELS_FILE, export_dir / RESULT_FILE, train_list, export_dir / PROFILE_FILE)
+            for p in (export_dir / name if name != TRAIN_LIST else train_list for name in EXTRA_FILES)
             if p.is_file()
         ],
         save_as_external_data=False,

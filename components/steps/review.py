@@ -1,9 +1,11 @@
 """review: a labelling queue from captured traffic, for a person to fill in.
 
 The least confident requests come first, then those that contribute most to a drift, each image once.
-Writes `review.output`: review.csv (file, predicted, confidence and an empty `label` column), index.html
-(a contact sheet to open in a browser), label_studio_tasks.json with the predictions as pre-annotations
-and label_studio_config.xml; the images themselves are copied under images/ and thumbnails under thumbs/.
+Writes `review.output`: review.csv (file, predicted, confidence, novelty, why it is queued and an empty
+`label` column), index.html (a contact sheet to open in a browser), label_studio_tasks.json with the
+predictions as pre-annotations and label_studio_config.xml; the images themselves are copied under images/,
+thumbnails under thumbs/ and, with `review.heatmaps`, each image's class-activation overlay under heatmaps/
+(shown in the sheet and in Label Studio beside the image).
 """
 
 from __future__ import annotations
@@ -25,14 +27,15 @@ from components.core.fsutil import atomic_write_json, atomic_write_text, staged_
 from components.core.locks import locked
 from components.core.results import StepResult
 from components.data.images import STATS
+from components.model.contract import WEIGHTS_FILE
 from components.traffic.drift import class_shares
-from components.traffic.windows import drift_tests, live_table, load_profile, served_window
+from components.traffic.windows import drift_tests, live_table, load_profile, served_window, version_files
 
 log = logging.getLogger(__name__)
 
 QUEUE_FILE, SHEET_FILE = "review.csv", "index.html"
 TASKS_FILE, LABEL_CONFIG_FILE = "label_studio_tasks.json", "label_studio_config.xml"
-COLUMNS = ["file", "predicted", "confidence", "label"]
+COLUMNS = ["file", "predicted", "confidence", "novelty", "why", "label"]
 THUMB = 160
 
 
@@ -58,17 +61,30 @@ def review_queue(
     live: pd.DataFrame, profile: dict[str, Any], drifted: list[str], size: int, low: float
 ) -> pd.DataFrame:
     """The queue: requests where a shadow run's version disagreed with the served one (the images most worth
-    labelling), least confident first; then requests below confidence `low`, least confident first; then the
-    largest drift contributors; each image (sha) once, only images still on disk, at most `size` rows."""
+    labelling), least confident first; then requests below confidence `low`, least confident first; then novel
+    images (a novelty score above the val images' 99th percentile), most novel first; then the largest drift
+    contributors; each image (sha) once, only images still on disk, at most `size` rows. Column `why` says
+    which of these put each image in the queue."""
     candidates = live[live["decoded"] & live["image_present"]].drop_duplicates("sha").copy()
     candidates["contribution"] = _drift_contribution(candidates, profile, drifted)
+    candidates["novelty"] = candidates.get("novelty", pd.Series(np.nan, index=candidates.index)).astype(float)
     shadow = candidates.get("shadow_class_id", pd.Series(None, index=candidates.index, dtype=object))
     disagree = candidates[shadow.notna() & (shadow != candidates["class_id"])].sort_values("confidence", kind="stable")
     left = candidates.drop(disagree.index)
     unsure = left[left["confidence"] < low].sort_values("confidence", kind="stable")
+    left = left.drop(unsure.index)
+    p99 = profile.get("embedding", {}).get("novelty_p99", np.inf)  # no novelty scores: nothing is novel
+    novel = left[left["novelty"] > p99].sort_values("novelty", ascending=False, kind="stable")
     # Without a drift every contribution is 0, and the order is by confidence alone.
-    rest = left.drop(unsure.index).sort_values(["contribution", "confidence"], ascending=[False, True], kind="stable")
-    return pd.concat([disagree, unsure, rest]).head(size)
+    rest = left.drop(novel.index).sort_values(["contribution", "confidence"], ascending=[False, True], kind="stable")
+    reasons = ["shadow disagrees", f"confidence below {low:g}", "novel", "drift" if drifted else "confidence"]
+    groups = [g.assign(why=why) for g, why in zip([disagree, unsure, novel, rest], reasons, strict=True)]
+    return pd.concat(groups).head(size)
+
+
+def _number(value: float | None) -> str:
+    """A score for the queue file: four decimals, or empty where there is none."""
+    return "" if value is None or pd.isna(value) else f"{value:.4f}"
 
 
 def _thumbnail(src: Path, dst: Path) -> None:
@@ -86,8 +102,13 @@ def _sheet(rows: list[dict[str, Any]], title: str) -> str:
     """A static contact sheet: each image's thumbnail, its predicted class and confidence, and its file."""
     cards = "\n".join(
         f'<figure><img src="{html.escape(r["thumb"])}" alt="{html.escape(r["file"])}" width="{THUMB}">'
-        f"<figcaption><b>{html.escape(str(r['predicted']))}</b> {r['confidence']:.3f}<br>"
-        f"<code>{html.escape(r['file'])}</code></figcaption></figure>"
+        + (
+            f'<img class="heatmap" src="{html.escape(r["heatmap"])}" alt="where the model looked" width="{THUMB}">'
+            if "heatmap" in r
+            else ""
+        )
+        + f"<figcaption><b>{html.escape(str(r['predicted']))}</b> {r['confidence']:.3f} ({html.escape(r['why'])})"
+        f"<br><code>{html.escape(r['file'])}</code></figcaption></figure>"
         for r in rows
     )
     return f"""<!doctype html>
@@ -95,7 +116,8 @@ def _sheet(rows: list[dict[str, Any]], title: str) -> str:
 <style>body{{font-family:sans-serif;margin:1em}} figure{{display:inline-block;margin:.4em;width:{THUMB}px;
 vertical-align:top;font-size:12px}} img{{background:#eee}} code{{word-break:break-all}}</style></head>
 <body><h1>{html.escape(title)}</h1>
-<p>Fill in the <code>label</code> column of {QUEUE_FILE}, then run
+<p>Each image, and where shown beside it, where the model looked for the class it predicted (Grad-CAM: red
+raised the class's score). Fill in the <code>label</code> column of {QUEUE_FILE}, then run
 <code>sortflow dataset add-reviewed {QUEUE_FILE}</code>.</p>
 {cards}
 <script>window.addEventListener("load", () => {{
@@ -109,7 +131,11 @@ def _label_studio(rows: list[dict[str, Any]], labels: list[str], model: str) -> 
     """Label Studio tasks with the predictions as pre-annotations, and the labelling config they go with."""
     tasks = [
         {
-            "data": {"image": f"/data/local-files/?d={r['abs_file'].lstrip('/')}", "sortflow_file": r["file"]},
+            "data": {
+                "image": f"/data/local-files/?d={r['abs_file'].lstrip('/')}",
+                "sortflow_file": r["file"],
+                **({"heatmap": f"/data/local-files/?d={r['abs_heatmap'].lstrip('/')}"} if "heatmap" in r else {}),
+            },
             "predictions": [
                 {
                     "model_version": model,
@@ -128,8 +154,9 @@ def _label_studio(rows: list[dict[str, Any]], labels: list[str], model: str) -> 
         for r in rows
     ]
     choices = "\n".join(f'    <Choice value="{html.escape(label, quote=True)}"/>' for label in labels)
+    heatmap = '  <Image name="heatmap" value="$heatmap"/>\n' if rows and "heatmap" in rows[0] else ""
     config = (
-        '<View>\n  <Image name="image" value="$image"/>\n'
+        f'<View>\n  <Image name="image" value="$image"/>\n{heatmap}'
         f'  <Choices name="label" toName="image" choice="single">\n{choices}\n  </Choices>\n</View>\n'
     )
     return tasks, config
@@ -153,12 +180,67 @@ class ReviewResult(StepResult):
         )
 
 
+def _copy_images(queue: pd.DataFrame, stage: Path, out: Path) -> list[dict[str, Any]]:
+    """Each queued image copied under images/ with a thumbnail under thumbs/; a row per image for the files."""
+    (stage / "images").mkdir()
+    (stage / "thumbs").mkdir()
+    rows = []
+    for r in queue.to_dict("records"):
+        src = Path(r["file"])
+        shutil.copyfile(src, stage / "images" / src.name)
+        _thumbnail(src, stage / "thumbs" / f"{r['sha']}.png")
+        rows.append(
+            {
+                "file": f"images/{src.name}",
+                "abs_file": str((out / "images" / src.name).resolve()),
+                "thumb": f"thumbs/{r['sha']}.png",
+                "sha": r["sha"],
+                "class_id": int(r["class_id"]),
+                "predicted": r["label"],
+                "confidence": float(r["confidence"]),
+                "novelty": r.get("novelty"),
+                "why": r["why"],
+            }
+        )
+    return rows
+
+
+def _heatmaps(params: Params, version: str, rows: list[dict[str, Any]], stage: Path, out: Path) -> None:
+    """Each row's Grad-CAM overlay for its predicted class under heatmaps/ (row key `heatmap`), drawn with the
+    served version's weights; none, with a warning, for a version registered without them."""
+    from components.model.checkpoints import load_checkpoint
+    from components.model.heatmaps import Heatmaps, overlay
+
+    with version_files(params, version) as files:
+        if not files[WEIGHTS_FILE].is_file():
+            log.warning("Version %s has no %s (exported before heatmaps): the sheet shows none", version, WEIGHTS_FILE)
+            return
+        heatmaps = Heatmaps(load_checkpoint(files[WEIGHTS_FILE], "the served version's weights"))
+    (stage / "heatmaps").mkdir()
+    pixels = np.stack([heatmaps.pixels(stage / r["file"]) for r in rows]) if rows else np.empty((0, 3, 1, 1))
+    for r, image, found in zip(rows, pixels, heatmaps.maps(pixels, [r["class_id"] for r in rows]), strict=True):
+        overlay(image, found, stage / "heatmaps" / f"{r['sha']}.png")
+        r["heatmap"] = f"heatmaps/{r['sha']}.png"
+        r["abs_heatmap"] = str((out / r["heatmap"]).resolve())
+
+
+def _queue_file(rows: list[dict[str, Any]]) -> str:
+    """review.csv: the queued images with an empty `label` column to fill in."""
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({**r, "confidence": f"{r['confidence']:.4f}", "novelty": _number(r["novelty"]), "label": ""})
+    return table.getvalue()
+
+
 @locked("review.output")
 def review(params: Params) -> ReviewResult:
     """Build the review queue of the captured window (the one `sortflow monitor` checks).
 
-    Reads publish.capture_dir and the reference profile of the served version. Writes `review.output` whole
-    (see the module docstring). Raises SortflowError when there is no capture folder or too few samples.
+    Reads publish.capture_dir and the reference profile (and weights, for the heatmaps) of the served version.
+    Writes `review.output` whole (see the module docstring). Raises SortflowError when there is no capture
+    folder or too few samples.
     """
     _, version, served = served_window(params)
     profile = load_profile(params, version)
@@ -166,28 +248,11 @@ def review(params: Params) -> ReviewResult:
     drifted = [f.check for f in drift_tests(live, profile, params) if f.drift]
     queue = review_queue(live, profile, drifted, params.review.size, params.monitor.low_confidence)
     out = Path(params.review.output)
-    rows = []
     with staged_dir(out, replace=True) as stage:
-        (stage / "images").mkdir()
-        (stage / "thumbs").mkdir()
-        for r in queue.to_dict("records"):
-            src = Path(r["file"])
-            shutil.copyfile(src, stage / "images" / src.name)
-            _thumbnail(src, stage / "thumbs" / f"{r['sha']}.png")
-            rows.append(
-                {
-                    "file": f"images/{src.name}",
-                    "abs_file": str((out / "images" / src.name).resolve()),
-                    "thumb": f"thumbs/{r['sha']}.png",
-                    "predicted": r["label"],
-                    "confidence": float(r["confidence"]),
-                }
-            )
-        table = io.StringIO()
-        writer = csv.DictWriter(table, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
-        writer.writerows({**r, "confidence": f"{r['confidence']:.4f}", "label": ""} for r in rows)
-        atomic_write_text(stage / QUEUE_FILE, table.getvalue())
+        rows = _copy_images(queue, stage, out)
+        if params.review.heatmaps:
+            _heatmaps(params, version, rows, stage, out)
+        atomic_write_text(stage / QUEUE_FILE, _queue_file(rows))
         title = f"Review queue: {params.register.model_name} version {version}, {len(rows)} images"
         atomic_write_text(stage / SHEET_FILE, _sheet(rows, title))
         tasks, config = _label_studio(rows, profile["labels"], f"{params.register.model_name}:{version}")

@@ -20,10 +20,10 @@ from components.core.errors import InputError
 from components.core.fsutil import atomic_write_text
 from components.core.locks import locked
 from components.core.results import StepResult
-from components.integrations.mlflow_registry import REFERENCE_PROFILE, downloaded
+from components.integrations.mlflow_registry import downloaded
 from components.integrations.triton_config import BYTES, parse_config
-from components.integrations.triton_repo import place_version, published
-from components.model.contract import LABELS_FILE, MODEL_FILE, PROFILE_FILE
+from components.integrations.triton_repo import place_version, published, version_files
+from components.model.contract import LABELS_FILE
 from components.serving.control import reload_if_running
 
 log = logging.getLogger(__name__)
@@ -82,11 +82,9 @@ def _start(params: Params, version: int, config: Any, champion: int) -> None:
         if files[LABELS_FILE].read_text(encoding="utf-8").splitlines() != served_labels:
             raise InputError(f"version {version} predicts other classes than champion version {champion}")
         # The folder that publish would write for this version, so a later promotion finds it in place.
-        version_files = {MODEL_FILE: files[MODEL_FILE]}
-        if files[REFERENCE_PROFILE].is_file():
-            version_files[PROFILE_FILE] = files[REFERENCE_PROFILE]
-        if not published(repo / name / str(version), version_files):
-            place_version(repo / name, version, version_files)
+        beside = version_files(files)
+        if not published(repo / name / str(version), beside):
+            place_version(repo / name, version, beside)
     config.parameters["shadow_version"].string_value = str(version)
     config.parameters["shadow_rate"].string_value = f"{params.serve.shadow_rate:g}"
 

@@ -35,6 +35,8 @@ class Sample:
     path: Path  # the image file (it may have been evicted since)
     shadow_version: str | None = None  # the version of a shadow run that also classified this request
     shadow_top: list[list[float]] = field(default_factory=list)  # its top classes, as `top`
+    embedding: str | None = None  # what the model saw, encoded (`novelty.decode`); None without an embedder
+    novelty: float | None = None  # its novelty score
 
     @property
     def label(self) -> int | None:
@@ -84,6 +86,8 @@ def _sample(root: Path, line: str) -> Sample:
         path,
         str(shadow["version"]) if shadow_top else None,
         shadow_top,
+        str(record["embedding"]) if "embedding" in record else None,
+        float(record["novelty"]) if "novelty" in record else None,
     )
 
 

@@ -65,6 +65,40 @@ def share_above(hits: int, n: int, reference_share: float) -> tuple[float, float
     return hits / n, float(binomtest(hits, n, expected, alternative="greater").pvalue)
 
 
+MMD_MAX_SAMPLES = 1000  # per side: a larger window is subsampled (seeded), which bounds the kernel matrix
+
+
+def mmd(live: np.ndarray, reference: np.ndarray, permutations: int, seed: int = 0) -> tuple[float, float]:
+    """Maximum mean discrepancy between two samples of embeddings [n, dim], and its permutation p-value.
+
+    A Gaussian kernel with the median heuristic (its width the median squared distance among the pooled
+    points); the statistic is the biased estimate of MMD squared, and the p-value the share of random
+    relabellings of the pooled points with a statistic at least as large ((count + 1) / (permutations + 1), so
+    it is never 0 and never below 1 / (permutations + 1)).
+    """
+    rng = np.random.default_rng(seed)
+    sides = [
+        x if len(x) <= MMD_MAX_SAMPLES else x[rng.choice(len(x), MMD_MAX_SAMPLES, replace=False)]
+        for x in (live, reference)
+    ]
+    if min(len(x) for x in sides) < 2:
+        return 0.0, 1.0
+    pooled = np.vstack(sides).astype(np.float64)
+    n, total = len(sides[0]), len(pooled)
+    norms = (pooled**2).sum(1)
+    squared = np.clip(norms[:, None] + norms[None, :] - 2 * pooled @ pooled.T, 0, None)
+    width = float(np.median(squared[np.triu_indices(total, 1)])) or 1.0
+    kernel = np.exp(-squared / width)
+    # With weights 1/n on one side and -1/m on the other, w' K w is the biased MMD squared of that split.
+    weights = np.where(np.arange(total) < n, 1 / n, -1 / (total - n))
+    observed = float(weights @ kernel @ weights)
+    exceed = 0
+    for start in range(0, permutations, 500):  # 500 relabellings per matrix product
+        w = np.stack([rng.permutation(weights) for _ in range(min(500, permutations - start))], axis=1)
+        exceed += int((((kernel @ w) * w).sum(0) >= observed - 1e-12).sum())
+    return observed, (exceed + 1) / (permutations + 1)
+
+
 def findings(tests: dict[str, tuple[float, float, str]], alpha: float) -> list[Finding]:
     """The verdict on each test (name -> statistic, p-value, detail) at the family-wise level `alpha`."""
     threshold = alpha / max(len(tests), 1)

@@ -6,8 +6,10 @@ Shared by the monitor and review steps.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,28 +20,52 @@ import pandas as pd
 from components.core.config import Params
 from components.core.errors import InputError
 from components.data.images import STATS, decode_all, image_stats
-from components.model.contract import PROFILE_FILE
+from components.model.contract import EMBEDDINGS_FILE, PROFILE_FILE, WEIGHTS_FILE
 from components.traffic import drift
 from components.traffic.captures import Sample, Window, read_window
+from components.triton_models import novelty
+
+
+def _read_profile(path: Path, embeddings: Path) -> dict[str, Any]:
+    """A reference profile, with the val embeddings and their novelty scores (`embedding`'s `val` and
+    `val_novelty`, arrays) read from the embeddings file where the version has one."""
+    profile = json.loads(path.read_text(encoding="utf-8"))
+    if "embedding" in profile and embeddings.is_file():
+        with np.load(embeddings) as data:
+            val, scores = data[novelty.VAL].astype(np.float32), data[novelty.VAL_NOVELTY]
+            profile["embedding"].update(val=val, val_novelty=scores)
+    else:
+        profile.pop("embedding", None)
+    return profile
+
+
+@contextlib.contextmanager
+def version_files(params: Params, version: str) -> Iterator[dict[str, Path]]:
+    """The files of a registry version beside its model (profile, embeddings, weights): the published folder
+    when it is there, else a download from the registry, removed afterwards. A file may be missing (an older
+    version)."""
+    name = params.register.model_name
+    folder = Path(params.publish.repo) / name / version
+    if (folder / PROFILE_FILE).is_file():
+        yield {file: folder / file for file in (PROFILE_FILE, EMBEDDINGS_FILE, WEIGHTS_FILE)}
+        return
+    from components.integrations import mlflow_tracking
+    from components.integrations.mlflow_registry import downloaded
+
+    client, _ = mlflow_tracking.client(params.mlflow)
+    with downloaded(params.mlflow, client.get_model_version(name, version)) as files:
+        yield files
 
 
 def load_profile(params: Params, version: str) -> dict[str, Any]:
     """The reference profile of a registry version: beside the published model, else from the registry."""
-    name = params.register.model_name
-    published = Path(params.publish.repo) / name / version / PROFILE_FILE
-    if published.is_file():
-        return json.loads(published.read_text(encoding="utf-8"))
-    from components.integrations import mlflow_tracking
-    from components.integrations.mlflow_registry import REFERENCE_PROFILE, downloaded
-
-    client, _ = mlflow_tracking.client(params.mlflow)
-    with downloaded(params.mlflow, client.get_model_version(name, version)) as files:
-        if not files[REFERENCE_PROFILE].is_file():
+    with version_files(params, version) as files:
+        if not files[PROFILE_FILE].is_file():
             raise InputError(
-                f"registry version {version} of {name!r} has no reference profile (registered before profiles "
-                "existed); export and register a model again to monitor it"
+                f"registry version {version} of {params.register.model_name!r} has no reference profile "
+                "(registered before profiles existed); export and register a model again to monitor it"
             )
-        return json.loads(files[REFERENCE_PROFILE].read_text(encoding="utf-8"))
+        return _read_profile(files[PROFILE_FILE], files[EMBEDDINGS_FILE])
 
 
 def _stats_by_sha(samples: list[Sample]) -> dict[str, dict[str, Any]]:
@@ -61,6 +87,7 @@ def live_table(samples: list[Sample], labels: list[str]) -> pd.DataFrame:
         row = {"time": s.time, "version": s.version, "sha": s.sha, "file": str(s.path), "decoded": s.decoded}
         row.update(label=labels[s.label] if s.label is not None else None, class_id=s.label, confidence=s.confidence)
         row.update(shadow_class_id=s.shadow_label)  # the shadow run's class, where one classified the request
+        row.update(novelty=s.novelty, embedding=s.embedding)  # what the model saw, where it has an embedder
         row.update(image_present=image.get("decoded") is not None, format=image.get("format"))
         row.update({k: image.get(k) for k in STATS})
         rows.append(row)
@@ -68,8 +95,9 @@ def live_table(samples: list[Sample], labels: list[str]) -> pd.DataFrame:
 
 
 def drift_tests(live: pd.DataFrame, profile: dict[str, Any], params: Params) -> list[drift.Finding]:
-    """Class mix, confidence, each image statistic, the low-confidence and unsure shares and undecodable
-    inputs."""
+    """Class mix, confidence, each image statistic, the low-confidence and unsure shares, undecodable inputs,
+    and where the version has an embedder, the embeddings (MMD against the val images') and the share of novel
+    images."""
     m = params.monitor
     decoded = live[live["decoded"]]
     classes = len(profile["labels"])
@@ -97,6 +125,13 @@ def drift_tests(live: pd.DataFrame, profile: dict[str, Any], params: Params) -> 
     tests["low-confidence share"] = (share, p, f"{share:.1%} below {m.low_confidence} vs {low_ref:.1%}")
     if profile.get("thresholds"):  # profiles of versions from before the unsure route have none
         tests["unsure share"] = _unsure_share(decoded, profile)
+    if "embedding" in profile:  # nor of versions from before the embedder
+        seen = decoded[decoded["embedding"].notna()]
+        embedded = np.stack([novelty.decode(e) for e in seen["embedding"]]) if len(seen) else np.empty((0, 0))
+        stat, p = drift.mmd(embedded, profile["embedding"]["val"], m.permutations)
+        detail = f"MMD² of {len(seen)} embeddings against {profile['images']} val images'"
+        tests["embedding drift"] = (stat, p, detail)
+        tests["novel images share"] = _novel_share(seen, profile)
     bad = int((~live["decoded"]).sum())
     share, p = drift.share_above(bad, len(live), m.max_undecodable_share)
     tests["undecodable inputs"] = (
@@ -114,6 +149,13 @@ def _unsure_share(decoded: pd.DataFrame, profile: dict[str, Any]) -> tuple[float
     live = decoded["confidence"].to_numpy(float) < thresholds[decoded["class_id"].to_numpy(int)]
     share, p = drift.share_above(int(live.sum()), len(live), float(reference.mean()) if len(reference) else 0.0)
     return share, p, f"{share:.1%} unsure vs {reference.mean():.1%} on val"
+
+
+def _novel_share(seen: pd.DataFrame, profile: dict[str, Any]) -> tuple[float, float, str]:
+    """Are more live images novel (a novelty score above the val images' 99th percentile) than the 1% of val?"""
+    p99 = float(profile["embedding"]["novelty_p99"])
+    share, p = drift.share_above(int((seen["novelty"] > p99).sum()), len(seen), 0.01)
+    return share, p, f"{share:.1%} above the val images' 99th percentile of novelty ({p99:.3f})"
 
 
 @dataclass(frozen=True)

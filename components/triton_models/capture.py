@@ -5,11 +5,14 @@ Layout of the capture folder (`publish.capture_dir`):
     records/<YYYYMMDD-HH>.jsonl     one JSON line per sampled request (UTC hour of the request)
 
 A record: time (Unix seconds), model, version, sha, ext, bytes, decoded (false: the image did not decode,
-with its error) and top: [[class index, probability], ...] (the five highest, best first). A request that
-a shadow run also classified (`sortflow shadow`) is always captured, with shadow: {version, top}.
+with its error) and top: [[class index, probability], ...] (the five highest, best first). Where the
+version has an embedder, also embedding (its `export.embedding_dim` numbers as float16, base64: 344
+characters at 128) and novelty (its novelty score, `novelty.py`). A request that a shadow run also
+classified (`sortflow shadow`) is always captured, with shadow: {version, top}.
 
-The request thread only samples and queues; a background thread hashes and writes. A full queue, a full
-disk, a missing folder or any write error drops the sample and counts it; the first failure is logged.
+The model samples (`chosen`) and submits; the request thread only queues; a background thread hashes and
+writes. A full queue, a full disk, a missing folder or any write error drops the sample and counts it; the
+first failure is logged.
 Past `max_bytes` the least recently seen images go first, then the oldest record files. Imports only the
 standard library, so it runs in any Triton python backend.
 """
@@ -86,18 +89,23 @@ class Capture:
                 self._fail(exc)
             threading.Thread(target=self._run, name="sortflow-capture", daemon=True).start()
 
+    def chosen(self) -> bool:
+        """Whether to capture the next image: with probability `rate`."""
+        return self.rate > 0 and random.random() < self.rate
+
     def submit(
         self,
         data: bytes,
         probabilities: list[float] | None,
         error: str | None = None,
         shadow: tuple[str, list[float]] | None = None,
+        seen: tuple[str, float] | None = None,
     ) -> None:
-        """Sample one request (always, with the `shadow` version's probabilities): never blocks, never raises."""
-        if shadow is None and (self.rate <= 0 or random.random() >= self.rate):
-            return
+        """Queue one chosen image (or one a shadow run classified) with its probabilities, or its decoding
+        error, and what the model saw (`seen`: the encoded embedding and the novelty score): never blocks,
+        never raises."""
         try:
-            self._queue.put_nowait((time.time(), data, probabilities, error, shadow))
+            self._queue.put_nowait((time.time(), data, probabilities, error, shadow, seen))
         except queue.Full:
             self._count("dropped")
 
@@ -137,6 +145,7 @@ class Capture:
         probabilities: list[float] | None,
         error: str | None,
         shadow: tuple[str, list[float]] | None,
+        seen: tuple[str, float] | None,
     ) -> str:
         """Write the image unless it is there (a recently seen one is not even looked up); its record line."""
         sha, ext = content_hash(data), sniff_ext(data)
@@ -155,6 +164,8 @@ class Capture:
         record = {"time": round(when, 3), "model": self.model, "version": self.version, "sha": sha, "ext": ext}
         record.update(bytes=len(data), decoded=error is None)
         record.update({"top": top_k(probabilities)} if probabilities is not None else {"error": error})
+        if seen is not None:
+            record.update(embedding=seen[0], novelty=round(float(seen[1]), 6))
         if shadow is not None:
             record["shadow"] = {"version": shadow[0], "top": top_k(shadow[1])}
         return json.dumps(record, separators=(",", ":")) + "\n"

@@ -11,6 +11,12 @@ image: the class name, or `unsure` when the (calibrated) confidence is below tha
 version's ONNX file, in this process; its answer goes only into the capture, never to the client. Its
 parameters come from config.pbtxt.
 
+Where the served version has an embedder (export writes `embedder.onnx`: the same model with its
+embedding as a second output), each captured request also records what the model saw: its embedding and
+its novelty score against the training images (`novelty.py`, from `embeddings.npz` beside the model). With
+`inference` local the embedder is the model this process runs, so the embedding costs nothing more; with
+`classifier` the embedder runs here on the captured images only. Neither changes what a client gets.
+
 A request that is the client's mistake (an empty, undecodable or truncated file, an image above
 `max_image_pixels`, a request above `max_request_mb`) answers INVALID_ARGUMENT (HTTP 400) with the reason;
 only a failure of the classifier itself answers INTERNAL (500).
@@ -25,9 +31,11 @@ from pathlib import Path
 
 import numpy as np
 from capture import Capture
+from novelty import encode, load_reference, novelty
 from preprocess import BadImage, preprocess
 
-INPUT, PIXELS, OUTPUT, DECISION = "image_bytes", "image", "probabilities", "DECISION"
+INPUT, PIXELS, OUTPUT, DECISION, EMBEDDING = "image_bytes", "image", "probabilities", "DECISION", "embedding"
+EMBEDDER_FILE, EMBEDDINGS_FILE = "embedder.onnx", "embeddings.npz"  # export's files beside model.onnx
 UNSURE = b"unsure"
 PROBE = "sortflow_probe"  # a request parameter of `sortflow serve --status`'s health probes: never captured
 REPORT_SECONDS = 0.25  # the capture counters on the metrics port are refreshed by requests at most this often
@@ -45,12 +53,7 @@ class TritonPythonModel:
         self.labels = np.array([label.encode() for label in labels], dtype=object)
         text = p.get("unsure_thresholds", "")
         self.thresholds = np.array([float(v) for v in text.split(",")]) if text else np.zeros(len(labels))
-        self.session = None
-        if p.get("inference") == "local":  # the classifier's published version, beside this model in the repository
-            from onnx_runner import open_session
-
-            onnx_file = Path(args["model_repository"]).parent / self.classifier / p["registry_version"] / "model.onnx"
-            self.session = open_session(onnx_file, int(p.get("intra_op_thread_count", "0")))
+        self._open_models(Path(args["model_repository"]).parent / self.classifier / p["registry_version"], p)
         self.shadow_version, self.shadow_rate = p.get("shadow_version", ""), float(p.get("shadow_rate", "0"))
         self.shadow = None
         if self.shadow_version:
@@ -84,6 +87,19 @@ class TritonPythonModel:
         self.reported = {"captured": 0, "dropped": 0}
         self.reported_at = 0.0
 
+    def _open_models(self, version_dir: Path, p: dict[str, str]) -> None:
+        """The sessions this process runs: the embedder where the version has one, the classifier's ONNX file
+        with `inference` local; and the training embeddings that the novelty score compares with."""
+        from onnx_runner import open_session
+
+        threads = int(p.get("intra_op_thread_count", "0"))
+        has_embedder = (version_dir / EMBEDDER_FILE).is_file() and (version_dir / EMBEDDINGS_FILE).is_file()
+        self.embedder = open_session(version_dir / EMBEDDER_FILE, threads) if has_embedder else None
+        self.train, self.neighbours = load_reference(str(version_dir / EMBEDDINGS_FILE)) if has_embedder else (None, 0)
+        self.session = None
+        if p.get("inference") == "local":
+            self.session = self.embedder or open_session(version_dir / "model.onnx", threads)
+
     def _decode(self, encoded: np.ndarray) -> np.ndarray:
         """The pixels of one request's files; BadImage names the file (1-based) and what is wrong with it."""
         size_mb = sum(len(item[0]) for item in encoded) / 1e6
@@ -106,9 +122,13 @@ class TritonPythonModel:
         sure = probabilities[np.arange(len(top)), top] >= self.thresholds[top]
         return np.where(sure, self.labels[top], UNSURE).astype(object).reshape(-1, 1)
 
-    def _classify(self, pixels: np.ndarray) -> np.ndarray:
+    def _classify(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The probabilities, and the embeddings when the embedder is what ran."""
+        if self.session is not None and self.session is self.embedder:
+            probabilities, embedded = self.session.run([OUTPUT, EMBEDDING], {PIXELS: pixels})
+            return probabilities, embedded
         if self.session is not None:
-            return self.session.run([OUTPUT], {PIXELS: pixels})[0]
+            return self.session.run([OUTPUT], {PIXELS: pixels})[0], None
         import triton_python_backend_utils as pb_utils
 
         request = pb_utils.InferenceRequest(
@@ -119,7 +139,7 @@ class TritonPythonModel:
         response = request.exec()
         if response.has_error():
             raise RuntimeError(f"{self.classifier}: {response.error().message()}")
-        return pb_utils.get_output_tensor_by_name(response, OUTPUT).as_numpy()
+        return pb_utils.get_output_tensor_by_name(response, OUTPUT).as_numpy(), None
 
     def execute(self, requests: list) -> list:
         import triton_python_backend_utils as pb_utils
@@ -136,30 +156,58 @@ class TritonPythonModel:
                 errors.append(str(exc))
         decoded = [p for p in pixels if p is not None]
         try:
-            scores = self._classify(np.concatenate(decoded)) if decoded else np.empty((0, 0), np.float32)
+            scores, embedded = self._classify(np.concatenate(decoded)) if decoded else (np.empty((0, 0)), None)
         except Exception as exc:  # the classifier failed: every request of the batch answers with its error
             return [pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))) for _ in requests]
-        probabilities = iter(np.split(scores, np.cumsum([len(p) for p in decoded])[:-1]))
+        bounds = np.cumsum([len(p) for p in decoded])[:-1]
+        probabilities = iter(np.split(scores, bounds))
+        embeddings = iter(np.split(embedded, bounds) if embedded is not None else [None] * len(decoded))
         shadowed = iter(self._shadow(requests, pixels))
         responses = []
-        for request, batch, error in zip(requests, encoded, errors, strict=True):
+        for request, batch, error, image in zip(requests, encoded, errors, pixels, strict=True):
             capture = PROBE not in request.parameters()
             if error is not None:
                 if capture and sum(len(item[0]) for item in batch) <= self.max_request_mb * 1e6:
                     for item in batch:  # an oversized request is not stored
-                        self.capture.submit(bytes(item[0]), None, error)
+                        if self.capture.chosen():
+                            self.capture.submit(bytes(item[0]), None, error)
                 responses.append(
                     pb_utils.InferenceResponse(error=pb_utils.TritonError(error, pb_utils.TritonError.INVALID_ARG))
                 )
                 continue
-            out, shadow = next(probabilities), next(shadowed)
-            for i, (item, row) in enumerate(zip(batch, out, strict=True) if capture else ()):
-                second = (self.shadow_version, shadow[i].tolist()) if shadow is not None else None
-                self.capture.submit(bytes(item[0]), row.tolist(), shadow=second)
+            out, shadow, seen = next(probabilities), next(shadowed), next(embeddings)
+            if capture:
+                self._capture(batch, out, image, seen, shadow)
             outputs = [pb_utils.Tensor(OUTPUT, out), pb_utils.Tensor(DECISION, self._decide(out))]
             responses.append(pb_utils.InferenceResponse(outputs))
         self._report()
         return responses
+
+    def _capture(
+        self, batch: np.ndarray, out: np.ndarray, pixels: np.ndarray, embedded: np.ndarray | None, shadow: object
+    ) -> None:
+        """Submit a request's chosen images (all of them when a shadow run classified it) with what the model saw."""
+        chosen = [i for i in range(len(batch)) if shadow is not None or self.capture.chosen()]
+        if not chosen:
+            return
+        seen = self._seen(pixels[chosen], None if embedded is None else embedded[chosen])
+        for n, i in enumerate(chosen):
+            second = (self.shadow_version, shadow[i].tolist()) if shadow is not None else None
+            self.capture.submit(bytes(batch[i][0]), out[i].tolist(), shadow=second, seen=seen[n] if seen else None)
+
+    def _seen(self, pixels: np.ndarray, embedded: np.ndarray | None) -> list[tuple[str, float]] | None:
+        """Each image's encoded embedding and novelty score; None when the version has no embedder. With the
+        classifier run elsewhere (BLS) the embedder runs here, on these images only."""
+        if self.embedder is None:
+            return None
+        try:
+            if embedded is None:
+                embedded = self.embedder.run([EMBEDDING], {PIXELS: pixels})[0]
+            scores = novelty(embedded, self.train, self.neighbours)
+        except Exception as exc:  # what the model saw is for the monitor: never worth a client's answer
+            self.capture.failure = f"sortflow capture: the embedding failed ({exc}); captured without it"
+            return None
+        return [(encode(e), float(s)) for e, s in zip(embedded, scores, strict=True)]
 
     def _shadow(self, requests: list, pixels: list) -> list:
         """For each decoded request, the shadow version's probabilities when it was sampled, else None (one

@@ -4,13 +4,16 @@ failures that drop and count samples instead of raising; then the folder read ba
 from __future__ import annotations
 
 import json
+import random
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from components.core.errors import SortflowError
 from components.traffic.captures import read_window
+from components.triton_models import novelty
 from components.triton_models.capture import IMAGES, RECORDS, Capture, sniff_ext
 
 JPEG = b"\xff\xd8\xff\xe0" + b"x" * 1000
@@ -41,8 +44,10 @@ def test_each_image_is_stored_once_and_each_request_recorded(tmp_path: Path) -> 
 
 def test_sampling_rate_and_formats() -> None:
     capture = Capture("/nonexistent-unused", 0.0, 1024, "m", "1")
-    capture.submit(JPEG, [1.0])
-    assert capture.captured == capture.dropped == 0  # rate 0: off, nothing queued, no thread
+    assert not any(capture.chosen() for _ in range(1000))  # rate 0: off, nothing chosen, no thread
+    random.seed(0)
+    share = sum(Capture("/nonexistent-unused", 0.3, 1024, "m", "1").chosen() for _ in range(10_000)) / 10_000
+    assert share == pytest.approx(0.3, abs=0.015)  # 3.3 standard errors
     assert [sniff_ext(b) for b in (JPEG, b"\x89PNG\r\n\x1a\nxx", b"RIFF1234WEBPxx", b"BMxx", b"??")] == [
         "jpg",
         "png",
@@ -111,7 +116,7 @@ def test_a_shadowed_request_is_always_captured_with_both_answers_and_their_agree
     from components.traffic.windows import shadow_agreement
 
     capture = Capture(str(tmp_path / "cap"), 0.0, 10 * 1024 * 1024, "m", "3", shadow=True)  # capture rate 0
-    capture.submit(JPEG, [0.1, 0.7, 0.2])  # not shadowed: not sampled at rate 0
+    assert not capture.chosen()  # unshadowed requests: not sampled at rate 0
     for i in range(10):  # shadowed: always captured; version 5 says class 2 on the last two
         capture.submit(JPEG + bytes([i]), [0.1, 0.7, 0.2], shadow=("5", [0.1, 0.2, 0.7] if i >= 8 else [0, 1, 0]))
     _drain(capture, 10)
@@ -124,3 +129,25 @@ def test_a_shadowed_request_is_always_captured_with_both_answers_and_their_agree
     assert (agreement.low, agreement.high) == pytest.approx((0.4902, 0.9433), abs=1e-4)
     assert agreement.flips == {"metal -> paper": 2}
     assert shadow_agreement(samples[:0], ["glass", "metal", "paper"]) is None
+
+
+def test_what_the_model_saw_is_recorded_compactly_and_read_back(tmp_path: Path) -> None:
+    embedding = np.linspace(-1, 1, 128, dtype=np.float32)
+    embedding /= np.linalg.norm(embedding)
+    capture = Capture(str(tmp_path / "cap"), 1.0, 10**6, "m", "1")
+    capture.submit(JPEG, [0.2, 0.8], seen=(novelty.encode(embedding), 0.1234567))
+    capture.submit(JPEG + b"x", [0.2, 0.8])  # a version without an embedder
+    _drain(capture, 2)
+    line = next((tmp_path / "cap" / RECORDS).glob("*.jsonl")).read_text().splitlines()[0]
+    assert len(json.loads(line)["embedding"]) == 344  # 128 float16s in base64
+    first, second = read_window(tmp_path / "cap", hours=1).samples
+    assert first.novelty == 0.123457 and second.novelty is None and second.embedding is None
+    np.testing.assert_allclose(novelty.decode(first.embedding), embedding, atol=1e-3)  # float16's precision
+
+
+def test_novelty_is_the_distance_to_the_kth_nearest_training_embedding() -> None:
+    train = np.eye(4, dtype=np.float32)[[0, 0, 1, 2]]  # two copies of e0, one each of e1 and e2
+    queries = np.array([[1, 0, 0, 0], [0, 0, 0, 1], [0.6, 0.8, 0, 0]], dtype=np.float32)
+    np.testing.assert_allclose(novelty.novelty(queries, train, 1), [0, 1, 1 - 0.8], atol=1e-6)
+    np.testing.assert_allclose(novelty.novelty(queries, train, 2), [0, 1, 1 - 0.6], atol=1e-6)
+    assert novelty.novelty(queries, train, 99)[0] == 1  # k beyond the training set: the farthest one

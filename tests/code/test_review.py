@@ -13,7 +13,7 @@ from tests.support.helpers import CLASSES, write_image
 Run = Callable[..., tuple[int, str, str]]
 
 
-def test_queue_puts_the_unsure_first_then_the_drift_drivers_each_image_once() -> None:
+def test_queue_puts_disagreements_the_unsure_and_the_novel_first_then_the_drift_drivers_each_image_once() -> None:
     from components.steps.review import review_queue
 
     live = pd.DataFrame(
@@ -36,6 +36,18 @@ def test_queue_puts_the_unsure_first_then_the_drift_drivers_each_image_once() ->
     # A shadow run disagreed on c and agreed on a: c is the image most worth labelling.
     live["shadow_class_id"] = [0, None, 1, None, 0, None]
     assert review_queue(live, profile, ["brightness"], size=10, low=0.5)["sha"].tolist() == ["c", "b", "a"]
+    # a is novel (above the val images' 99th percentile): right after the unsure, before the drift drivers.
+    live["novelty"] = [0.6, 0.1, 0.2, 0.9, 0.6, None]
+    profile["embedding"] = {"novelty_p99": 0.5}
+    queue = review_queue(live, profile, ["brightness"], size=10, low=0.5)
+    assert queue["sha"].tolist() == ["c", "b", "a"] and queue["why"].tolist() == [
+        "shadow disagrees",
+        "confidence below 0.5",
+        "novel",
+    ]
+    live["shadow_class_id"] = None
+    why = review_queue(live, profile, [], size=10, low=0.5)["why"].tolist()
+    assert why == ["confidence below 0.5", "novel", "confidence"]
 
 
 def _review(folder: Path, rows: list[tuple[str, str]], seed: int = 500) -> Path:

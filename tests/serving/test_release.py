@@ -15,7 +15,7 @@ import torch
 from components.core.errors import SortflowError
 from components.core.fsutil import umask
 from tests.serving.conftest import Release
-from tests.support.helpers import free_port, overrides
+from tests.support.helpers import captured_records, free_port, overrides
 
 
 def load(release: Release, path: str) -> dict:
@@ -348,30 +348,35 @@ def test_bytes_model_through_the_classifier_answers_as_the_local_model(
     release: Release, server: dict, tmp_path: Path
 ) -> None:
     """publish.bytes_inference=classifier (the GPU's way: a BLS call to <model>) gives what the default
-    local session in the decoding instance gives, for a batch of files."""
+    local session in the decoding instance gives, for a batch of files; the embedder then runs in the decoding
+    instance on the captured images only, and their records carry what it saw."""
     from components.integrations.triton_config import ModelInfo
     from components.model.contract import DataConfig
     from components.steps.publish import write_repository
     from components.steps.serve import start, stop
 
     ports = [f"serve.{key}={free_port()}" for key in ("grpc_port", "http_port", "metrics_port")]
-    bls = params(release, f"publish.repo={tmp_path}/repo", "publish.bytes_inference=classifier", *ports)
+    capture = (f"publish.capture_dir={tmp_path}/capture", "publish.capture_rate=1")
+    bls = params(release, f"publish.repo={tmp_path}/repo", "publish.bytes_inference=classifier", *capture, *ports)
     bls.serve.workdir = str(tmp_path / "serve")
     data = DataConfig(**load(release, "output/export/export_result.json")["data_config"])
     info = ModelInfo(
         "sortflow-classifier", 1, 32, data.resize_size, data.interpolation, ["glass", "metal", "paper"], {}
     )
     export = release.workdir / "output/export"
-    write_repository(tmp_path / "repo", info, export / "model.onnx", bls)
+    beside = {name: export / name for name in ("embedder.onnx", "embeddings.npz")}
+    write_repository(tmp_path / "repo", info, export / "model.onnx", bls, beside)
     config = (tmp_path / "repo/sortflow-classifier_bytes/config.pbtxt").read_text()
     assert 'key: "inference" value: { string_value: "classifier" }' in config
     files = [p.read_bytes() for p in sorted((release.dataset / "images").rglob("*.jpg"))[:5]]
     start(bls)
     try:
         through_classifier = _bytes_probabilities(bls.serve.grpc_port, files)
+        records = captured_records(tmp_path / "capture", len(files))
     finally:
         stop(bls)
     assert through_classifier == pytest.approx(_bytes_probabilities(server["grpc_port"], files), abs=1e-6)
+    assert len(records) == len(files) and all(len(r["embedding"]) == 344 and "novelty" in r for r in records)
 
 
 def test_predict_cli_over_triton_and_bad_inputs(release: Release, server: dict, tmp_path: Path) -> None:

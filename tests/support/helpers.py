@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import socket
+import time
 from pathlib import Path
 
 import numpy as np
@@ -105,3 +107,13 @@ def tiny_project(root: Path, *extra: str) -> list[str]:
         "publish.repo=triton_repo",
         *extra,
     )
+
+
+def captured_records(capture: Path, count: int, timeout: float = 20) -> list[dict]:
+    """The capture's records, oldest first, once `count` are written (the capture writes in the background)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [line for path in sorted((capture / "records").glob("*.jsonl")) for line in path.open()]
+        if len(lines) >= count or time.monotonic() > deadline:
+            return sorted((json.loads(line) for line in lines), key=lambda r: r["time"])
+        time.sleep(0.1)
