@@ -152,9 +152,11 @@ def _unsure_share(decoded: pd.DataFrame, profile: dict[str, Any]) -> tuple[float
 
 
 def _novel_share(seen: pd.DataFrame, profile: dict[str, Any]) -> tuple[float, float, str]:
-    """Are more live images novel (a novelty score above the val images' 99th percentile) than the 1% of val?"""
+    """Are more live images novel (a novelty score above the val images' 99th percentile) than val images are
+    (about 1%: exactly, the share of the val set above its own percentile)?"""
     p99 = float(profile["embedding"]["novelty_p99"])
-    share, p = drift.share_above(int((seen["novelty"] > p99).sum()), len(seen), 0.01)
+    reference = float(np.mean(np.asarray(profile["embedding"]["val_novelty"]) > p99))
+    share, p = drift.share_above(int((seen["novelty"] > p99).sum()), len(seen), reference)
     return share, p, f"{share:.1%} above the val images' 99th percentile of novelty ({p99:.3f})"
 
 

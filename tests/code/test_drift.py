@@ -6,8 +6,10 @@ import io
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image, ImageEnhance, ImageFilter
+from scipy.stats import binomtest
 
 from components.data.images import STATS, image_stats
 from components.traffic import drift
@@ -124,3 +126,36 @@ def test_the_unsure_share_is_compared_with_the_val_sets() -> None:
     assert calm.statistic == 0.1 and not calm.drift
     assert alarm.statistic == 0.4 and alarm.drift and "40.0% unsure vs 10.0% on val" in alarm.detail
     assert unsure_check(live(40), {k: v for k, v in profile.items() if k != "thresholds"}) == []
+
+
+def _unit(rows: np.ndarray) -> np.ndarray:
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def test_mmd_equals_its_definition_and_its_p_value_is_calibrated() -> None:
+    from scipy.spatial.distance import cdist
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(5, 3)), rng.normal(size=(7, 3))
+    squared = cdist(np.vstack([x, y]), np.vstack([x, y]), "sqeuclidean")
+    kernel = np.exp(-squared / np.median(squared[np.triu_indices(12, 1)]))
+    expected = kernel[:5, :5].mean() + kernel[5:, 5:].mean() - 2 * kernel[:5, 5:].mean()
+    assert drift.mmd(x, y, 99)[0] == pytest.approx(expected)
+    # Same distribution: p-values roughly uniform (a level-0.1 test fires about 1 time in 10).
+    same = [(_unit(rng.normal(size=(60, 16))), _unit(rng.normal(size=(90, 16)))) for _ in range(60)]
+    p_values = [drift.mmd(x, y, 200, seed)[1] for seed, (x, y) in enumerate(same)]
+    assert 0.02 <= np.mean(np.array(p_values) < 0.1) <= 0.2
+    # A cluster of new points: the smallest p-value the permutations can give.
+    shifted = _unit(rng.normal(size=(60, 16)) + np.eye(16)[0] * 4)
+    assert drift.mmd(shifted, _unit(rng.normal(size=(90, 16))), 999)[1] == pytest.approx(1 / 1000)
+    assert drift.mmd(shifted[:1], shifted, 99) == (0.0, 1.0)  # one live embedding: no test
+
+
+def test_the_novel_share_is_compared_with_the_val_sets_own() -> None:
+    from components.traffic.windows import _novel_share
+
+    profile = {"embedding": {"novelty_p99": 0.5, "val_novelty": [0.1] * 95 + [0.9] * 5}}  # 5% of val above
+    seen = pd.DataFrame({"novelty": [0.1] * 90 + [0.9] * 10})
+    share, p, detail = _novel_share(seen, profile)
+    assert share == 0.1 and p == pytest.approx(binomtest(10, 100, 0.05, alternative="greater").pvalue)
+    assert "10.0% above the val images' 99th percentile of novelty (0.500)" in detail

@@ -138,6 +138,7 @@ def test_loop_from_served_traffic_back_to_training(tmp_path: Path, prefect_serve
         assert code == 0, printed
         sent = len(val) * REPEAT + 1
         assert result["verdict"] == "no drift" and result["window"]["samples"] == sent
+        assert {"embedding drift", "novel images share"} <= {c["check"] for c in result["checks"]}
         assert result["triton"]["sortflow_capture_samples_total"][f"{MODEL}:captured"] >= sent - 1
 
         # Darker photos (a new camera): drift, exit 3, and the brightness test says so.

@@ -23,8 +23,9 @@ def modules() -> dict[str, ast.Module]:
     }
 
 
-def imports(tree: ast.Module) -> set[str]:
-    """`components` modules that `tree` imports anywhere, lazily or not."""
+def imports(tree: ast.Module, triton_models: bool = False) -> set[str]:
+    """`components` modules that `tree` imports anywhere, lazily or not (Triton's model files only when asked:
+    they are no layer of the library, but the library may use one, as export uses `triton_models.novelty`)."""
     found = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("components"):
@@ -35,7 +36,7 @@ def imports(tree: ast.Module) -> set[str]:
                 found |= {f"{package}.{a.name}".lstrip(".") for a in node.names}
         elif isinstance(node, ast.Import):
             found |= {a.name.removeprefix("components.") for a in node.names if a.name.startswith("components.")}
-    return {name for name in found if not name.startswith("triton_models")}
+    return {name for name in found if triton_models or not name.startswith("triton_models")}
 
 
 def closure(name: str) -> set[str]:
@@ -46,5 +47,5 @@ def closure(name: str) -> set[str]:
         current = todo.pop()
         if current not in seen:
             seen.add(current)
-            todo += imports(ast.parse(module_path(current).read_text()))
+            todo += imports(ast.parse(module_path(current).read_text()), triton_models=True)
     return seen
