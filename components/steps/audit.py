@@ -5,7 +5,9 @@ Near-duplicates come from 64-bit perceptual hashes (`audit.max_hamming` bits apa
 train.txt, val.txt and production.txt; a pair across splits is a leak that inflates val accuracy, a pair
 with two labels is a likely label error. Label errors come from out-of-fold probabilities of the trained
 checkpoint's features (`model/label_issues.py`, cleanlab). Writes `audit.output` whole: near_duplicates.csv,
-label_issues.csv, index.html, the GX validation of the leak expectation and audit_result.json.
+label_issues.csv, review.csv (the label issues with an empty `label` column: fill it in and run `sortflow
+dataset add-reviewed` on it to correct them), index.html, the GX validation of the leak expectation and
+audit_result.json.
 """
 
 from __future__ import annotations
@@ -31,11 +33,12 @@ from components.model.label_issues import LabelIssue
 
 log = logging.getLogger(__name__)
 
-RESULT_FILE, PAIRS_FILE, ISSUES_FILE, SHEET_FILE = (
+RESULT_FILE, PAIRS_FILE, ISSUES_FILE, SHEET_FILE, REVIEW_FILE = (
     "audit_result.json",
     "near_duplicates.csv",
     "label_issues.csv",
     "index.html",
+    "review.csv",
 )
 SHEET_ROWS, THUMB = 100, 120
 
@@ -128,6 +131,19 @@ def _write_csvs(
             ]
         )
     _csv(stage / ISSUES_FILE, rows)
+
+
+def _review_rows(issues: list[LabelIssue], trained: list[Listed], names: dict[int, str], out: Path) -> list[list[Any]]:
+    """review.csv for `sortflow dataset add-reviewed`: each likely label error (its file relative to the audit
+    folder), the given and the suggested label, and an empty `label` column for a person's verdict."""
+    import os
+
+    rows: list[list[Any]] = [["file", "given", "suggested", "suggested_probability", "label"]]
+    for i in issues:
+        image = trained[i.index]
+        file = os.path.relpath(Path(image.file).resolve(), out.resolve())
+        rows.append([file, names[i.given], names[i.suggested], f"{i.suggested_probability:.4f}", ""])
+    return rows
 
 
 def _csv(path: Path, rows: list[list[Any]]) -> None:
@@ -224,6 +240,7 @@ def audit(params: Params) -> AuditResult:
     out = Path(a.output)
     with staged_dir(out, replace=True) as stage:
         _write_csvs(stage, pairs, issues or [], trained, names)
+        _csv(stage / REVIEW_FILE, _review_rows(issues or [], trained, names, out))
         atomic_write_text(stage / SHEET_FILE, _sheet(pairs, issues or [], trained, names))
         leak = _leak_check(pairs, a.fail_on_leak, stage)
         result = AuditResult(

@@ -106,3 +106,14 @@ def test_a_resized_reencoded_copy_across_splits_is_a_leak_and_a_flipped_label_is
     assert report["leak_check"]["severity"] == "critical" and not report["leak_check"]["success"]
     sheet = Path("output/audit/index.html").read_text()
     assert sheet.count("data:image/png;base64,") >= 3 and "across splits" in sheet
+    # The person confirms the suggestion in the audit's review.csv; add-reviewed relabels the listed image.
+    queue = _rows("output/audit/review.csv")
+    assert queue[0]["file"].endswith("images/paper/paper_7.jpg") and queue[0]["suggested"] == "paper"
+    assert Path("output/audit", queue[0]["file"]).resolve() == (data / "images/paper/paper_7.jpg").resolve()
+    with open("output/audit/review.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(queue[0]))
+        writer.writeheader()
+        writer.writerows([{**queue[0], "label": "paper"}, *queue[1:]])
+    code, out, err = run_cli("dataset", "add-reviewed", "output/audit/review.csv", *settings, "--json")
+    assert code == 0 and json.loads(out)["relabelled"][0]["new"] == "paper", err
+    assert "images/paper/paper_7.jpg 2" in (data / "train.txt").read_text().splitlines()
