@@ -88,8 +88,8 @@ class ExportParams:
     tolerance: float = 1e-4
     rtol: float = 1e-3
     quantize: bool = False
-    embedding_dim: int = 128
-    novelty_neighbours: int = 5
+    embedding_dim: int = 512
+    novelty_neighbours: int = 1
 
 
 @dataclass

@@ -6,8 +6,8 @@ Layout of the capture folder (`publish.capture_dir`):
 
 A record: time (Unix seconds), model, version, sha, ext, bytes, decoded (false: the image did not decode,
 with its error) and top: [[class index, probability], ...] (the five highest, best first). Where the
-version has an embedder, also embedding (its `export.embedding_dim` numbers as float16, base64: 344
-characters at 128) and novelty (its novelty score, `novelty.py`). A request that a shadow run also
+version has an embedder, also embedding (its `export.embedding_dim` numbers as float16, base64: 1,368
+characters at 512) and novelty (its novelty score, `novelty.py`). A request that a shadow run also
 classified (`sortflow shadow`) is always captured, with shadow: {version, top}.
 
 The model samples (`chosen`) and submits; the request thread only queues; a background thread hashes and

@@ -67,7 +67,7 @@ def test_export_writes_an_embedder_that_agrees_with_the_classifier(release: Rele
     images = val_pixels(release)
     probabilities, embedded = onnx_embeddings(onnx_session(export / "embedder.onnx"), images)
     np.testing.assert_allclose(probabilities, local_probabilities(release, images), atol=1e-6)
-    assert embedded.shape == (len(images), 128)
+    assert embedded.shape == (len(images), 512)
     np.testing.assert_allclose(np.linalg.norm(embedded, axis=1), 1, atol=1e-5)
     profile = load(release, "output/export/reference_profile.json")["embedding"]
     with np.load(export / "embeddings.npz") as data:
@@ -77,8 +77,8 @@ def test_export_writes_an_embedder_that_agrees_with_the_classifier(release: Rele
         np.testing.assert_allclose(data["val_novelty"], scores, atol=2e-3)
     assert profile == {
         "file": "embeddings.npz",
-        "dim": 128,
-        "neighbours": 5,
+        "dim": 512,
+        "neighbours": 1,
         "novelty_p99": pytest.approx(float(np.quantile(scores, 0.99)), abs=2e-3),
     }
     assert load_checkpoint(export / "model.pt")["label_names"] == ["glass", "metal", "paper"]
@@ -143,7 +143,7 @@ def test_served_requests_carry_what_the_model_saw_and_the_monitor_sees_a_new_kin
     export = release.workdir / "output/export"
     _, offline = onnx_embeddings(onnx_session(export / "embedder.onnx"), val_pixels(release))
     with np.load(export / "embeddings.npz") as data:
-        expected = novelty.novelty(offline, data["train"], 5)
+        expected = novelty.novelty(offline, data["train"], 1)
     first = records[: len(val)]
     # (The server decodes and resizes with PIL, evaluation with torchvision: pixels differ by a rounding.)
     captured = np.stack([novelty.decode(r["embedding"]) for r in first])

@@ -376,7 +376,7 @@ def test_bytes_model_through_the_classifier_answers_as_the_local_model(
     finally:
         stop(bls)
     assert through_classifier == pytest.approx(_bytes_probabilities(server["grpc_port"], files), abs=1e-6)
-    assert len(records) == len(files) and all(len(r["embedding"]) == 344 and "novelty" in r for r in records)
+    assert len(records) == len(files) and all(len(r["embedding"]) == 1368 and "novelty" in r for r in records)
 
 
 def test_predict_cli_over_triton_and_bad_inputs(release: Release, server: dict, tmp_path: Path) -> None:
