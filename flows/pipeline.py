@@ -3,7 +3,8 @@
 Flows: `training-pipeline` (when the data changed, or with `force`: pull, check, split, train, evaluate,
 audit, export, register, publish), `data-check` (pull, check), `promote-and-serve` (optionally promote a version
 or roll back first, then publish the champion and (re)load it in Triton) and `monitor` (captured traffic
-against the reference; drift emits the Prefect event `sortflow.monitor.drift`). Every flow takes
+against the reference; drift builds the review queue and emits the Prefect event `sortflow.monitor.drift`).
+Every flow takes
 `overrides` ({"train.epochs": 3}: params.yaml keys, as `-o` and `dvc exp run -S`) and `params_file`.
 """
 
@@ -238,11 +239,23 @@ def monitor_window(params: Params) -> Any:
     return monitor(params)
 
 
+@step(name="review")
+def review(params: Params) -> dict[str, Any]:
+    """The review queue of the window (the unsure, novel and drifting images, with heatmaps), as an artifact."""
+    from components.steps.review import review as review_window
+
+    result = review_window(params)
+    create_markdown_artifact(f"## review queue\n\n```\n{result.text()}\n```\n", key="review")
+    return result.to_json()
+
+
 @flow(name="monitor")
 def monitor(overrides: dict[str, Any] | None = None, params_file: str | None = None) -> Any:
     """Check the captured window for drift; the run's message says "drift" or "no drift", with a report artifact.
 
-    Drift also emits the event `sortflow.monitor.drift` (resource `sortflow.model.<name>`), for an automation.
+    Drift also builds the review queue of the window (`review.output`, for a person to label) and emits the
+    event `sortflow.monitor.drift` (resource `sortflow.model.<name>`, the queue in its payload), for an
+    automation.
     """
     from prefect.events import emit_event
     from prefect.states import Completed
@@ -251,10 +264,15 @@ def monitor(overrides: dict[str, Any] | None = None, params_file: str | None = N
     result = monitor_window(params)
     create_markdown_artifact(f"## monitor: {result.verdict}\n\n```\n{result.text()}\n```\n", key="monitor")
     if result.drift:
+        queue = review(params)
         emit_event(
             event="sortflow.monitor.drift",
             resource={"prefect.resource.id": f"sortflow.model.{result.model}", "sortflow.version": result.version},
-            payload={"verdict": result.verdict, "checks": [c.check for c in result.checks if c.drift]},
+            payload={
+                "verdict": result.verdict,
+                "checks": [c.check for c in result.checks if c.drift],
+                "review_queue": queue["queue"],
+            },
         )
     return Completed(message=result.verdict, data=result.to_json())
 

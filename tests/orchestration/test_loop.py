@@ -160,7 +160,9 @@ def test_loop_from_served_traffic_back_to_training(tmp_path: Path, prefect_serve
             ["sortflow", "run", "monitor", "-o", window_after(ordinary_end)], project, PREFECT_API_URL=prefect_server
         )
         assert "Completed('drift in" in flow and '"drift": true' in flow
-        assert drift_event(prefect_server)["resource"]["prefect.resource.id"] == f"sortflow.model.{MODEL}"
+        event = drift_event(prefect_server)
+        assert event["resource"]["prefect.resource.id"] == f"sortflow.model.{MODEL}"
+        assert (project / event["payload"]["review_queue"]).is_file()  # the flow built the queue to label
         report = httpx.post(f"{prefect_server}/artifacts/filter", json={"artifacts": {"key": {"any_": ["monitor"]}}})
         assert "brightness" in report.json()[-1]["data"]
 
