@@ -121,7 +121,9 @@ raised the class's score). Fill in the <code>label</code> column of {QUEUE_FILE}
 <code>sortflow dataset add-reviewed {QUEUE_FILE}</code>.</p>
 {cards}
 <script>window.addEventListener("load", () => {{
-  document.body.dataset.thumbnails = [...document.images].filter(i => i.naturalWidth > 0).length;
+  const shown = [...document.images].filter(i => i.naturalWidth > 0);
+  document.body.dataset.thumbnails = shown.filter(i => !i.classList.contains("heatmap")).length;
+  document.body.dataset.heatmaps = shown.filter(i => i.classList.contains("heatmap")).length;
 }});</script>
 </body></html>
 """

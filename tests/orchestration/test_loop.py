@@ -101,7 +101,7 @@ def drift_event(api: str, timeout: float = 30) -> dict:
 
 
 def check_contact_sheet(sheet: Path, images: int, tmp_path: Path) -> None:
-    """Open the contact sheet in headless Chromium: a screenshot, and every thumbnail loaded."""
+    """Open the contact sheet in headless Chromium: a screenshot, and every thumbnail and heatmap loaded."""
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--window-size=1200,900"]
     shot = tmp_path / "sheet.png"
     subprocess.run([browser(), *flags, f"--screenshot={shot}", sheet.as_uri()], capture_output=True, timeout=120)
@@ -110,7 +110,7 @@ def check_contact_sheet(sheet: Path, images: int, tmp_path: Path) -> None:
     dom = subprocess.run(
         [browser(), *flags, "--dump-dom", sheet.as_uri()], capture_output=True, text=True, timeout=120
     ).stdout
-    assert f'data-thumbnails="{images}"' in dom, dom[-2000:]
+    assert f'data-thumbnails="{images}"' in dom and f'data-heatmaps="{images}"' in dom, dom[-2000:]
 
 
 @pytest.mark.slow
