@@ -1,9 +1,14 @@
 """Likely label errors: out-of-fold class probabilities of every listed image, ranked by cleanlab.
 
-The trained checkpoint turns each image into its pooled penultimate features; a logistic regression,
-cross-validated over `folds` (each image scored by a model that did not see it), gives out-of-fold
-probabilities, and cleanlab's confident learning finds the images whose given label those probabilities
-contradict. Cheap: one forward pass of the network, no retraining of it.
+The network turns each image into its pooled penultimate features; a logistic regression, cross-validated
+over `folds` (each image scored by a model that did not see it), gives out-of-fold probabilities, and
+cleanlab's confident learning finds the images whose given label those probabilities contradict. Cheap: one
+forward pass of the network, no retraining of it.
+
+The network is the trained checkpoint's, with the weights it started from (`train.pretrained`) where it
+started from any: a network fine-tuned on the very labels under audit has learned the wrong ones too, and
+its features hide them (on TrashNet with 5% of the labels flipped, the fine-tuned features found 7% of them,
+the ImageNet ones 94%; BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -33,6 +38,17 @@ def embeddings(ckpt: dict[str, Any], files: list[str], batch_size: int) -> np.nd
             x = model_input(torch.stack(images), torch.device("cpu"))
             out.append(model.forward_head(model.forward_features(x), pre_logits=True).float().numpy())
     return np.concatenate(out) if out else np.empty((0, 0), np.float32)
+
+
+def unlearned(ckpt: dict[str, Any], pretrained: str) -> dict[str, Any]:
+    """The checkpoint with the weights its training started from (`train.pretrained`: imagenet or a weights
+    file) in place of its fine-tuned ones; the checkpoint itself when it was trained from scratch."""
+    if pretrained in ("", "none"):
+        return ckpt
+    from components.model.zoo import create_model, get_spec
+
+    start = create_model(get_spec(ckpt["timm_name"]), ckpt["num_classes"], pretrained)
+    return {**ckpt, "model": start.state_dict()}
 
 
 def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, classes: int, folds: int) -> np.ndarray:

@@ -117,3 +117,22 @@ def test_a_resized_reencoded_copy_across_splits_is_a_leak_and_a_flipped_label_is
     code, out, err = run_cli("dataset", "add-reviewed", "output/audit/review.csv", *settings, "--json")
     assert code == 0 and json.loads(out)["relabelled"][0]["new"] == "paper", err
     assert "images/paper/paper_7.jpg 2" in (data / "train.txt").read_text().splitlines()
+
+
+def test_label_issues_look_with_the_weights_training_started_from() -> None:
+    """A network fine-tuned on the labels under audit has learned the wrong ones too: the audit uses the
+    weights its training started from (train.pretrained), and the fine-tuned ones only after training from
+    scratch."""
+    import torch
+
+    from components.model.label_issues import unlearned
+    from components.model.zoo import create_model, get_spec
+
+    spec = get_spec("EfficientNet-Lite0")
+    tuned = create_model(spec, 3, "none").state_dict()
+    ckpt = {"timm_name": spec.timm_name, "num_classes": 3, "model": tuned}
+    assert unlearned(ckpt, "none") is ckpt
+    start = unlearned(ckpt, "imagenet")["model"]
+    imagenet = create_model(spec, 3, "imagenet").state_dict()
+    assert torch.equal(start["conv_stem.weight"], imagenet["conv_stem.weight"])
+    assert not torch.equal(start["conv_stem.weight"], tuned["conv_stem.weight"])
