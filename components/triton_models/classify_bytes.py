@@ -41,6 +41,16 @@ PROBE = "sortflow_probe"  # a request parameter of `sortflow serve --status`'s h
 REPORT_SECONDS = 0.25  # the capture counters on the metrics port are refreshed by requests at most this often
 
 
+def _one_blas_thread() -> None:
+    """numpy's BLAS in one thread in this process: the novelty score's small products gain nothing from more,
+    and idle BLAS threads spin for a while after each call, taking the cores from onnxruntime's sessions."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # a Triton image without it: BLAS keeps its own threads
+        return
+    threadpool_limits(1, user_api="blas")
+
+
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         import triton_python_backend_utils as pb_utils
@@ -94,6 +104,8 @@ class TritonPythonModel:
 
         threads = int(p.get("intra_op_thread_count", "0"))
         has_embedder = (version_dir / EMBEDDER_FILE).is_file() and (version_dir / EMBEDDINGS_FILE).is_file()
+        if has_embedder:
+            _one_blas_thread()
         self.embedder = open_session(version_dir / EMBEDDER_FILE, threads) if has_embedder else None
         self.train, self.neighbours = load_reference(str(version_dir / EMBEDDINGS_FILE)) if has_embedder else (None, 0)
         self.session = None
@@ -163,7 +175,7 @@ class TritonPythonModel:
         probabilities = iter(np.split(scores, bounds))
         embeddings = iter(np.split(embedded, bounds) if embedded is not None else [None] * len(decoded))
         shadowed = iter(self._shadow(requests, pixels))
-        responses = []
+        responses, captured = [], []
         for request, batch, error, image in zip(requests, encoded, errors, pixels, strict=True):
             capture = PROBE not in request.parameters()
             if error is not None:
@@ -177,21 +189,30 @@ class TritonPythonModel:
                 continue
             out, shadow, seen = next(probabilities), next(shadowed), next(embeddings)
             if capture:
-                self._capture(batch, out, image, seen, shadow)
+                captured.append((batch, out, image, seen, shadow))
             outputs = [pb_utils.Tensor(OUTPUT, out), pb_utils.Tensor(DECISION, self._decide(out))]
             responses.append(pb_utils.InferenceResponse(outputs))
+        self._capture(captured)
         self._report()
         return responses
 
-    def _capture(
-        self, batch: np.ndarray, out: np.ndarray, pixels: np.ndarray, embedded: np.ndarray | None, shadow: object
-    ) -> None:
-        """Submit a request's chosen images (all of them when a shadow run classified it) with what the model saw."""
-        chosen = [i for i in range(len(batch)) if shadow is not None or self.capture.chosen()]
+    def _capture(self, requests: list[tuple]) -> None:
+        """Submit the chosen images of the batch's requests (batch, probabilities, pixels, embeddings or None,
+        shadow's probabilities or None), all of a request that a shadow run classified, with what the model
+        saw: scored in one product for the whole batch, which reads the training embeddings once."""
+        chosen = [
+            (r, i)
+            for r, (batch, _, _, _, shadow) in enumerate(requests)
+            for i in range(len(batch))
+            if shadow is not None or self.capture.chosen()
+        ]
         if not chosen:
             return
-        seen = self._seen(pixels[chosen], None if embedded is None else embedded[chosen])
-        for n, i in enumerate(chosen):
+        pixels = np.stack([requests[r][2][i] for r, i in chosen])
+        embedded = None if requests[0][3] is None else np.stack([requests[r][3][i] for r, i in chosen])
+        seen = self._seen(pixels, embedded)
+        for n, (r, i) in enumerate(chosen):
+            batch, out, _, _, shadow = requests[r]
             second = (self.shadow_version, shadow[i].tolist()) if shadow is not None else None
             self.capture.submit(bytes(batch[i][0]), out[i].tolist(), shadow=second, seen=seen[n] if seen else None)
 

@@ -24,7 +24,7 @@ def novelty(embeddings: np.ndarray, train: np.ndarray, k: int) -> np.ndarray:
     scores = []
     for start in range(0, len(embeddings), CHUNK):
         similarity = np.asarray(embeddings[start : start + CHUNK], dtype=np.float32) @ train.T
-        kth = -np.partition(-similarity, k - 1, axis=1)[:, k - 1]
+        kth = similarity.max(axis=1) if k == 1 else -np.partition(-similarity, k - 1, axis=1)[:, k - 1]
         scores.append(1.0 - kth)
     return np.concatenate(scores) if scores else np.empty(0, np.float32)
 
