@@ -8,7 +8,7 @@ forward pass of the network, no retraining of it.
 The network is the trained checkpoint's, with the weights it started from (`train.pretrained`) where it
 started from any: a network fine-tuned on the very labels under audit has learned the wrong ones too, and
 its features hide them (on TrashNet with 5% of the labels flipped, the fine-tuned features found 7% of them,
-the ImageNet ones 94%; BENCHMARKS.md).
+the ImageNet ones 94%: bench/bench_see.py).
 """
 
 from __future__ import annotations
