@@ -59,6 +59,7 @@ bench: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m bench.bench_monitor
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m bench.bench_bytes
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m bench.bench_shadow
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m bench.bench_see
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m bench.bench_peer
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m bench.bench_orchestration
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m bench.bench_team
