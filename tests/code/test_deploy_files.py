@@ -161,6 +161,8 @@ def test_triton_image_is_pinned_to_a_release_that_runs_the_exported_opset() -> N
                 needed |= {n.split(".")[0] for n in names}
     local = {p.stem for p in (ROOT / "components/triton_models").glob("*.py")}
     third_party = needed - set(sys.stdlib_module_names) - local - {"__future__", "triton_python_backend_utils"}
-    assert third_party == {"numpy", "PIL", "onnxruntime"}  # onnxruntime: the runner and <model>_bytes' session
+    # onnxruntime: the runner and <model>_bytes' session; threadpoolctl: numpy's BLAS in one thread
+    assert third_party == {"numpy", "PIL", "onnxruntime", "threadpoolctl"}
     installed = DOCKERFILES[1].read_text()
     assert '"numpy==' in installed and '"pillow==' in installed and '"onnxruntime==' in installed
+    assert '"threadpoolctl==' in installed
