@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import zipfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,9 +32,14 @@ def _read_profile(path: Path, embeddings: Path) -> dict[str, Any]:
     `val_novelty`, arrays) read from the embeddings file where the version has one."""
     profile = json.loads(path.read_text(encoding="utf-8"))
     if "embedding" in profile and embeddings.is_file():
-        with np.load(embeddings) as data:
-            val, scores = data[novelty.VAL].astype(np.float32), data[novelty.VAL_NOVELTY]
-            profile["embedding"].update(val=val, val_novelty=scores)
+        try:
+            with np.load(embeddings) as data:
+                val, scores = data[novelty.VAL].astype(np.float32), data[novelty.VAL_NOVELTY]
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+            raise InputError(
+                f"{embeddings}: not a readable embeddings file ({exc}); publish the version again"
+            ) from None
+        profile["embedding"].update(val=val, val_novelty=scores)
     else:
         profile.pop("embedding", None)
     return profile

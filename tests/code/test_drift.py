@@ -159,3 +159,17 @@ def test_the_novel_share_is_compared_with_the_val_sets_own() -> None:
     share, p, detail = _novel_share(seen, profile)
     assert share == 0.1 and p == pytest.approx(binomtest(10, 100, 0.05, alternative="greater").pvalue)
     assert "10.0% above the val images' 99th percentile of novelty (0.500)" in detail
+
+
+def test_a_damaged_embeddings_file_is_named_with_the_fix(tmp_path) -> None:
+    import json
+
+    from components.core.errors import SortflowError
+    from components.traffic.windows import _read_profile
+
+    (tmp_path / "reference_profile.json").write_text(json.dumps({"labels": ["a"], "embedding": {"dim": 2}}))
+    (tmp_path / "embeddings.npz").write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(SortflowError, match=r"embeddings.npz: not a readable embeddings file .*; publish the version"):
+        _read_profile(tmp_path / "reference_profile.json", tmp_path / "embeddings.npz")
+    (tmp_path / "embeddings.npz").unlink()  # an older version without the file: no embedding tests
+    assert "embedding" not in _read_profile(tmp_path / "reference_profile.json", tmp_path / "embeddings.npz")
