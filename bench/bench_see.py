@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from bench import bench_monitor
 from bench.bench_monitor import captured, grpc_port, load, server_ports
 from bench.bench_train import OUT, RECIPE, SORTFLOW, dataset
 from bench.report import Result, record
@@ -50,7 +51,7 @@ ROUNDS = 9
 
 
 def sortflow(*args: str, cwd: Path = WORK) -> None:
-    subprocess.run([SORTFLOW, *args], cwd=cwd, check=True, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    bench_monitor.sortflow(*args, cwd=cwd)
 
 
 def listed(root: Path, split: str) -> list[tuple[str, int]]:

@@ -137,6 +137,13 @@ def transform(cfg: DataConfig, training: bool, normalize: bool = True) -> v2.Com
     return v2.Compose([*steps, v2.ToDtype(torch.float32, scale=True), v2.Normalize(cfg.mean, cfg.std)])
 
 
+def prepared(path: str | Path, tf: v2.Compose) -> torch.Tensor:
+    """One image file (EXIF-oriented RGB) through the transform `tf`: a [3, H, W] float tensor."""
+    from components.data.images import load_rgb
+
+    return tf(torch.from_numpy(np.array(load_rgb(path))).permute(2, 0, 1))
+
+
 def batch_mixer(mixup_alpha: float, cutmix_alpha: float, num_classes: int) -> Callable | None:
     """train.mixup_alpha and train.cutmix_alpha: MixUp or CutMix on each training batch (one of the two,
     at random, when both are set, as timm's mixup switch), which turns the labels into class probabilities.

@@ -40,9 +40,13 @@ class Deployable(nn.Module):
         self.register_buffer("shift", -torch.tensor(mean).view(1, 3, 1, 1) / torch.tensor(std).view(1, 3, 1, 1))
         self.register_buffer("inverse_temperature", torch.tensor(1 / temperature))
 
+    def normalized(self, image: torch.Tensor) -> torch.Tensor:
+        """Raw 0-255 RGB pixels as the network takes them: scaled by its mean and std."""
+        return image * self.scale + self.shift
+
     def logits(self, image: torch.Tensor) -> torch.Tensor:
         """The model's logits for raw 0-255 RGB pixels (before the temperature)."""
-        return self.model(image * self.scale + self.shift)
+        return self.model(self.normalized(image))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return (self.logits(image) * self.inverse_temperature).softmax(dim=1)
@@ -65,7 +69,7 @@ class Embedder(nn.Module):
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         d = self.deployable
-        features = d.model.forward_features(image * d.scale + d.shift)
+        features = d.model.forward_features(d.normalized(image))
         # The classifier's own head for the probabilities, so they are exactly the classifier model's.
         probabilities = (d.model.forward_head(features) * d.inverse_temperature).softmax(dim=1)
         pooled = nn.functional.normalize(d.model.forward_head(features, pre_logits=True).flatten(1), dim=1)

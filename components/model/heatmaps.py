@@ -66,9 +66,9 @@ class Heatmaps:
 
     def pixels(self, path: Path) -> np.ndarray:
         """An image as the model takes it: [3, size, size], 0-255 float."""
-        from components.data.images import load_rgb
+        from components.data.loader import prepared
 
-        return self.transform(torch.from_numpy(np.array(load_rgb(path))).permute(2, 0, 1)).numpy().astype(np.float32)
+        return prepared(path, self.transform).numpy()
 
     def maps(self, pixels: np.ndarray, classes: list[int]) -> np.ndarray:
         """[n, size, size] heatmaps in [0, 1] of `pixels` [n, 3, size, size] for each image's class."""

@@ -23,8 +23,7 @@ def embeddings(ckpt: dict[str, Any], files: list[str], batch_size: int) -> np.nd
     """The checkpoint's pooled penultimate features of each image file (evaluation preprocessing)."""
     import torch
 
-    from components.data.images import load_rgb
-    from components.data.loader import DataConfig, model_input, transform
+    from components.data.loader import DataConfig, model_input, prepared, transform
     from components.model.checkpoints import model_from_checkpoint
 
     model = model_from_checkpoint(ckpt)
@@ -32,9 +31,7 @@ def embeddings(ckpt: dict[str, Any], files: list[str], batch_size: int) -> np.nd
     out = []
     with torch.no_grad():
         for start in range(0, len(files), batch_size):
-            images = [
-                tf(torch.from_numpy(np.array(load_rgb(f))).permute(2, 0, 1)) for f in files[start : start + batch_size]
-            ]
+            images = [prepared(f, tf) for f in files[start : start + batch_size]]
             x = model_input(torch.stack(images), torch.device("cpu"))
             out.append(model.forward_head(model.forward_features(x), pre_logits=True).float().numpy())
     return np.concatenate(out) if out else np.empty((0, 0), np.float32)

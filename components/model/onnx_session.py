@@ -64,15 +64,12 @@ def raw_images(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Images of a split as the exported model takes them (resized, cropped, 0-255 float), and labels: the
     `limit` images from line `start` on (all by default)."""
-    import torch
-
-    from components.data.images import load_rgb
-    from components.data.loader import DataConfig, read_split, transform
+    from components.data.loader import DataConfig, prepared, read_split, transform
 
     cfg = DataConfig(**data_config)
     tf = transform(cfg, training=False, normalize=False)
     samples = read_split(dataset_dir, split)[start : None if limit is None else start + limit]
-    images = [tf(torch.from_numpy(np.array(load_rgb(s.path))).permute(2, 0, 1)).numpy() for s in samples]
+    images = [prepared(s.path, tf).numpy() for s in samples]
     if not images:
         raise InputError(f"{dataset_dir}/{split}.txt: no images to check the exported model on")
     return np.stack(images).astype(np.float32), np.array([s.label for s in samples])

@@ -29,7 +29,7 @@ from components.core.results import StepResult
 from components.data.images import STATS
 from components.model.contract import WEIGHTS_FILE
 from components.traffic.drift import class_shares
-from components.traffic.windows import drift_tests, live_table, load_profile, served_window, version_files
+from components.traffic.windows import drift_tests, live_table, read_profile, reference_files, served_window
 
 log = logging.getLogger(__name__)
 
@@ -207,17 +207,22 @@ def _copy_images(queue: pd.DataFrame, stage: Path, out: Path) -> list[dict[str, 
     return rows
 
 
-def _heatmaps(params: Params, version: str, rows: list[dict[str, Any]], stage: Path, out: Path) -> None:
-    """Each row's Grad-CAM overlay for its predicted class under heatmaps/ (row key `heatmap`), drawn with the
-    served version's weights; none, with a warning, for a version registered without them."""
+def _weights(files: dict[str, Path], version: str) -> dict[str, Any] | None:
+    """The served version's weights for the heatmaps; None, with a warning, for a version exported without."""
     from components.model.checkpoints import load_checkpoint
+
+    if not files[WEIGHTS_FILE].is_file():
+        log.warning("Version %s has no %s (exported before heatmaps): the sheet shows none", version, WEIGHTS_FILE)
+        return None
+    return load_checkpoint(files[WEIGHTS_FILE], "the served version's weights")
+
+
+def _heatmaps(ckpt: dict[str, Any], rows: list[dict[str, Any]], stage: Path, out: Path) -> None:
+    """Each row's Grad-CAM overlay for its predicted class under heatmaps/ (row key `heatmap`), drawn with the
+    weights of checkpoint `ckpt`."""
     from components.model.heatmaps import Heatmaps, overlay
 
-    with version_files(params, version) as files:
-        if not files[WEIGHTS_FILE].is_file():
-            log.warning("Version %s has no %s (exported before heatmaps): the sheet shows none", version, WEIGHTS_FILE)
-            return
-        heatmaps = Heatmaps(load_checkpoint(files[WEIGHTS_FILE], "the served version's weights"))
+    heatmaps = Heatmaps(ckpt)
     (stage / "heatmaps").mkdir()
     pixels = np.stack([heatmaps.pixels(stage / r["file"]) for r in rows]) if rows else np.empty((0, 3, 1, 1))
     for r, image, found in zip(rows, pixels, heatmaps.maps(pixels, [r["class_id"] for r in rows]), strict=True):
@@ -245,15 +250,17 @@ def review(params: Params) -> ReviewResult:
     folder or too few samples.
     """
     _, version, served = served_window(params)
-    profile = load_profile(params, version)
+    with reference_files(params, version) as files:  # one download, when the registry has to be asked
+        profile = read_profile(files, version, params.register.model_name)
+        weights = _weights(files, version) if params.review.heatmaps else None
     live = live_table(served, profile["labels"])
     drifted = [f.check for f in drift_tests(live, profile, params) if f.drift]
     queue = review_queue(live, profile, drifted, params.review.size, params.monitor.low_confidence)
     out = Path(params.review.output)
     with staged_dir(out, replace=True) as stage:
         rows = _copy_images(queue, stage, out)
-        if params.review.heatmaps:
-            _heatmaps(params, version, rows, stage, out)
+        if weights is not None:
+            _heatmaps(weights, rows, stage, out)
         atomic_write_text(stage / QUEUE_FILE, _queue_file(rows))
         title = f"Review queue: {params.register.model_name} version {version}, {len(rows)} images"
         atomic_write_text(stage / SHEET_FILE, _sheet(rows, title))

@@ -21,57 +21,56 @@ import pandas as pd
 from components.core.config import Params
 from components.core.errors import InputError
 from components.data.images import STATS, decode_all, image_stats
-from components.model.contract import EMBEDDINGS_FILE, PROFILE_FILE, WEIGHTS_FILE
+from components.integrations.triton_repo import BESIDE_MODEL
+from components.model.contract import EMBEDDINGS_FILE, PROFILE_FILE
 from components.traffic import drift
 from components.traffic.captures import Sample, Window, read_window
 from components.triton_models import novelty
 
 
-def _read_profile(path: Path, embeddings: Path) -> dict[str, Any]:
-    """A reference profile, with the val embeddings and their novelty scores (`embedding`'s `val` and
-    `val_novelty`, arrays) read from the embeddings file where the version has one."""
-    profile = json.loads(path.read_text(encoding="utf-8"))
-    if "embedding" in profile and embeddings.is_file():
-        try:
-            with np.load(embeddings) as data:
-                val, scores = data[novelty.VAL].astype(np.float32), data[novelty.VAL_NOVELTY]
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-            raise InputError(
-                f"{embeddings}: not a readable embeddings file ({exc}); publish the version again"
-            ) from None
-        profile["embedding"].update(val=val, val_novelty=scores)
-    else:
-        profile.pop("embedding", None)
-    return profile
-
-
 @contextlib.contextmanager
-def version_files(params: Params, version: str) -> Iterator[dict[str, Path]]:
-    """The files of a registry version beside its model (profile, embeddings, weights): the published folder
-    when it is there, else a download from the registry, removed afterwards. A file may be missing (an older
-    version)."""
-    name = params.register.model_name
-    folder = Path(params.publish.repo) / name / version
+def reference_files(params: Params, version: str) -> Iterator[dict[str, Path]]:
+    """The files beside a registry version's model (`triton_repo.BESIDE_MODEL`: the profile, the embedder, the
+    embeddings, the weights): in the published folder when it is there, else downloaded from the registry
+    into a folder removed afterwards. An older version lacks some."""
+    folder = Path(params.publish.repo) / params.register.model_name / version
     if (folder / PROFILE_FILE).is_file():
-        yield {file: folder / file for file in (PROFILE_FILE, EMBEDDINGS_FILE, WEIGHTS_FILE)}
+        yield {file: folder / file for file in BESIDE_MODEL}
         return
     from components.integrations import mlflow_tracking
     from components.integrations.mlflow_registry import downloaded
 
     client, _ = mlflow_tracking.client(params.mlflow)
-    with downloaded(params.mlflow, client.get_model_version(name, version)) as files:
+    with downloaded(params.mlflow, client.get_model_version(params.register.model_name, version)) as files:
         yield files
+
+
+def read_profile(files: dict[str, Path], version: str, name: str) -> dict[str, Any]:
+    """The reference profile among a version's files (`reference_files`), with the val embeddings and their
+    novelty scores (`embedding`'s `val` and `val_novelty`, arrays) where the version has an embeddings file."""
+    if not files[PROFILE_FILE].is_file():
+        raise InputError(
+            f"registry version {version} of {name!r} has no reference profile (registered before profiles "
+            "existed); export and register a model again to monitor it"
+        )
+    profile = json.loads(files[PROFILE_FILE].read_text(encoding="utf-8"))
+    embeddings = files[EMBEDDINGS_FILE]
+    if "embedding" not in profile or not embeddings.is_file():
+        profile.pop("embedding", None)
+        return profile
+    try:
+        with np.load(embeddings) as data:
+            val, scores = data[novelty.VAL].astype(np.float32), data[novelty.VAL_NOVELTY]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise InputError(f"{embeddings}: not a readable embeddings file ({exc}); publish the version again") from None
+    profile["embedding"].update(val=val, val_novelty=scores)
+    return profile
 
 
 def load_profile(params: Params, version: str) -> dict[str, Any]:
     """The reference profile of a registry version: beside the published model, else from the registry."""
-    with version_files(params, version) as files:
-        if not files[PROFILE_FILE].is_file():
-            raise InputError(
-                f"registry version {version} of {params.register.model_name!r} has no reference profile "
-                "(registered before profiles existed); export and register a model again to monitor it"
-            )
-        return _read_profile(files[PROFILE_FILE], files[EMBEDDINGS_FILE])
+    with reference_files(params, version) as files:
+        return read_profile(files, version, params.register.model_name)
 
 
 def _stats_by_sha(samples: list[Sample]) -> dict[str, dict[str, Any]]:

@@ -208,26 +208,25 @@ class TritonPythonModel:
         ]
         if not chosen:
             return
-        pixels = np.stack([requests[r][2][i] for r, i in chosen])
-        embedded = None if requests[0][3] is None else np.stack([requests[r][3][i] for r, i in chosen])
-        seen = self._seen(pixels, embedded)
+        try:
+            seen = self._seen(requests, chosen)
+        except Exception as exc:  # what the model saw is for the monitor: never worth a client's answer
+            self.capture.failure = f"sortflow capture: the embedding failed ({exc}); captured without it"
+            seen = None
         for n, (r, i) in enumerate(chosen):
             batch, out, _, _, shadow = requests[r]
             second = (self.shadow_version, shadow[i].tolist()) if shadow is not None else None
             self.capture.submit(bytes(batch[i][0]), out[i].tolist(), shadow=second, seen=seen[n] if seen else None)
 
-    def _seen(self, pixels: np.ndarray, embedded: np.ndarray | None) -> list[tuple[str, float]] | None:
-        """Each image's encoded embedding and novelty score; None when the version has no embedder. With the
-        classifier run elsewhere (BLS) the embedder runs here, on these images only."""
-        if self.embedder is None:
+    def _seen(self, requests: list[tuple], chosen: list[tuple[int, int]]) -> list[tuple[str, float]] | None:
+        """Each chosen image's encoded embedding and novelty score; None when the version has no embedder."""
+        if requests[0][3] is not None:  # the embedder was the model that ran: its embeddings are at hand
+            embedded = np.stack([requests[r][3][i] for r, i in chosen])
+        elif self.embedder is not None:  # the classifier ran elsewhere (BLS): the embedder runs on these only
+            embedded = self.embedder.run([EMBEDDING], {PIXELS: np.stack([requests[r][2][i] for r, i in chosen])})[0]
+        else:
             return None
-        try:
-            if embedded is None:
-                embedded = self.embedder.run([EMBEDDING], {PIXELS: pixels})[0]
-            scores = novelty(embedded, self.train, self.neighbours)
-        except Exception as exc:  # what the model saw is for the monitor: never worth a client's answer
-            self.capture.failure = f"sortflow capture: the embedding failed ({exc}); captured without it"
-            return None
+        scores = novelty(embedded, self.train, self.neighbours)
         return [(encode(e), float(s)) for e, s in zip(embedded, scores, strict=True)]
 
     def _shadow(self, requests: list, pixels: list) -> list:

@@ -165,11 +165,12 @@ def test_a_damaged_embeddings_file_is_named_with_the_fix(tmp_path) -> None:
     import json
 
     from components.core.errors import SortflowError
-    from components.traffic.windows import _read_profile
+    from components.traffic.windows import read_profile
 
     (tmp_path / "reference_profile.json").write_text(json.dumps({"labels": ["a"], "embedding": {"dim": 2}}))
     (tmp_path / "embeddings.npz").write_bytes(b"PK\x03\x04 not a zip")
+    files = {name: tmp_path / name for name in ("reference_profile.json", "embeddings.npz")}
     with pytest.raises(SortflowError, match=r"embeddings.npz: not a readable embeddings file .*; publish the version"):
-        _read_profile(tmp_path / "reference_profile.json", tmp_path / "embeddings.npz")
+        read_profile(files, "1", "m")
     (tmp_path / "embeddings.npz").unlink()  # an older version without the file: no embedding tests
-    assert "embedding" not in _read_profile(tmp_path / "reference_profile.json", tmp_path / "embeddings.npz")
+    assert "embedding" not in read_profile(files, "1", "m")
