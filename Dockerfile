@@ -30,13 +30,13 @@ COPY flows/__init__.py flows/__init__.py
 RUN pip install --no-cache-dir ".[team]"
 
 COPY --chown=1000:1000 . .
-# The runs write output/, triton_repo/ and DVC's data/ and .dvc/tmp here, as user 1000; the two folders
-# exist so that volumes mounted on them start with that owner.
+# The runs write output/, triton_repo/ and DVC's data/ and .dvc/tmp here, as user 1000; these folders and the
+# MLflow server's artifact folder (compose.yaml) exist so that volumes mounted on them start with that owner.
 # hadolint ignore=DL3013
 RUN pip install --no-cache-dir --no-deps . \
     && rm -rf build ./*.egg-info \
-    && mkdir -p output triton_repo \
-    && chown 1000:1000 /opt/sortflow output triton_repo \
+    && mkdir -p output triton_repo /var/lib/mlflow \
+    && chown 1000:1000 /opt/sortflow output triton_repo /var/lib/mlflow \
     && git config --system --add safe.directory /opt/sortflow
 
 USER 1000

@@ -8,7 +8,7 @@ export GX_ANALYTICS_ENABLED := false
 export MLFLOW_DISABLE_TELEMETRY := true
 export MPLBACKEND := Agg
 
-.PHONY: install demo test lint docs browser bench clean
+.PHONY: install demo test lint docs browser containers bench clean
 
 install: $(STAMP)
 
@@ -44,9 +44,15 @@ browser:
 	@command -v chromium-headless-shell >/dev/null || command -v chromium >/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium-headless-shell; }
 
+# The container tests (tests/containers) run the team stack with Debian's Podman and runc, and build a Debian base
+# image with mmdebstrap; installed once (as root). podman-compose comes from PyPI with the dev extras.
+containers:
+	@command -v podman >/dev/null && command -v runc >/dev/null && command -v mmdebstrap >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc mmdebstrap; }
+
 # Two workers, each test file on one of them (its module fixtures built once): most tests wait on servers and
 # subprocesses, so two workers on 2 cores take about half the time of one (the timings are in the docs).
-test: lint browser
+test: lint browser containers
 	$(BIN)/pytest -n 2 --dist loadfile
 
 # The peer of bench_peer.py (Ultralytics) comes from PyPI, with the numpy that sortflow already has.
@@ -63,6 +69,7 @@ bench: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m bench.bench_peer
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m bench.bench_orchestration
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m bench.bench_team
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m bench.bench_containers
 
 clean:
 	rm -rf output bench/out .pytest_cache .ruff_cache

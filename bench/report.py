@@ -31,6 +31,7 @@ ORDER = (
     "monitor",
     "orchestration",
     "team",
+    "containers",
 )
 HEADER = """# Benchmarks
 
