@@ -33,7 +33,7 @@ from tests.support.podman import (
     unusable,
 )
 from tests.support.project import MODEL
-from tests.support.services import sh
+from tests.support.services import sh, wait_for_flow_run
 
 pytestmark = [pytest.mark.container, pytest.mark.slow, pytest.mark.timeout(1500)]
 
@@ -144,16 +144,6 @@ def _logs(podman: Podman) -> str:
     return "\n".join(f"--- {n}\n{podman.run('logs', '--tail', '40', n, check=False)}" for n in names)
 
 
-def _wait_for_flow_run(run_id: str, timeout: float, logs: Callable[[], str]) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        state = httpx.get(f"{PREFECT_API}/flow_runs/{run_id}", timeout=10).json()["state"]
-        if state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
-            return state
-        assert time.monotonic() < deadline, f"flow run still {state['type']}:\n{logs()}"
-        time.sleep(3)
-
-
 def test_the_compose_stack_trains_registers_and_serves(
     podman: Podman, shared: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -180,7 +170,7 @@ def test_the_compose_stack_trains_registers_and_serves(
         trigger = ["prefect", "deployment", "run", "training-pipeline/nightly"]
         triggered = sh(trigger, tmp_path, PREFECT_API_URL=PREFECT_API)
         run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", triggered).group(1)
-        state = _wait_for_flow_run(run_id, 600, logs)
+        state = wait_for_flow_run(PREFECT_API, run_id, logs)
         assert state["type"] == "COMPLETED", f"{state}\n{logs()}"
         podman.timings["training-pipeline/nightly, triggered to Completed"] = time.monotonic() - start
 

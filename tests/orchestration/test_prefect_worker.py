@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import re
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.support.project import MODEL, project_copy
-from tests.support.services import command_env, sh, stop_group
+from tests.support.services import command_env, sh, stop_group, wait_for_flow_run
 
 DEPLOYMENTS = ("training-pipeline/nightly", "data-check/hourly", "monitor/hourly", "promote-and-serve/manual")
 IMAGE = "registry.example.com/sortflow:1.0"
@@ -24,16 +23,6 @@ def _deployments(api: str) -> dict[str, dict]:
 
 def _all_deployments(api: str) -> list[dict]:
     return httpx.post(f"{api}/deployments/filter", json={}, timeout=10).json()
-
-
-def _wait_for_end(api: str, run_id: str, log: Path, timeout: float = 600) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        state = httpx.get(f"{api}/flow_runs/{run_id}", timeout=10).json()["state"]
-        if state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
-            return state
-        assert time.monotonic() < deadline, f"flow run still {state['type']}:\n{log.read_text()[-5000:]}"
-        time.sleep(2)
 
 
 @pytest.mark.slow
@@ -65,7 +54,7 @@ def test_a_process_worker_in_another_folder_runs_the_training_pipeline(tmp_path:
             start_new_session=True,
         )
         try:
-            state = _wait_for_end(api, run_id, log)
+            state = wait_for_flow_run(api, run_id, lambda: log.read_text()[-5000:])
         finally:
             stop_group(worker)
     assert state["type"] == "COMPLETED", log.read_text()[-5000:]

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +60,17 @@ def stop_group(process: subprocess.Popen, grace: float = 20) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+
+
+def wait_for_flow_run(api: str, run_id: str, logs: Callable[[], str], timeout: float = 600) -> dict:
+    """The final state of a Prefect flow run; the test fails with `logs()` if it has not ended in `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = httpx.get(f"{api}/flow_runs/{run_id}", timeout=10).json()["state"]
+        if state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            return state
+        assert time.monotonic() < deadline, f"flow run still {state['type']}:\n{logs()}"
+        time.sleep(2)
 
 
 STARTUP_TIMES: dict[str, float] = {}  # seconds until each server answered; printed at the session's end
