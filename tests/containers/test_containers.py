@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
+import sys
 import tarfile
 import time
 from collections.abc import Callable, Iterator
@@ -131,7 +131,7 @@ def _answers(url: str) -> bool:
 
 def _compose(podman: Podman, *args: str, env: dict[str, str], timeout: float = 600) -> str:
     done = subprocess.run(
-        [shutil.which("podman-compose") or "podman-compose", *COMPOSE, *args],
+        [str(Path(sys.executable).parent / "podman-compose"), *COMPOSE, *args],  # from the dev extras
         cwd=ROOT, env={**podman.env, **env}, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
     output = done.stdout + done.stderr
