@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -56,8 +57,6 @@ class Podman:
 
     @property
     def env(self) -> dict[str, str]:
-        import os
-
         return {
             **os.environ,
             "CONTAINERS_CONF": str(self.home / "containers.conf"),
@@ -126,11 +125,12 @@ def debian_base(podman: Podman) -> None:
     """A minimal Debian bookworm with Python 3.11 and pip from Debian's packages, imported as DEBIAN."""
     start = time.monotonic()
     rootfs = podman.home / "tmp" / "rootfs.tar"
-    subprocess.run(
+    done = subprocess.run(
         ["mmdebstrap", "--quiet", "--variant=minbase",
          "--include=python3,python3-venv,python3-pip,ca-certificates", "bookworm", str(rootfs)],
-        check=True, capture_output=True, timeout=600,
+        capture_output=True, text=True, timeout=600,
     )  # fmt: skip
+    assert done.returncode == 0, f"mmdebstrap could not make the Debian base:\n{done.stderr[-4000:]}"
     podman.run("import", "--quiet", str(rootfs), DEBIAN)
     rootfs.unlink()
     podman.timings[f"build {DEBIAN}"] = time.monotonic() - start
@@ -156,4 +156,5 @@ def build_images(podman: Podman) -> None:
 
 
 def free_disk_gb(path: Path) -> float:
+    """Gigabytes free on the disk that holds `path`."""
     return shutil.disk_usage(path).free / 1e9
