@@ -51,10 +51,12 @@ containers:
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc mmdebstrap; }
 
 # Two workers, each test file on one of them (its module fixtures built once): most tests wait on servers and
-# subprocesses, so two workers on 2 cores take about half the time of one (the timings are in the docs). Files in
-# collection order, where the container tests come first (tests/conftest.py): the longest file starts at once.
+# subprocesses, so two workers on 2 cores take about half the time of one (the timings are in the docs). The
+# container tests then run on their own: building the images and training in them beside the other tests made
+# both slower (30 min in all, against about 26 one after the other).
 test: lint browser containers
-	$(BIN)/pytest -n 2 --dist loadfile --no-loadscope-reorder
+	$(BIN)/pytest -n 2 --dist loadfile -m "not container"
+	$(BIN)/pytest -m container
 
 # The peer of bench_peer.py (Ultralytics) comes from PyPI, with the numpy that sortflow already has.
 bench: $(STAMP)

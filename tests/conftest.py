@@ -42,12 +42,6 @@ def run_cli(
     return run
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The container tests first: their file, the longest (about 10 minutes), then runs on one xdist worker
-    beside the rest of the suite instead of after it. Otherwise collection order."""
-    items.sort(key=lambda item: not item.nodeid.startswith("tests/containers/"))
-
-
 def _controller(config: pytest.Config) -> bool:
     """The process that runs the session: pytest itself, or with xdist (`-n`) the controller, not a worker."""
     return not hasattr(config, "workerinput")

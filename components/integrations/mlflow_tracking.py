@@ -50,6 +50,8 @@ def client(params: MlflowParams) -> tuple[Any, str]:
                 f"MLflow tracking server {redact_uri(uri)} cannot be reached ({exc}); start it or point "
                 "mlflow.tracking_uri (or MLFLOW_TRACKING_URI) at a running server"
             ) from exc
+    if parsed.scheme == "sqlite":
+        create_sqlite_store(uri)
     mlflow_client = MlflowClient(tracking_uri=uri)
     experiment = mlflow_client.get_experiment_by_name(params.experiment)
     if experiment is not None:
@@ -57,6 +59,42 @@ def client(params: MlflowParams) -> tuple[Any, str]:
     # A local store keeps its artifacts beside it (./mlruns), not in a folder of MLflow's choosing.
     artifacts = Path("mlruns").resolve().as_uri() if parsed.scheme in ("sqlite", "file", "") else None
     return mlflow_client, mlflow_client.create_experiment(params.experiment, artifact_location=artifacts)
+
+
+def create_sqlite_store(uri: str) -> None:
+    """Create the SQLite file of `uri` whole, if it does not exist yet: MLflow's schema migrations (dozens on
+    first use) run on a temporary file, which is then linked into place. A process killed during them leaves
+    no half-migrated database that every later run would fail on. If another process made it meanwhile, its
+    database is kept."""
+    path = Path(uri.removeprefix("sqlite:///"))
+    if path.exists() or "?" in uri or uri.endswith(":memory:"):
+        return
+    from mlflow.store.tracking import DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed while making it
+        pid = stale.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and not _alive(int(pid)):
+            stale.unlink(missing_ok=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        SqlAlchemyStore(f"sqlite:///{temp}", DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH).engine.dispose()
+        with contextlib.suppress(FileExistsError):
+            os.link(temp, path)  # never over a database that another process has just made
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process `pid` runs (another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def flat_params(params: Params) -> dict[str, str]:

@@ -241,3 +241,23 @@ def test_two_publish_at_once_are_serialised(straight: Straight, crashed: Project
     assert all("test holder" in log.read_text() for log in logs)
     _loads(crashed)
     record_figure("two publish at once", 2, notes="each waited for the lock of publish.repo, told its holder")
+
+
+def test_a_kill_while_mlflow_makes_its_sqlite_store_leaves_none_or_a_whole_one(tmp_path: Path) -> None:
+    """MLflow migrates a new SQLite store in dozens of steps; killed among them, it must not leave a database
+    that every later run fails on (the crash matrix once hit this under load)."""
+    from mlflow.tracking import MlflowClient
+
+    from components.integrations.mlflow_tracking import create_sqlite_store
+
+    make = "import sys; from components.integrations.mlflow_tracking import create_sqlite_store as c; c(sys.argv[1])"
+    for i, delay in enumerate((0.8, 1.6, 2.0, 2.5, 3.0)):  # python and mlflow import in about 1 s, then migrate
+        uri = f"sqlite:///{tmp_path}/db{i}/mlflow.db"
+        process = subprocess.Popen([sys.executable, "-c", make, uri], cwd=Path(__file__).parents[2])
+        time.sleep(delay)
+        process.kill()
+        process.wait()
+        create_sqlite_store(uri)  # what the next run does first
+        client = MlflowClient(tracking_uri=uri)
+        assert client.get_experiment_by_name("Default") is not None, delay
+        assert [p.name for p in (tmp_path / f"db{i}").iterdir()] == ["mlflow.db"], delay  # no temporary file left
