@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,18 +67,19 @@ def create_sqlite_store(uri: str) -> None:
     first use) run on a temporary file, which is then linked into place. A process killed during them leaves
     no half-migrated database that every later run would fail on. If another process made it meanwhile, its
     database is kept."""
-    path = Path(uri.removeprefix("sqlite:///"))
+    path = Path(uri.removeprefix("sqlite:///")).absolute()
     if path.exists() or "?" in uri or uri.endswith(":memory:"):
         return
     from mlflow.store.tracking import DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed while making it
-        pid = stale.name.rsplit(".", 2)[-2]
+    for stale in path.parent.glob(f".{path.name}.*.tmp*"):  # left by a process killed while making it (+ journal)
+        pid = stale.name[len(path.name) + 2 :].split("-")[0]
         if pid.isdigit() and not _alive(int(pid)):
             stale.unlink(missing_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # A name used once: MLflow keeps an engine per database URI for the life of the process.
+    temp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp")
     try:
         SqlAlchemyStore(f"sqlite:///{temp}", DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH).engine.dispose()
         with contextlib.suppress(FileExistsError):
