@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 
 from components.core.config import MlflowParams, Params, redact_uri
 from components.core.errors import ServiceError
+from components.core.procs import running
 from components.data.digests import lists_digest
 from components.integrations.dvc_data import dvc_md5
 
@@ -76,7 +77,7 @@ def create_sqlite_store(uri: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f".{path.name}.*.tmp*"):  # left by a process killed while making it (+ journal)
         pid = stale.name[len(path.name) + 2 :].split("-")[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not running(int(pid)):
             stale.unlink(missing_ok=True)
     # A name used once: MLflow keeps an engine per database URI for the life of the process.
     temp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp")
@@ -86,17 +87,6 @@ def create_sqlite_store(uri: str) -> None:
             os.link(temp, path)  # never over a database that another process has just made
     finally:
         temp.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    """Whether a process `pid` runs (another user's counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
 
 
 def flat_params(params: Params) -> dict[str, str]:
