@@ -55,14 +55,19 @@ class Deployable(nn.Module):
 PROJECTION_SEED = 0
 
 
+def feature_width(model: nn.Module) -> int:
+    """The width of a timm model's pooled penultimate features (head_hidden_size where a head adds layers)."""
+    return getattr(model, "head_hidden_size", None) or model.num_features
+
+
 class Embedder(nn.Module):
-    """The deployable model with a second output: its pooled features, randomly projected to `dim` numbers."""
+    """The deployable model with a second output: its pooled features, randomly projected to `dim` numbers
+    (`dim` at least the features' width: the features themselves, unit length)."""
 
     def __init__(self, deployable: Deployable, dim: int) -> None:
         super().__init__()
         self.deployable = deployable
-        model = deployable.model  # timm: the pre-logits width is head_hidden_size where a head adds layers
-        features = getattr(model, "head_hidden_size", None) or model.num_features
+        features = feature_width(deployable.model)
         generator = torch.Generator().manual_seed(PROJECTION_SEED)
         projection = torch.randn(features, dim, generator=generator) / dim**0.5
         self.register_buffer("projection", projection if dim < features else torch.eye(features))

@@ -121,8 +121,8 @@ def test_a_resized_reencoded_copy_across_splits_is_a_leak_and_a_flipped_label_is
 
 def test_label_issues_look_with_the_weights_training_started_from() -> None:
     """A network fine-tuned on the labels under audit has learned the wrong ones too: the audit uses the
-    weights its training started from (train.pretrained), and the fine-tuned ones only after training from
-    scratch."""
+    weights its training started from (train.pretrained), at the input size they were trained at, and the
+    fine-tuned ones only after training from scratch."""
     import torch
 
     from components.model.label_issues import unlearned
@@ -130,9 +130,10 @@ def test_label_issues_look_with_the_weights_training_started_from() -> None:
 
     spec = get_spec("EfficientNet-Lite0")
     tuned = create_model(spec, 3, "none").state_dict()
-    ckpt = {"timm_name": spec.timm_name, "num_classes": 3, "model": tuned}
+    ckpt = {"timm_name": spec.timm_name, "num_classes": 3, "model": tuned, "data_config": {"image_size": 64}}
     assert unlearned(ckpt, "none") is ckpt
     start = unlearned(ckpt, "imagenet")["model"]
+    assert unlearned(ckpt, "imagenet")["data_config"]["image_size"] == spec.input_size == 224
     imagenet = create_model(spec, 3, "imagenet").state_dict()
     assert torch.equal(start["conv_stem.weight"], imagenet["conv_stem.weight"])
     assert not torch.equal(start["conv_stem.weight"], tuned["conv_stem.weight"])
