@@ -7,8 +7,8 @@ forward pass of the network, no retraining of it.
 
 The network is the trained checkpoint's, with the weights it started from (`train.pretrained`) where it
 started from any, read at the resolution those weights were trained at: a network fine-tuned on the very
-labels under audit has learned the wrong ones too, and its features hide them (on TrashNet with 5% of the
-labels flipped, the fine-tuned features found 7% of them, the ImageNet ones 94%: bench/bench_see.py).
+labels under audit has learned the wrong ones too, and its features hide them (bench/bench_see.py measures
+what the ImageNet ones find on TrashNet with 5% of the labels flipped).
 The features outnumber the images of a class, so the regression's strength matters: of C_GRID, the one whose
 out-of-fold probabilities fit the given labels best (log-loss) is used. Neither choice looks at which labels
 are wrong.
