@@ -52,8 +52,8 @@ def embeddings(ckpt: dict[str, Any], files: list[str], batch_size: int) -> np.nd
 
 def unlearned(ckpt: dict[str, Any], pretrained: str) -> dict[str, Any]:
     """The checkpoint with the weights its training started from (`train.pretrained`: imagenet or a weights
-    file) in place of its fine-tuned ones, and the input size they were trained at in place of the fine-tune's;
-    the checkpoint itself when it was trained from scratch."""
+    file) in place of its fine-tuned ones, and the architecture's pretrained input size (timm's; 224 px for
+    EfficientNet-Lite0) in place of the fine-tune's; the checkpoint itself when it was trained from scratch."""
     if pretrained in ("", "none"):
         return ckpt
     from components.model.zoo import create_model, get_spec
