@@ -32,19 +32,17 @@ def embeddings(ckpt: dict[str, Any], files: list[str], batch_size: int) -> np.nd
 
     from rich.progress import track
 
-    from components.data.loader import DataConfig, prepared, transform
     from components.model.deployable import Embedder, deployable_from_checkpoint, export_onnx, feature_width
-    from components.model.onnx_session import onnx_embeddings, onnx_session
+    from components.model.onnx_session import onnx_embeddings, onnx_session, pixels
 
     deployable, size = deployable_from_checkpoint(ckpt), int(ckpt["data_config"]["image_size"])
     with tempfile.TemporaryDirectory() as tmp:  # the session holds the model in memory: the file can go
         path = Path(tmp) / "features.onnx"
         export_onnx(Embedder(deployable, feature_width(deployable.model)).eval(), size, path)
         session = onnx_session(path)
-    tf = transform(DataConfig(**ckpt["data_config"]), training=False, normalize=False)
     batches = range(0, len(files), batch_size)
     out = [
-        onnx_embeddings(session, np.stack([prepared(f, tf).numpy() for f in files[i : i + batch_size]]).astype("f4"))[1]
+        onnx_embeddings(session, pixels(files[i : i + batch_size], ckpt["data_config"]))[1]
         for i in track(batches, description="features", transient=True, disable=len(batches) < 4)
     ]
     return np.concatenate(out) if out else np.empty((0, 0), np.float32)

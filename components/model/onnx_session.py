@@ -1,10 +1,11 @@
 """Running an exported model: onnxruntime sessions, probabilities in batches, and images as it takes them.
 
-Torch is imported only by `raw_images`, so register and publish start without it.
+Torch is imported only by `pixels`, so register and publish start without it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,17 +60,22 @@ def onnx_embeddings(session: Any, images: np.ndarray, batch: int = 32) -> tuple[
     return np.concatenate([r[0] for r in runs]), np.concatenate([r[1] for r in runs])
 
 
+def pixels(files: Sequence[str | Path], data_config: dict[str, Any]) -> np.ndarray:
+    """Image files as the exported model takes them (resized, cropped, 0-255), stacked: float32 [n, 3, H, W]."""
+    from components.data.loader import DataConfig, prepared, transform
+
+    tf = transform(DataConfig(**data_config), training=False, normalize=False)
+    return np.stack([prepared(f, tf).numpy() for f in files]).astype(np.float32)
+
+
 def raw_images(
     dataset_dir: Path, split: str, data_config: dict[str, Any], limit: int | None = None, start: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Images of a split as the exported model takes them (resized, cropped, 0-255 float), and labels: the
-    `limit` images from line `start` on (all by default)."""
-    from components.data.loader import DataConfig, prepared, read_split, transform
+    """Images of a split as the exported model takes them (`pixels`), and labels: the `limit` images from line
+    `start` on (all by default)."""
+    from components.data.loader import read_split
 
-    cfg = DataConfig(**data_config)
-    tf = transform(cfg, training=False, normalize=False)
     samples = read_split(dataset_dir, split)[start : None if limit is None else start + limit]
-    images = [prepared(s.path, tf).numpy() for s in samples]
-    if not images:
+    if not samples:
         raise InputError(f"{dataset_dir}/{split}.txt: no images to check the exported model on")
-    return np.stack(images).astype(np.float32), np.array([s.label for s in samples])
+    return pixels([s.path for s in samples], data_config), np.array([s.label for s in samples])
