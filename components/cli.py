@@ -490,6 +490,9 @@ def _release_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("version", type=int, nargs="?", help="registry version to shadow the champion with")
     p.add_argument("--stop", action="store_true", help="end the shadow run")
     p.set_defaults(func=cmd_shadow)
+
+
+def _serving_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("serve", parents=[common], help="start a local Triton server over publish.repo")
     group = p.add_mutually_exclusive_group()
     group.add_argument(
@@ -581,6 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _dataset_commands(sub, common)
     _release_commands(sub, common)
+    _serving_commands(sub, common)
     _tool_commands(sub, common)
     dataset = sub.choices["dataset"]._subparsers._group_actions[0].choices  # type: ignore[union-attr]
     for name in RESULT_COMMANDS:
