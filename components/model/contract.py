@@ -18,6 +18,7 @@ PROFILE_FILE = "reference_profile.json"  # what normal traffic looks like for th
 # The same model with a second output, `embedding`: what <model>_bytes runs to capture what the model sees.
 EMBEDDER_FILE = "embedder.onnx"
 EMBEDDING_NAME = "embedding"
+FEATURES_NAME = "features"  # the output of the stage summary that the dataset audit classifies with
 EMBEDDINGS_FILE = "embeddings.npz"  # train and val embeddings: the novelty score's neighbours, the drift reference
 WEIGHTS_FILE = "model.pt"  # the torch weights, for the heatmaps of the review sheet
 

@@ -11,6 +11,10 @@ penultimate features (the input of the classifier layer), normalized to unit len
 random Gaussian matrix (seeded, so every export of a model gets the same one) and normalized again. The
 random projection keeps distances between images close to those between their full features (Johnson and
 Lindenstrauss) in a fraction of the space, which is what the capture stores per request.
+
+The stage summary (`StageSummary`, what the dataset audit classifies with) has one output, `features`: the
+model's feature maps at each of its last stages summarised by their mean and standard deviation over
+positions, and the pooled penultimate features, each block unit length, side by side.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import torch
 from torch import nn
 
 from components.model.checkpoints import model_from_checkpoint
-from components.model.contract import EMBEDDING_NAME, INPUT_NAME, OUTPUT_NAME
+from components.model.contract import EMBEDDING_NAME, FEATURES_NAME, INPUT_NAME, OUTPUT_NAME
 
 OPSET = 17
 
@@ -48,6 +52,8 @@ class Deployable(nn.Module):
         """The model's logits for raw 0-255 RGB pixels (before the temperature)."""
         return self.model(self.normalized(image))
 
+    outputs = (OUTPUT_NAME,)
+
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return (self.logits(image) * self.inverse_temperature).softmax(dim=1)
 
@@ -63,6 +69,8 @@ def feature_width(model: nn.Module) -> int:
 class Embedder(nn.Module):
     """The deployable model with a second output: its pooled features, randomly projected to `dim` numbers
     (`dim` at least the features' width: the features themselves, unit length)."""
+
+    outputs = (OUTPUT_NAME, EMBEDDING_NAME)
 
     def __init__(self, deployable: Deployable, dim: int) -> None:
         super().__init__()
@@ -81,18 +89,46 @@ class Embedder(nn.Module):
         return probabilities, nn.functional.normalize(pooled @ self.projection, dim=1)
 
 
+STAGES = 5  # the last stages a stage summary reads (all of a CNN's in timm; a ViT's last five blocks)
+
+
+class StageSummary(nn.Module):
+    """The deployable model's features at several depths: for each of its last STAGES stages (timm's
+    `forward_intermediates`), the mean and the standard deviation of every feature map over positions, then
+    the pooled penultimate features; each block unit length, side by side. Early stages see texture and
+    colour, which pooled penultimate features trained on ImageNet's objects keep little of."""
+
+    outputs = (FEATURES_NAME,)
+
+    def __init__(self, deployable: Deployable) -> None:
+        super().__init__()
+        self.deployable = deployable
+        self.stages = min(STAGES, len(deployable.model.feature_info))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        model = self.deployable.model
+        final, maps = model.forward_intermediates(self.deployable.normalized(image), indices=self.stages)
+        means = [m.mean(dim=(2, 3)) for m in maps]
+        # The spread over positions, without Bessel's correction: a 1 x 1 map has spread 0, not NaN.
+        centred = [m - mu[:, :, None, None] for m, mu in zip(maps, means, strict=True)]
+        spreads = [c.square().mean(dim=(2, 3)).sqrt() for c in centred]
+        blocks = [*means, *spreads, model.forward_head(final, pre_logits=True).flatten(1)]
+        return torch.cat([nn.functional.normalize(b, dim=1) for b in blocks], dim=1)
+
+
 def deployable_from_checkpoint(ckpt: dict[str, Any], temperature: float = 1.0) -> Deployable:
     """A checkpoint's model with its own mean and std inside and the given temperature, in eval mode."""
     cfg = ckpt["data_config"]
     return Deployable(model_from_checkpoint(ckpt), tuple(cfg["mean"]), tuple(cfg["std"]), temperature).eval()
 
 
-def export_onnx(model: Deployable | Embedder, size: int, path: Path) -> None:
-    """Write `model` as ONNX (opset 17, dynamic batch axis) and check the file with onnx's checker."""
+def export_onnx(model: Deployable | Embedder | StageSummary, size: int, path: Path) -> None:
+    """Write `model` as ONNX (opset 17, dynamic batch axis, its `outputs` named) and check the file with onnx's
+    checker."""
     import onnx
 
     example = torch.rand(2, 3, size, size) * 255
-    outputs = [OUTPUT_NAME, EMBEDDING_NAME] if isinstance(model, Embedder) else [OUTPUT_NAME]
+    outputs = list(model.outputs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript-based exporter announces its deprecation
         torch.onnx.export(

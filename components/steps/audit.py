@@ -85,7 +85,7 @@ def _listed(root: Path, source: Path) -> list[Listed]:
 def _issues(params: Params, images: list[Listed], classes: int) -> list[LabelIssue] | None:
     """Likely label errors among train and val, or None when there is no trained checkpoint."""
     from components.model.checkpoints import load_checkpoint, weights_path
-    from components.model.label_issues import embeddings, label_issues, out_of_fold_probabilities, unlearned
+    from components.model.label_issues import features, label_issues, out_of_fold_probabilities, unlearned
 
     weights = weights_path(params.evaluate.weight_path, params.train.output)
     if not weights.is_file():
@@ -94,8 +94,8 @@ def _issues(params: Params, images: list[Listed], classes: int) -> list[LabelIss
     ckpt = load_checkpoint(weights, "evaluate.weight_path")
     labels = np.array([image.label for image in images])
     network = unlearned(ckpt, params.train.pretrained)
-    features = embeddings(network, [image.file for image in images], params.evaluate.batch_size)
-    return label_issues(out_of_fold_probabilities(features, labels, classes, params.audit.folds), labels)
+    summary = features(network, [image.file for image in images], params.evaluate.batch_size)
+    return label_issues(out_of_fold_probabilities(summary, labels, classes, params.audit.folds), labels)
 
 
 def _write_csvs(

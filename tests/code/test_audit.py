@@ -137,3 +137,48 @@ def test_label_issues_look_with_the_weights_training_started_from() -> None:
     imagenet = create_model(spec, 3, "imagenet").state_dict()
     assert torch.equal(start["conv_stem.weight"], imagenet["conv_stem.weight"])
     assert not torch.equal(start["conv_stem.weight"], tuned["conv_stem.weight"])
+
+
+def test_stage_summary_is_unit_blocks_of_every_stage_and_onnx_runs_it_as_torch(tmp_path: Path) -> None:
+    """The audit's features: a mean and a spread per channel of each of the last stages, then the pooled
+    penultimate features, each block unit length; its ONNX file gives what torch gives."""
+    import torch
+
+    from components.model.contract import FEATURES_NAME, INPUT_NAME
+    from components.model.deployable import Deployable, StageSummary, export_onnx, feature_width
+    from components.model.onnx_session import onnx_session
+    from components.model.zoo import create_model, get_spec
+
+    torch.manual_seed(0)
+    net = create_model(get_spec("EfficientNet-Lite0"), 3, "imagenet").eval()
+    summary = StageSummary(Deployable(net, (0.5,) * 3, (0.5,) * 3)).eval()
+    channels = [info["num_chs"] for info in net.feature_info][-summary.stages :]
+    widths = [*channels, *channels, feature_width(net)]
+    images = torch.rand(3, 3, 64, 64) * 255
+    with torch.no_grad():
+        out = summary(images).numpy()
+    assert summary.stages == 5 and out.shape == (3, sum(widths))
+    bounds = np.cumsum(widths)[:-1]
+    norms = np.stack([np.linalg.norm(block, axis=1) for block in np.split(out, bounds, axis=1)])
+    assert np.allclose(norms, 1, atol=1e-5)
+    export_onnx(summary, 64, tmp_path / "features.onnx")
+    served = onnx_session(tmp_path / "features.onnx").run([FEATURES_NAME], {INPUT_NAME: images.numpy()})[0]
+    assert np.abs(served - out).max() < 1e-4
+
+
+def test_out_of_fold_probabilities_learn_a_signal_and_not_noise() -> None:
+    """Each image is scored by a regression that did not see it: labels that the features carry come back,
+    and random labels get about the class shares, however many features there are to memorise them with."""
+    from components.model.label_issues import out_of_fold_probabilities
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(240, 400)).astype(np.float32)
+    carried = rng.integers(0, 3, size=240)
+    signal = features[:, :40].copy()
+    signal[np.arange(240), carried] += 3  # each class lifts one feature of its own
+    found = out_of_fold_probabilities(signal, carried, 4, folds=5)
+    assert found.shape == (240, 4) and np.allclose(found.sum(axis=1), 1, atol=1e-5)
+    assert (found.argmax(axis=1) == carried).mean() > 0.85 and found[:, 3].max() == 0  # class 3 has no image
+    noise = rng.integers(0, 3, size=240)
+    given = out_of_fold_probabilities(features, noise, 3, folds=5)[np.arange(240), noise]
+    assert abs(given.mean() - 1 / 3) < 0.05
