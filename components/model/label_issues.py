@@ -31,7 +31,7 @@ C_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 
 def features(ckpt: dict[str, Any], files: list[str], batch_size: int) -> np.ndarray:
     """The checkpoint's stage summary (`deployable.StageSummary`) of each image file, evaluation preprocessing.
-    Run by onnxruntime, about twice as fast as torch here on a CPU: the export takes a few seconds."""
+    Run by onnxruntime, faster than torch on a CPU (TrashNet at 224 px here: 35 s against 56 s, export included)."""
     import tempfile
 
     from rich.progress import track
