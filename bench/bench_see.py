@@ -29,6 +29,7 @@ import shutil
 import statistics
 import subprocess
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -186,15 +187,14 @@ def monitor_10k(args: list[str], val: list[Path], data: Path) -> float:
     pixels, _ = raw_images(data, "val", export["data_config"])
     probabilities, embedded = onnx_embeddings(onnx_session(WORK / "output/export/embedder.onnx"), pixels)
     train, k = novelty.load_reference(str(WORK / "output/export/embeddings.npz"))
-    scores = novelty.novelty(embedded, train, k)
     folder = WORK / "capture10k"
     shutil.rmtree(folder, ignore_errors=True)
-    capture = Capture(str(folder), 1.0, 10**10, "sortflow-classifier", "1")
+    scored = partial(novelty.describe, train=train, k=k)
+    capture = Capture(str(folder), 1.0, 10**10, "sortflow-classifier", "1", describe=scored)
     rng = random.Random(1)
     for i in range(10_000):
         j = rng.randrange(len(val))
-        seen = (novelty.encode(embedded[j]), float(scores[j]))
-        capture.submit(val[j].read_bytes(), probabilities[j].tolist(), seen=seen)
+        capture.submit(val[j].read_bytes(), probabilities[j].tolist(), seen=embedded[j])
         if i % 400 == 399:
             while capture.captured + capture.dropped < i + 1:
                 time.sleep(0.01)

@@ -11,8 +11,9 @@ characters at 512) and novelty (its novelty score, `novelty.py`). A request that
 classified (`sortflow shadow`) is always captured, with shadow: {version, top}.
 
 The model samples (`chosen`) and submits; the request thread only queues; a background thread hashes and
-writes. A full queue, a full disk, a missing folder or any write error drops the sample and counts it; the
-first failure is logged.
+writes, and describes what the model saw (`describe`: the embeddings of all the samples it gathered at once,
+so that their novelty scores read the training embeddings once, off the request path). A full queue, a full
+disk, a missing folder or any write error drops the sample and counts it; the first failure is logged.
 Past `max_bytes` the least recently seen images go first, then the oldest record files. Imports only the
 standard library, so it runs in any Triton python backend.
 """
@@ -26,7 +27,9 @@ import queue
 import random
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 IMAGES, RECORDS = "images", "records"
 TOP_K = 5
@@ -71,9 +74,19 @@ def top_k(probabilities: list[float]) -> list[list[float]]:
 class Capture:
     """Samples requests at `rate` and writes them to `root` in a background thread."""
 
-    def __init__(self, root: str, rate: float, max_bytes: int, model: str, version: str, shadow: bool = False) -> None:
+    def __init__(
+        self,
+        root: str,
+        rate: float,
+        max_bytes: int,
+        model: str,
+        version: str,
+        shadow: bool = False,
+        describe: Callable[[list[Any]], list[tuple[str, float]]] | None = None,
+    ) -> None:
         self.root, self.rate, self.max_bytes = Path(root), rate, max_bytes
         self.model, self.version = model, version
+        self.describe = describe  # embeddings -> (encoded embedding, novelty score) each, for the records
         self.captured = self.dropped = 0
         self.failure: str | None = None  # the first failure, for the server log (read and cleared by the model)
         self._failed = False
@@ -99,11 +112,10 @@ class Capture:
         probabilities: list[float] | None,
         error: str | None = None,
         shadow: tuple[str, list[float]] | None = None,
-        seen: tuple[str, float] | None = None,
+        seen: Any = None,
     ) -> None:
         """Queue one chosen image (or one a shadow run classified) with its probabilities, or its decoding
-        error, and what the model saw (`seen`: the encoded embedding and the novelty score): never blocks,
-        never raises."""
+        error, and what the model saw (`seen`: its embedding, for `describe`): never blocks, never raises."""
         try:
             self._queue.put_nowait((time.time(), data, probabilities, error, shadow, seen))
         except queue.Full:
@@ -129,14 +141,30 @@ class Capture:
                 except queue.Empty:
                     break
             records: dict[Path, list[str]] = {}
-            for item in batch:
+            for item, seen in zip(batch, self._described(batch), strict=True):
                 try:
-                    line = self._store(*item)
+                    line = self._store(*item[:5], seen)
                     records.setdefault(record_file(self.root, item[0]), []).append(line)
                 except Exception as exc:  # whatever went wrong, the sample goes and serving goes on
                     self._fail(exc)
             for path, lines in records.items():
                 self._append(path, lines)
+
+    def _described(self, batch: list[tuple]) -> list[tuple[str, float] | None]:
+        """Per sample, what the model saw as its record holds it (None without an embedding): all of the batch
+        described in one call. Should that fail, the samples are captured without it and the first failure is
+        logged."""
+        rows = [i for i, item in enumerate(batch) if item[5] is not None]
+        out: list[tuple[str, float] | None] = [None] * len(batch)
+        if not rows or self.describe is None:
+            return out
+        try:
+            for i, described in zip(rows, self.describe([batch[i][5] for i in rows]), strict=True):
+                out[i] = described
+        except Exception as exc:  # what the model saw is for the monitor: never worth the sample
+            if self.failure is None:
+                self.failure = f"sortflow capture: what the model saw was not scored ({exc}); captured without it"
+        return out
 
     def _store(
         self,

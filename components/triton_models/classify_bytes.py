@@ -13,9 +13,10 @@ parameters come from config.pbtxt.
 
 Where the served version has an embedder (export writes `embedder.onnx`: the same model with its
 embedding as a second output), each captured request also records what the model saw: its embedding and
-its novelty score against the training images (`novelty.py`, from `embeddings.npz` beside the model). With
-`inference` local the embedder is the model this process runs, so the embedding costs nothing more; with
-`classifier` the embedder runs here on the captured images only. Neither changes what a client gets.
+its novelty score against the training images (`novelty.py`, from `embeddings.npz` beside the model), scored
+by the capture's background thread. With `inference` local the embedder is the model this process runs, so
+the embedding costs nothing more; with `classifier` the embedder runs here on the captured images only.
+Neither changes what a client gets.
 
 A request that is the client's mistake (an empty, undecodable or truncated file, an image above
 `max_image_pixels`, a request above `max_request_mb`) answers INVALID_ARGUMENT (HTTP 400) with the reason;
@@ -27,11 +28,12 @@ from __future__ import annotations
 import json
 import random
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from capture import Capture
-from novelty import encode, load_reference, novelty
+from novelty import describe, load_reference
 from preprocess import BadImage, preprocess
 
 INPUT, PIXELS, OUTPUT, DECISION, EMBEDDING = "image_bytes", "image", "probabilities", "DECISION", "embedding"
@@ -80,6 +82,7 @@ class TritonPythonModel:
             self.classifier,
             p.get("registry_version", ""),
             shadow=self.shadow is not None,
+            describe=partial(describe, train=self.train, k=self.neighbours) if self.embedder is not None else None,
         )
         family = pb_utils.MetricFamily(
             name="sortflow_capture_samples_total",
@@ -199,7 +202,7 @@ class TritonPythonModel:
     def _capture(self, requests: list[tuple]) -> None:
         """Submit the chosen images of the batch's requests (batch, probabilities, pixels, embeddings or None,
         shadow's probabilities or None), all of a request that a shadow run classified, with what the model
-        saw: scored in one product for the whole batch, which reads the training embeddings once."""
+        saw: its embedding (the capture scores it)."""
         chosen = [
             (r, i)
             for r, (batch, _, _, _, shadow) in enumerate(requests)
@@ -209,7 +212,7 @@ class TritonPythonModel:
         if not chosen:
             return
         try:
-            seen = self._seen(requests, chosen)
+            seen = self._embedded(requests, chosen)
         except Exception as exc:  # what the model saw is for the monitor: never worth a client's answer
             self.capture.failure = f"sortflow capture: the embedding failed ({exc}); captured without it"
             seen = None
@@ -218,16 +221,13 @@ class TritonPythonModel:
             second = (self.shadow_version, shadow[i].tolist()) if shadow is not None else None
             self.capture.submit(bytes(batch[i][0]), out[i].tolist(), shadow=second, seen=seen[n] if seen else None)
 
-    def _seen(self, requests: list[tuple], chosen: list[tuple[int, int]]) -> list[tuple[str, float]] | None:
-        """Each chosen image's encoded embedding and novelty score; None when the version has no embedder."""
+    def _embedded(self, requests: list[tuple], chosen: list[tuple[int, int]]) -> list[np.ndarray] | None:
+        """Each chosen image's embedding; None when the version has no embedder."""
         if requests[0][3] is not None:  # the embedder was the model that ran: its embeddings are at hand
-            embedded = np.stack([requests[r][3][i] for r, i in chosen])
-        elif self.embedder is not None:  # the classifier ran elsewhere (BLS): the embedder runs on these only
-            embedded = self.embedder.run([EMBEDDING], {PIXELS: np.stack([requests[r][2][i] for r, i in chosen])})[0]
-        else:
-            return None
-        scores = novelty(embedded, self.train, self.neighbours)
-        return [(encode(e), float(s)) for e, s in zip(embedded, scores, strict=True)]
+            return [requests[r][3][i] for r, i in chosen]
+        if self.embedder is not None:  # the classifier ran elsewhere (BLS): the embedder runs on these only
+            return list(self.embedder.run([EMBEDDING], {PIXELS: np.stack([requests[r][2][i] for r, i in chosen])})[0])
+        return None
 
     def _shadow(self, requests: list, pixels: list) -> list:
         """For each decoded request, the shadow version's probabilities when it was sampled, else None (one

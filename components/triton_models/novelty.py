@@ -29,6 +29,13 @@ def novelty(embeddings: np.ndarray, train: np.ndarray, k: int) -> np.ndarray:
     return np.concatenate(scores) if scores else np.empty(0, np.float32)
 
 
+def describe(embeddings: list[np.ndarray], train: np.ndarray, k: int) -> list[tuple[str, float]]:
+    """Each embedding as a capture record holds it: encoded (`encode`), with its novelty score; the scores of
+    all of them in one product."""
+    scores = novelty(np.stack(embeddings), train, k)
+    return [(encode(e), float(s)) for e, s in zip(embeddings, scores, strict=True)]
+
+
 def encode(embedding: np.ndarray) -> str:
     """One embedding as text for a capture record: float16, little-endian, base64 (dim x 2 bytes, x 4/3)."""
     return base64.b64encode(np.asarray(embedding, dtype="<f2").tobytes()).decode("ascii")

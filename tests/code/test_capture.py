@@ -131,18 +131,40 @@ def test_a_shadowed_request_is_always_captured_with_both_answers_and_their_agree
     assert shadow_agreement(samples[:0], ["glass", "metal", "paper"]) is None
 
 
-def test_what_the_model_saw_is_recorded_compactly_and_read_back(tmp_path: Path) -> None:
+def test_what_the_model_saw_is_scored_in_the_background_recorded_compactly_and_read_back(tmp_path: Path) -> None:
     embedding = np.linspace(-1, 1, 128, dtype=np.float32)
     embedding /= np.linalg.norm(embedding)
-    capture = Capture(str(tmp_path / "cap"), 1.0, 10**6, "m", "1")
-    capture.submit(JPEG, [0.2, 0.8], seen=(novelty.encode(embedding), 0.1234567))
+    train = np.eye(128, dtype=np.float32)[[0, 1]]  # two training images: e0 and e1
+    calls = []
+
+    def scored(embeddings: list[np.ndarray]) -> list[tuple[str, float]]:
+        calls.append(len(embeddings))
+        return novelty.describe(embeddings, train, 1)
+
+    capture = Capture(str(tmp_path / "cap"), 1.0, 10**6, "m", "1", describe=scored)
+    capture.submit(JPEG, [0.2, 0.8], seen=embedding)
     capture.submit(JPEG + b"x", [0.2, 0.8])  # a version without an embedder
-    _drain(capture, 2)
+    capture.submit(JPEG + b"y", [0.2, 0.8], seen=train[1])
+    _drain(capture, 3)
+    assert calls == [2]  # the gathered samples' novelty in one product
     line = next((tmp_path / "cap" / RECORDS).glob("*.jsonl")).read_text().splitlines()[0]
     assert len(json.loads(line)["embedding"]) == 344  # 128 float16s in base64
-    first, second = read_window(tmp_path / "cap", hours=1).samples
-    assert first.novelty == 0.123457 and second.novelty is None and second.embedding is None
+    first, second, third = read_window(tmp_path / "cap", hours=1).samples
+    assert first.novelty == pytest.approx(1 - embedding[:2].max(), abs=1e-6) and third.novelty == 0
+    assert second.novelty is None and second.embedding is None
     np.testing.assert_allclose(novelty.decode(first.embedding), embedding, atol=1e-3)  # float16's precision
+
+
+def test_a_failure_to_score_what_the_model_saw_costs_the_record_its_embedding_only(tmp_path: Path) -> None:
+    def broken(embeddings: list[np.ndarray]) -> list[tuple[str, float]]:
+        raise ValueError("shapes (1,128) and (64,2) not aligned")
+
+    capture = Capture(str(tmp_path / "cap"), 1.0, 10**6, "m", "1", describe=broken)
+    capture.submit(JPEG, [0.2, 0.8], seen=np.ones(128, np.float32))
+    _drain(capture, 1)
+    (sample,) = read_window(tmp_path / "cap", hours=1).samples
+    assert capture.captured == 1 and sample.embedding is None and sample.novelty is None
+    assert "not scored (shapes (1,128) and (64,2) not aligned); captured without it" in capture.failure
 
 
 def test_novelty_is_the_distance_to_the_kth_nearest_training_embedding() -> None:
