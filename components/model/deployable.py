@@ -35,6 +35,8 @@ OPSET = 17
 class Deployable(nn.Module):
     """Raw 0-255 RGB in, class probabilities out: the model with its preprocessing and calibrated softmax."""
 
+    outputs = (OUTPUT_NAME,)
+
     def __init__(
         self, model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...], temperature: float = 1.0
     ) -> None:
@@ -51,8 +53,6 @@ class Deployable(nn.Module):
     def logits(self, image: torch.Tensor) -> torch.Tensor:
         """The model's logits for raw 0-255 RGB pixels (before the temperature)."""
         return self.model(self.normalized(image))
-
-    outputs = (OUTPUT_NAME,)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return (self.logits(image) * self.inverse_temperature).softmax(dim=1)
