@@ -185,16 +185,15 @@ def monitor_10k(args: list[str], val: list[Path], data: Path) -> float:
 
     export = json.loads((WORK / "output/export/export_result.json").read_text())
     pixels, _ = raw_images(data, "val", export["data_config"])
-    probabilities, embedded = onnx_embeddings(onnx_session(WORK / "output/export/embedder.onnx"), pixels)
-    train, k = novelty.load_reference(str(WORK / "output/export/embeddings.npz"))
+    probabilities, features = onnx_embeddings(onnx_session(WORK / "output/export/embedder.onnx"), pixels)
     folder = WORK / "capture10k"
     shutil.rmtree(folder, ignore_errors=True)
-    scored = partial(novelty.describe, train=train, k=k)
+    scored = partial(novelty.describe, reference=novelty.load_reference(str(WORK / "output/export/embeddings.npz")))
     capture = Capture(str(folder), 1.0, 10**10, "sortflow-classifier", "1", describe=scored)
     rng = random.Random(1)
     for i in range(10_000):
         j = rng.randrange(len(val))
-        capture.submit(val[j].read_bytes(), probabilities[j].tolist(), seen=embedded[j])
+        capture.submit(val[j].read_bytes(), probabilities[j].tolist(), seen=features[j])
         if i % 400 == 399:
             while capture.captured + capture.dropped < i + 1:
                 time.sleep(0.01)

@@ -6,11 +6,10 @@ mean and std happens inside the graph. The output is `probabilities`, float32 [b
 softmax of the logits divided by the temperature that evaluate fitted, so every confidence served is the
 calibrated one (the predicted class is the same at any temperature).
 
-The embedder is the same model with a second output, `embedding`, float32 [batch, dim]: the pooled
-penultimate features (the input of the classifier layer), normalized to unit length, multiplied by a fixed
-random Gaussian matrix (seeded, so every export of a model gets the same one) and normalized again. The
-random projection keeps distances between images close to those between their full features (Johnson and
-Lindenstrauss) in a fraction of the space, which is what the capture stores per request.
+The embedder is the same model with a second output, `embedding`, float32 [batch, width]: the pooled
+penultimate features (the input of the classifier layer). The served graph stops there; the fixed random
+projection to what a capture record stores is applied to many samples at once, off the request path
+(`triton_models/novelty.py`).
 
 The stage summary (`StageSummary`, what the dataset audit classifies with) has one output, `features`: the
 model's feature maps at each of its last stages summarised by their mean and standard deviation over
@@ -58,35 +57,21 @@ class Deployable(nn.Module):
         return (self.logits(image) * self.inverse_temperature).softmax(dim=1)
 
 
-PROJECTION_SEED = 0
-
-
-def feature_width(model: nn.Module) -> int:
-    """The width of a timm model's pooled penultimate features (head_hidden_size where a head adds layers)."""
-    return getattr(model, "head_hidden_size", None) or model.num_features
-
-
 class Embedder(nn.Module):
-    """The deployable model with a second output: its pooled features, randomly projected to `dim` numbers
-    (`dim` at least the features' width: the features themselves, unit length)."""
+    """The deployable model with a second output: its pooled penultimate features."""
 
     outputs = (OUTPUT_NAME, EMBEDDING_NAME)
 
-    def __init__(self, deployable: Deployable, dim: int) -> None:
+    def __init__(self, deployable: Deployable) -> None:
         super().__init__()
         self.deployable = deployable
-        features = feature_width(deployable.model)
-        generator = torch.Generator().manual_seed(PROJECTION_SEED)
-        projection = torch.randn(features, dim, generator=generator) / dim**0.5
-        self.register_buffer("projection", projection if dim < features else torch.eye(features))
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         d = self.deployable
-        features = d.model.forward_features(d.normalized(image))
-        # The classifier's own head for the probabilities, so they are exactly the classifier model's.
-        probabilities = (d.model.forward_head(features) * d.inverse_temperature).softmax(dim=1)
-        pooled = nn.functional.normalize(d.model.forward_head(features, pre_logits=True).flatten(1), dim=1)
-        return probabilities, nn.functional.normalize(pooled @ self.projection, dim=1)
+        pooled = d.model.forward_head(d.model.forward_features(d.normalized(image)), pre_logits=True).flatten(1)
+        # The classifier layer on the same pooled features: the classifier model's probabilities, pooled once.
+        probabilities = (d.model.get_classifier()(pooled) * d.inverse_temperature).softmax(dim=1)
+        return probabilities, pooled
 
 
 STAGES = 5  # the last stages a stage summary reads (all of a CNN's in timm; a ViT's last five blocks)

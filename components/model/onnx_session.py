@@ -52,7 +52,8 @@ def onnx_probabilities(session: Any, images: np.ndarray, batch: int = 32) -> np.
 
 
 def onnx_embeddings(session: Any, images: np.ndarray, batch: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """An embedder's probabilities and embeddings for `images` (raw 0-255 pixels), `batch` images at a time."""
+    """An embedder's probabilities and pooled features for `images` (raw 0-255 pixels), `batch` images at a time
+    (`novelty.project` makes the features embeddings)."""
     runs = [
         session.run([OUTPUT_NAME, EMBEDDING_NAME], {INPUT_NAME: images[i : i + batch]})
         for i in range(0, len(images), batch)

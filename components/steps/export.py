@@ -143,16 +143,17 @@ def _calibration(
 TRAIN_CHUNK = 256  # train images decoded at once for their embeddings
 
 
-def _train_embeddings(session: Any, root: Path, data_config: dict[str, Any]) -> np.ndarray:
-    """The embeddings of every train image, decoded a chunk at a time (a large train set never sits in memory)."""
+def _train_embeddings(session: Any, root: Path, data_config: dict[str, Any], matrix: np.ndarray) -> np.ndarray:
+    """The embeddings of every train image (`novelty.project` by `matrix`), decoded a chunk at a time (a large
+    train set never sits in memory)."""
     from rich.progress import track
 
     count = len(read_split(root, "train"))
     chunks = range(0, count, TRAIN_CHUNK)
-    found = [
-        onnx_embeddings(session, raw_images(root, "train", data_config, TRAIN_CHUNK, start)[0])[1]
-        for start in track(chunks, description="train embeddings", transient=True, disable=len(chunks) < 4)
-    ]
+    found = []
+    for start in track(chunks, description="train embeddings", transient=True, disable=len(chunks) < 4):
+        images = raw_images(root, "train", data_config, TRAIN_CHUNK, start)[0]
+        found.append(novelty.project(onnx_embeddings(session, images)[1], matrix))
     return np.concatenate(found)
 
 
@@ -167,18 +168,21 @@ def _embeddings(
     """Write the embedder (checked against the classifier) and the embeddings file; what the reference profile
     records of them: the file, the dimension, k and the 99th percentile of the val images' novelty."""
     images, probabilities = val
-    export_onnx(Embedder(model, e.embedding_dim).eval(), int(ckpt["data_config"]["image_size"]), stage / EMBEDDER_FILE)
+    export_onnx(Embedder(model).eval(), int(ckpt["data_config"]["image_size"]), stage / EMBEDDER_FILE)
     session = onnx_session(stage / EMBEDDER_FILE)
-    served, embedded = onnx_embeddings(session, images)
+    served, features = onnx_embeddings(session, images)
     if (
         not np.allclose(served, probabilities, atol=e.tolerance, rtol=e.rtol)
         or (served.argmax(1) != probabilities.argmax(1)).any()
     ):
         raise InputError(f"{EMBEDDER_FILE} disagrees with {MODEL_FILE} on the val images; nothing was written")
-    train = _train_embeddings(session, root, ckpt["data_config"])
+    matrix = novelty.projection(features.shape[1], e.embedding_dim)
+    embedded = novelty.project(features, matrix)
+    train = _train_embeddings(session, root, ckpt["data_config"], matrix)
     scores = novelty.novelty(embedded, train, e.novelty_neighbours)
     arrays = {novelty.TRAIN: train.astype(np.float16), novelty.VAL: embedded.astype(np.float16)}
-    np.savez(stage / EMBEDDINGS_FILE, **arrays, val_novelty=scores, neighbours=e.novelty_neighbours)
+    arrays.update({novelty.VAL_NOVELTY: scores, novelty.NEIGHBOURS: e.novelty_neighbours, novelty.PROJECTION: matrix})
+    np.savez(stage / EMBEDDINGS_FILE, **arrays)
     p99 = float(np.quantile(scores, 0.99))
     return {"file": EMBEDDINGS_FILE, "dim": embedded.shape[1], "neighbours": e.novelty_neighbours, "novelty_p99": p99}
 

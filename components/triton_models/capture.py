@@ -11,8 +11,8 @@ characters at 512) and novelty (its novelty score, `novelty.py`). A request that
 classified (`sortflow shadow`) is always captured, with shadow: {version, top}.
 
 The model samples (`chosen`) and submits; the request thread only queues; a background thread hashes and
-writes, and describes what the model saw (`describe`: the embeddings of all the samples it gathered at once,
-so that their novelty scores read the training embeddings once, off the request path). A full queue, a full
+writes, and describes what the model saw (`describe`: the embeddings and novelty scores of all the samples it
+gathered at once, made from the model's features in one product each, off the request path). A full queue, a full
 disk, a missing folder or any write error drops the sample and counts it; the first failure is logged.
 Past `max_bytes` the least recently seen images go first, then the oldest record files. Imports only the
 standard library, so it runs in any Triton python backend.
@@ -86,7 +86,7 @@ class Capture:
     ) -> None:
         self.root, self.rate, self.max_bytes = Path(root), rate, max_bytes
         self.model, self.version = model, version
-        self.describe = describe  # embeddings -> (encoded embedding, novelty score) each, for the records
+        self.describe = describe  # features -> (encoded embedding, novelty score) each, for the records
         self.captured = self.dropped = 0
         self.failure: str | None = None  # the first failure, for the server log (read and cleared by the model)
         self._failed = False
@@ -115,7 +115,7 @@ class Capture:
         seen: Any = None,
     ) -> None:
         """Queue one chosen image (or one a shadow run classified) with its probabilities, or its decoding
-        error, and what the model saw (`seen`: its embedding, for `describe`): never blocks, never raises."""
+        error, and what the model saw (`seen`: its features, for `describe`): never blocks, never raises."""
         try:
             self._queue.put_nowait((time.time(), data, probabilities, error, shadow, seen))
         except queue.Full:

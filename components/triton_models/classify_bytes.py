@@ -11,11 +11,12 @@ image: the class name, or `unsure` when the (calibrated) confidence is below tha
 version's ONNX file, in this process; its answer goes only into the capture, never to the client. Its
 parameters come from config.pbtxt.
 
-Where the served version has an embedder (export writes `embedder.onnx`: the same model with its
-embedding as a second output), each captured request also records what the model saw: its embedding and
-its novelty score against the training images (`novelty.py`, from `embeddings.npz` beside the model), scored
-by the capture's background thread. With `inference` local the embedder is the model this process runs, so
-the embedding costs nothing more; with `classifier` the embedder runs here on the captured images only.
+Where the served version has an embedder (export writes `embedder.onnx`: the same model with its pooled
+features as a second output), each captured request also records what the model saw: its embedding and
+its novelty score against the training images (`novelty.py`, from `embeddings.npz` beside the model), both
+made from the features by the capture's background thread. With `inference` local the embedder is the model
+this process runs, so the features cost nothing more; with `classifier` the embedder runs here on the
+captured images only.
 Neither changes what a client gets.
 
 A request that is the client's mistake (an empty, undecodable or truncated file, an image above
@@ -82,7 +83,7 @@ class TritonPythonModel:
             self.classifier,
             p.get("registry_version", ""),
             shadow=self.shadow is not None,
-            describe=partial(describe, train=self.train, k=self.neighbours) if self.embedder is not None else None,
+            describe=partial(describe, reference=self.reference) if self.reference is not None else None,
         )
         family = pb_utils.MetricFamily(
             name="sortflow_capture_samples_total",
@@ -102,7 +103,7 @@ class TritonPythonModel:
 
     def _open_models(self, version_dir: Path, p: dict[str, str]) -> None:
         """The sessions this process runs: the embedder where the version has one, the classifier's ONNX file
-        with `inference` local; and the training embeddings that the novelty score compares with."""
+        with `inference` local; and what the capture scores the embedder's features against (`novelty.Reference`)."""
         from onnx_runner import open_session
 
         threads = int(p.get("intra_op_thread_count", "0"))
@@ -110,7 +111,7 @@ class TritonPythonModel:
         if has_embedder:
             _one_blas_thread()
         self.embedder = open_session(version_dir / EMBEDDER_FILE, threads) if has_embedder else None
-        self.train, self.neighbours = load_reference(str(version_dir / EMBEDDINGS_FILE)) if has_embedder else (None, 0)
+        self.reference = load_reference(str(version_dir / EMBEDDINGS_FILE)) if has_embedder else None
         self.session = None
         if p.get("inference") == "local":
             self.session = self.embedder or open_session(version_dir / "model.onnx", threads)
@@ -138,7 +139,7 @@ class TritonPythonModel:
         return np.where(sure, self.labels[top], UNSURE).astype(object).reshape(-1, 1)
 
     def _classify(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """The probabilities, and the embeddings when the embedder is what ran."""
+        """The probabilities, and the pooled features when the embedder is what ran."""
         if self.session is not None and self.session is self.embedder:
             probabilities, embedded = self.session.run([OUTPUT, EMBEDDING], {PIXELS: pixels})
             return probabilities, embedded
@@ -202,7 +203,7 @@ class TritonPythonModel:
     def _capture(self, requests: list[tuple]) -> None:
         """Submit the chosen images of the batch's requests (batch, probabilities, pixels, embeddings or None,
         shadow's probabilities or None), all of a request that a shadow run classified, with what the model
-        saw: its embedding (the capture scores it)."""
+        saw: its pooled features (the capture projects and scores them)."""
         chosen = [
             (r, i)
             for r, (batch, _, _, _, shadow) in enumerate(requests)
@@ -222,7 +223,7 @@ class TritonPythonModel:
             self.capture.submit(bytes(batch[i][0]), out[i].tolist(), shadow=second, seen=seen[n] if seen else None)
 
     def _embedded(self, requests: list[tuple], chosen: list[tuple[int, int]]) -> list[np.ndarray] | None:
-        """Each chosen image's embedding; None when the version has no embedder."""
+        """Each chosen image's pooled features; None when the version has no embedder."""
         if requests[0][3] is not None:  # the embedder was the model that ran: its embeddings are at hand
             return [requests[r][3][i] for r, i in chosen]
         if self.embedder is not None:  # the classifier ran elsewhere (BLS): the embedder runs on these only

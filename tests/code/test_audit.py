@@ -145,7 +145,7 @@ def test_stage_summary_is_unit_blocks_of_every_stage_and_onnx_runs_it_as_torch(t
     import torch
 
     from components.model.contract import FEATURES_NAME, INPUT_NAME
-    from components.model.deployable import Deployable, StageSummary, export_onnx, feature_width
+    from components.model.deployable import Deployable, StageSummary, export_onnx
     from components.model.onnx_session import onnx_session
     from components.model.zoo import create_model, get_spec
 
@@ -153,7 +153,7 @@ def test_stage_summary_is_unit_blocks_of_every_stage_and_onnx_runs_it_as_torch(t
     net = create_model(get_spec("EfficientNet-Lite0"), 3, "imagenet").eval()
     summary = StageSummary(Deployable(net, (0.5,) * 3, (0.5,) * 3)).eval()
     channels = [info["num_chs"] for info in net.feature_info][-summary.stages :]
-    widths = [*channels, *channels, feature_width(net)]
+    widths = [*channels, *channels, getattr(net, "head_hidden_size", None) or net.num_features]
     images = torch.rand(3, 3, 64, 64) * 255
     with torch.no_grad():
         out = summary(images).numpy()

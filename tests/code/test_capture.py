@@ -137,9 +137,9 @@ def test_what_the_model_saw_is_scored_in_the_background_recorded_compactly_and_r
     train = np.eye(128, dtype=np.float32)[[0, 1]]  # two training images: e0 and e1
     calls = []
 
-    def scored(embeddings: list[np.ndarray]) -> list[tuple[str, float]]:
-        calls.append(len(embeddings))
-        return novelty.describe(embeddings, train, 1)
+    def scored(features: list[np.ndarray]) -> list[tuple[str, float]]:
+        calls.append(len(features))
+        return novelty.describe(features, novelty.Reference(train, 1, novelty.projection(128, 128)))
 
     capture = Capture(str(tmp_path / "cap"), 1.0, 10**6, "m", "1", describe=scored)
     capture.submit(JPEG, [0.2, 0.8], seen=embedding)
@@ -173,3 +173,26 @@ def test_novelty_is_the_distance_to_the_kth_nearest_training_embedding() -> None
     np.testing.assert_allclose(novelty.novelty(queries, train, 1), [0, 1, 1 - 0.8], atol=1e-6)
     np.testing.assert_allclose(novelty.novelty(queries, train, 2), [0, 1, 1 - 0.6], atol=1e-6)
     assert novelty.novelty(queries, train, 99)[0] == 1  # k beyond the training set: the farthest one
+
+
+def test_the_projection_is_fixed_and_keeps_the_angles_between_features() -> None:
+    features = np.random.default_rng(1).standard_normal((40, 1280)).astype(np.float32)
+    matrix = novelty.projection(1280, 512)
+    np.testing.assert_array_equal(matrix, novelty.projection(1280, 512))  # every export gets the same one
+    embedded = novelty.project(features, matrix)
+    assert embedded.shape == (40, 512)
+    np.testing.assert_allclose(np.linalg.norm(embedded, axis=1), 1, atol=1e-5)
+    unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+    # Johnson-Lindenstrauss: cosines survive 512 random dimensions to within a few hundredths.
+    assert np.abs(embedded @ embedded.T - unit @ unit.T).max() < 0.2
+    assert np.abs(embedded @ embedded.T - unit @ unit.T).mean() < 0.05
+    kept = novelty.project(features[:, :64], novelty.projection(64, 512))  # no fewer numbers: the features kept
+    np.testing.assert_allclose(kept, unit[:, :64] / np.linalg.norm(unit[:, :64], axis=1, keepdims=True), atol=1e-6)
+
+
+def test_an_embeddings_file_without_a_projection_keeps_what_its_embedder_gave(tmp_path: Path) -> None:
+    train = np.eye(8, dtype=np.float32)[:3]
+    np.savez(tmp_path / "old.npz", train=train.astype(np.float16), neighbours=1)  # written before the projection
+    reference = novelty.load_reference(str(tmp_path / "old.npz"))
+    ((_, score),) = novelty.describe([np.eye(8, dtype=np.float32)[1] * 3], reference)
+    assert reference.projection.shape == (8, 0) and score == pytest.approx(0, abs=1e-6)

@@ -65,10 +65,11 @@ def test_export_writes_an_embedder_that_agrees_with_the_classifier(release: Rele
 
     export = release.workdir / "output/export"
     images = val_pixels(release)
-    probabilities, embedded = onnx_embeddings(onnx_session(export / "embedder.onnx"), images)
+    probabilities, features = onnx_embeddings(onnx_session(export / "embedder.onnx"), images)
     np.testing.assert_allclose(probabilities, local_probabilities(release, images), atol=1e-6)
-    assert embedded.shape == (len(images), 512)
-    np.testing.assert_allclose(np.linalg.norm(embedded, axis=1), 1, atol=1e-5)
+    reference = novelty.load_reference(str(export / "embeddings.npz"))
+    assert features.shape[1] == reference.projection.shape[0] > 512 and reference.projection.shape[1] == 512
+    embedded = novelty.project(features, reference.projection)
     profile = load(release, "output/export/reference_profile.json")["embedding"]
     with np.load(export / "embeddings.npz") as data:
         assert len(data["train"]) == len((release.dataset / "train.txt").read_text().splitlines())
@@ -141,9 +142,10 @@ def test_served_requests_carry_what_the_model_saw_and_the_monitor_sees_a_new_kin
         stop(served)
     # Each record holds the embedding and novelty score of what the embedder gives offline for the same pixels.
     export = release.workdir / "output/export"
-    _, offline = onnx_embeddings(onnx_session(export / "embedder.onnx"), val_pixels(release))
-    with np.load(export / "embeddings.npz") as data:
-        expected = novelty.novelty(offline, data["train"], 1)
+    _, features = onnx_embeddings(onnx_session(export / "embedder.onnx"), val_pixels(release))
+    reference = novelty.load_reference(str(export / "embeddings.npz"))
+    offline = novelty.project(features, reference.projection)
+    expected = novelty.novelty(offline, reference.train, 1)
     first = records[: len(val)]
     # (The server decodes and resizes with PIL, evaluation with torchvision: pixels differ by a rounding.)
     captured = np.stack([novelty.decode(r["embedding"]) for r in first])
