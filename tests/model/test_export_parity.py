@@ -62,3 +62,22 @@ def test_real_mismatches_are_refused(exported, tmp_path: Path) -> None:
         with pytest.raises(SortflowError, match="disagrees with torch"):
             check_parity(model, images, got, tolerance=1e-4, rtol=1e-3)
             pytest.fail(f"a wrong {name} passed the parity check")
+
+
+@pytest.mark.parametrize("name", ["PP-LCNet_x0_5", "PP-HGNetV2_B0", "MobileNetV3_small_x1_0", "ResNet50"])
+def test_the_embedder_gives_the_classifiers_probabilities_and_its_pooled_features(name: str) -> None:
+    """Heads differ between the zoo's families (a conv after the pool, a norm, a plain linear layer): for each,
+    the embedder's classifier layer on its pooled features gives exactly the classifier's probabilities."""
+    from components.model.deployable import Embedder
+
+    torch.manual_seed(0)
+    model = create_model(get_spec(name), num_classes=6).eval()
+    deployable = Deployable(model, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), temperature=1.3).eval()
+    image = torch.rand(2, 3, 64, 64) * 255
+    with torch.no_grad():
+        probabilities, pooled = Embedder(deployable)(image)
+        expected = deployable(image)
+        features = model.forward_head(model.forward_features(deployable.normalized(image)), pre_logits=True)
+    torch.testing.assert_close(probabilities, expected, rtol=0, atol=1e-7)
+    torch.testing.assert_close(pooled, features.flatten(1))
+    assert pooled.shape[1] == (getattr(model, "head_hidden_size", None) or model.num_features)
