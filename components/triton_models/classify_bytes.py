@@ -16,8 +16,7 @@ features as a second output), each captured request also records what the model 
 its novelty score against the training images (`novelty.py`, from `embeddings.npz` beside the model), both
 made from the features by the capture's background thread. With `inference` local the embedder is the model
 this process runs, so the features cost nothing more; with `classifier` the embedder runs here on the
-captured images only.
-Neither changes what a client gets.
+captured images only. Neither changes what a client gets.
 
 A request that is the client's mistake (an empty, undecodable or truncated file, an image above
 `max_image_pixels`, a request above `max_request_mb`) answers INVALID_ARGUMENT (HTTP 400) with the reason;
@@ -141,8 +140,8 @@ class TritonPythonModel:
     def _classify(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """The probabilities, and the pooled features when the embedder is what ran."""
         if self.session is not None and self.session is self.embedder:
-            probabilities, embedded = self.session.run([OUTPUT, EMBEDDING], {PIXELS: pixels})
-            return probabilities, embedded
+            probabilities, features = self.session.run([OUTPUT, EMBEDDING], {PIXELS: pixels})
+            return probabilities, features
         if self.session is not None:
             return self.session.run([OUTPUT], {PIXELS: pixels})[0], None
         import triton_python_backend_utils as pb_utils
@@ -172,12 +171,12 @@ class TritonPythonModel:
                 errors.append(str(exc))
         decoded = [p for p in pixels if p is not None]
         try:
-            scores, embedded = self._classify(np.concatenate(decoded)) if decoded else (np.empty((0, 0)), None)
+            scores, pooled = self._classify(np.concatenate(decoded)) if decoded else (np.empty((0, 0)), None)
         except Exception as exc:  # the classifier failed: every request of the batch answers with its error
             return [pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))) for _ in requests]
         bounds = np.cumsum([len(p) for p in decoded])[:-1]
         probabilities = iter(np.split(scores, bounds))
-        embeddings = iter(np.split(embedded, bounds) if embedded is not None else [None] * len(decoded))
+        features = iter(np.split(pooled, bounds) if pooled is not None else [None] * len(decoded))
         shadowed = iter(self._shadow(requests, pixels))
         responses, captured = [], []
         for request, batch, error, image in zip(requests, encoded, errors, pixels, strict=True):
@@ -191,7 +190,7 @@ class TritonPythonModel:
                     pb_utils.InferenceResponse(error=pb_utils.TritonError(error, pb_utils.TritonError.INVALID_ARG))
                 )
                 continue
-            out, shadow, seen = next(probabilities), next(shadowed), next(embeddings)
+            out, shadow, seen = next(probabilities), next(shadowed), next(features)
             if capture:
                 captured.append((batch, out, image, seen, shadow))
             outputs = [pb_utils.Tensor(OUTPUT, out), pb_utils.Tensor(DECISION, self._decide(out))]
@@ -201,7 +200,7 @@ class TritonPythonModel:
         return responses
 
     def _capture(self, requests: list[tuple]) -> None:
-        """Submit the chosen images of the batch's requests (batch, probabilities, pixels, embeddings or None,
+        """Submit the chosen images of the batch's requests (batch, probabilities, pixels, features or None,
         shadow's probabilities or None), all of a request that a shadow run classified, with what the model
         saw: its pooled features (the capture projects and scores them)."""
         chosen = [
@@ -213,7 +212,7 @@ class TritonPythonModel:
         if not chosen:
             return
         try:
-            seen = self._embedded(requests, chosen)
+            seen = self._features(requests, chosen)
         except Exception as exc:  # what the model saw is for the monitor: never worth a client's answer
             self.capture.failure = f"sortflow capture: the embedding failed ({exc}); captured without it"
             seen = None
@@ -222,9 +221,9 @@ class TritonPythonModel:
             second = (self.shadow_version, shadow[i].tolist()) if shadow is not None else None
             self.capture.submit(bytes(batch[i][0]), out[i].tolist(), shadow=second, seen=seen[n] if seen else None)
 
-    def _embedded(self, requests: list[tuple], chosen: list[tuple[int, int]]) -> list[np.ndarray] | None:
+    def _features(self, requests: list[tuple], chosen: list[tuple[int, int]]) -> list[np.ndarray] | None:
         """Each chosen image's pooled features; None when the version has no embedder."""
-        if requests[0][3] is not None:  # the embedder was the model that ran: its embeddings are at hand
+        if requests[0][3] is not None:  # the embedder was the model that ran: its features are at hand
             return [requests[r][3][i] for r, i in chosen]
         if self.embedder is not None:  # the classifier ran elsewhere (BLS): the embedder runs on these only
             return list(self.embedder.run([EMBEDDING], {PIXELS: np.stack([requests[r][2][i] for r, i in chosen])})[0])
