@@ -44,8 +44,8 @@ REPORT_SECONDS = 0.25  # the capture counters on the metrics port are refreshed 
 
 
 def _one_blas_thread() -> None:
-    """numpy's BLAS in one thread in this process: the novelty score's small products gain nothing from more,
-    and idle BLAS threads spin for a while after each call, taking the cores from onnxruntime's sessions."""
+    """numpy's BLAS in one thread in this process: the capture thread's products (projection, novelty score) run
+    beside serving, and idle BLAS threads spin for a while after each call, taking the cores from onnxruntime."""
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:  # a Triton image without it: BLAS keeps its own threads
