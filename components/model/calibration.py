@@ -6,7 +6,8 @@ class never changes, only how sure the model says it is. The thresholds are plai
 the calibrated confidence, chosen on val: an empirical precision target, not a finite-sample guarantee
 (conformal methods give one for coverage of a prediction set, not for the precision of a single answer).
 The figures reported for both are cross-fitted: fitted on one half of val, measured on the other, both ways,
-averaged, so they say what to expect on images the fit has not seen.
+averaged over several seeded splits stratified by class, so they say what to expect on images the fit has
+not seen.
 
 numpy and scipy only: register and predict read the results without loading torch.
 """
@@ -23,7 +24,7 @@ import numpy as np
 EVALUATE_FILE = "evaluate_result.json"  # where evaluate records the calibration that export folds in
 BINS = 15  # equal-width confidence bins of the ECE and the reliability diagram
 UNSURE = "unsure"  # the decision when the confidence is below its class's threshold
-SPLIT_SEED = 0  # the halves of val used for the cross-fitted figures
+REPEATS = 10  # seeded splits of val into halves for the cross-fitted figures (RepeatedStratifiedKFold's default)
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -188,25 +189,31 @@ class Calibration:
         )
 
 
-def halves(n: int, seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
-    """A seeded random split of n items into two halves (the first gets the odd one)."""
-    order = np.random.default_rng(seed).permutation(n)
-    return np.sort(order[: (n + 1) // 2]), np.sort(order[(n + 1) // 2 :])
+def halves(targets: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded split of the images into two halves stratified by class (as scikit-learn's StratifiedKFold),
+    so that each class's thresholds are fitted and measured on half of its images; the odd image of a class
+    goes to the halves in turn, keeping them within one image of each other."""
+    rng = np.random.default_rng(seed)
+    order = np.concatenate([rng.permutation(np.flatnonzero(targets == c)) for c in np.unique(targets)])
+    return np.sort(order[::2]), np.sort(order[1::2])
 
 
 def calibrate(
     logits: np.ndarray, targets: np.ndarray, labels: list[str], target_precision: float, fit: bool = True
 ) -> Calibration:
     """Fit the temperature (1 when `fit` is off) and the thresholds on all of val, and measure both
-    cross-fitted on its halves (fit on one, measure on the other, both ways, averaged)."""
+    cross-fitted on its halves: fit on one, measure on the other, both ways, averaged over REPEATS seeded
+    splits, since which images land in which half moves a single split's figures by a point or more."""
     figures = []
-    for train, test in (halves(len(targets)), halves(len(targets))[::-1]):
-        t = fit_temperature(logits[train], targets[train]) if fit else 1.0
-        before, after = softmax(logits[test]), softmax(logits[test], t)
-        chosen = class_thresholds(softmax(logits[train], t), targets[train], target_precision)
-        rc = risk_coverage(after, targets[test], chosen)
-        ece = (reliability(before, targets[test]).ece, reliability(after, targets[test]).ece)
-        figures.append((*ece, rc.coverage, rc.accepted_error, rc.overall_error))
+    for seed in range(REPEATS):
+        split = halves(targets, seed)
+        for train, test in (split, split[::-1]):
+            t = fit_temperature(logits[train], targets[train]) if fit else 1.0
+            before, after = softmax(logits[test]), softmax(logits[test], t)
+            chosen = class_thresholds(softmax(logits[train], t), targets[train], target_precision)
+            rc = risk_coverage(after, targets[test], chosen)
+            ece = (reliability(before, targets[test]).ece, reliability(after, targets[test]).ece)
+            figures.append((*ece, rc.coverage, rc.accepted_error, rc.overall_error))
     mean = np.mean(figures, axis=0)
     temperature = fit_temperature(logits, targets) if fit else 1.0
     thresholds = class_thresholds(softmax(logits, temperature), targets, target_precision)

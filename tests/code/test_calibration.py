@@ -90,10 +90,14 @@ def test_decisions_and_risk_coverage_by_hand() -> None:
     assert (rc.coverage, rc.accepted_error, rc.overall_error) == (0.5, 0.5, 0.5)
 
 
-def test_halves_are_seeded_disjoint_and_complete() -> None:
-    a, b = halves(11)
-    assert len(a) == 6 and len(b) == 5 and sorted([*a, *b]) == list(range(11))
-    assert [x.tolist() for x in halves(11)] == [a.tolist(), b.tolist()]
+def test_halves_are_seeded_disjoint_complete_and_stratified() -> None:
+    targets = np.array([0] * 5 + [1] * 3 + [2] * 3)
+    a, b = halves(targets, seed=0)
+    assert sorted([*a, *b]) == list(range(11)) and abs(len(a) - len(b)) <= 1
+    for c, size in ((0, 5), (1, 3), (2, 3)):  # each class split as evenly as its size allows
+        assert sorted(((targets[a] == c).sum(), (targets[b] == c).sum())) == [size // 2, size - size // 2]
+    assert [x.tolist() for x in halves(targets, seed=0)] == [a.tolist(), b.tolist()]
+    assert [x.tolist() for x in halves(targets, seed=1)] != [a.tolist(), b.tolist()]
 
 
 def test_the_thresholds_reach_the_target_on_images_they_were_not_chosen_on() -> None:
