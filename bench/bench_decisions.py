@@ -125,7 +125,7 @@ def main() -> None:
             "EfficientNet-Lite0 fine-tuned with params.trashnet.yaml (the checkpoint of the accuracy benchmark), "
             f"evaluated on TrashNet's 506 val images. Temperature {cal['temperature']:.3f}. Top-label ECE with 15 "
             "equal-width bins, and the per-class thresholds' coverage and errors, are cross-fitted: fitted on one "
-            "half of val, measured on the other, both ways, averaged over 10 seeded splits stratified by class.",
+            "half of val, measured on the other, both ways, averaged over 100 seeded splits stratified by class.",
             ["target precision", "coverage", "error of the answered", "error of all", "answered / all"],
             rows,
             [

@@ -98,6 +98,7 @@ def test_halves_are_seeded_disjoint_complete_and_stratified() -> None:
         assert sorted(((targets[a] == c).sum(), (targets[b] == c).sum())) == [size // 2, size - size // 2]
     assert [x.tolist() for x in halves(targets, seed=0)] == [a.tolist(), b.tolist()]
     assert [x.tolist() for x in halves(targets, seed=1)] != [a.tolist(), b.tolist()]
+    assert [x.tolist() for x in halves(np.array([], dtype=int), seed=0)] == [[], []]
 
 
 def test_the_thresholds_reach_the_target_on_images_they_were_not_chosen_on() -> None:
