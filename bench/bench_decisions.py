@@ -84,7 +84,7 @@ def reject_row(label: str, result: dict) -> list[str]:
     """A table row: what the thresholds of one evaluate_result.json do."""
     r = result["reject"]
     ratio = r["accepted_error"] / r["overall_error"] if r["overall_error"] else 0.0
-    return [label, f"{r['coverage']:.1%}", f"{r['accepted_error']:.2%}", f"{r['overall_error']:.2%}", f"{ratio:.2f}"]
+    return [label, f"{r['coverage']:.1%}", f"{r['accepted_error']:.2%}", f"{r['overall_error']:.2%}", f"{ratio:.3f}"]
 
 
 def smoothing_note(recipe: dict, smoothed: dict, smoothed_auroc: float, auroc: float) -> str:
@@ -136,7 +136,7 @@ def main() -> None:
                 "cross-fitted ECE below about that figure from sampling noise.",
                 "Target at precision 0.95: the error of the answered at most half the error of all, with coverage "
                 f"of at least 85%: {'met' if reject_met else 'not met'} (the error of the answered is "
-                f"{r95['accepted_error'] / r95['overall_error']:.2f} of all, coverage {r95['coverage']:.1%}).",
+                f"{r95['accepted_error'] / r95['overall_error']:.3f} of all, coverage {r95['coverage']:.1%}).",
                 smoothing_note(results["0.95"], smoothed, aurocs[1], aurocs[0]),
             ],
         )
