@@ -80,11 +80,16 @@ def error_auroc(predictions: Path) -> float:
     return float(roc_auc_score(wrong, [-float(row["score"]) for row in rows]))
 
 
+def error_ratio(reject: dict) -> float:
+    """The error of the answered as a share of the error of all (0 when the model makes none)."""
+    return reject["accepted_error"] / reject["overall_error"] if reject["overall_error"] else 0.0
+
+
 def reject_row(label: str, result: dict) -> list[str]:
     """A table row: what the thresholds of one evaluate_result.json do."""
     r = result["reject"]
-    ratio = r["accepted_error"] / r["overall_error"] if r["overall_error"] else 0.0
-    return [label, f"{r['coverage']:.1%}", f"{r['accepted_error']:.2%}", f"{r['overall_error']:.2%}", f"{ratio:.3f}"]
+    errors = f"{r['accepted_error']:.2%}", f"{r['overall_error']:.2%}"
+    return [label, f"{r['coverage']:.1%}", *errors, f"{error_ratio(r):.3f}"]
 
 
 def smoothing_note(recipe: dict, smoothed: dict, smoothed_auroc: float, auroc: float) -> str:
@@ -117,7 +122,7 @@ def main() -> None:
     rows = [reject_row(target, result) for target, result in results.items()]
     r95 = results["0.95"]["reject"]
     ece_met = cal["ece_after"] <= 0.02 and cal["ece_after"] <= cal["ece_before"] / 2
-    reject_met = r95["accepted_error"] <= r95["overall_error"] / 2 and r95["coverage"] >= 0.85
+    reject_met = error_ratio(r95) <= 0.5 and r95["coverage"] >= 0.85
     record(
         Result(
             "decisions",
@@ -136,7 +141,7 @@ def main() -> None:
                 "cross-fitted ECE below about that figure from sampling noise.",
                 "Target at precision 0.95: the error of the answered at most half the error of all, with coverage "
                 f"of at least 85%: {'met' if reject_met else 'not met'} (the error of the answered is "
-                f"{r95['accepted_error'] / r95['overall_error']:.3f} of all, coverage {r95['coverage']:.1%}).",
+                f"{error_ratio(r95):.3f} of all, coverage {r95['coverage']:.1%}).",
                 smoothing_note(results["0.95"], smoothed, aurocs[1], aurocs[0]),
             ],
         )
