@@ -184,18 +184,24 @@ def _train_log(out: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _rank0_outputs(params: Params, root: Path, spec: ModelSpec, fit: Fit, dist: Dist) -> Iterator[Any]:
-    """Rank 0's train.log, config.yaml and MLflow run (None on the other ranks, which write nothing)."""
+def _rank0_outputs(
+    params: Params, root: Path, spec: ModelSpec, fit: Fit, dist: Dist, sigterm: Sigterm
+) -> Iterator[Any]:
+    """Rank 0's train.log, config.yaml and MLflow run (None on the other ranks, which write nothing). The run
+    starts and finishes with SIGTERM deferred, as every MLflow write of the training does."""
     if not dist.main:
         yield None
         return
     out = Path(params.train.output)
-    with _train_log(out):
+    with _train_log(out), contextlib.ExitStack() as mlflow_run:
         atomic_write_text(out / "config.yaml", yaml.safe_dump(params.to_dict(), sort_keys=False))
         name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        with mlflow_tracking.training_run(params, root, name, fit.run_id) as run:
-            fit.run_id = run.run_id
-            yield run
+        with sigterm.deferred():
+            run = mlflow_run.enter_context(mlflow_tracking.training_run(params, root, name, fit.run_id))
+        fit.run_id = run.run_id
+        yield run
+        with sigterm.deferred():
+            mlflow_run.close()  # the run ends FINISHED
 
 
 def train(params: Params) -> TrainResult:
@@ -211,26 +217,53 @@ def train(params: Params) -> TrainResult:
     dist = Dist.from_env()
     root = _prepared_root(params, dist)
     device = process_device(params.train.device, dist)
-    with _terminated_on_sigterm(), process_group(dist, device):
-        return _train(params, root, dist, device)
+    with terminated_on_sigterm() as sigterm, process_group(dist, device):
+        return _train(params, root, dist, device, sigterm)
 
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM arrived: the run stops as on Ctrl-C (its MLflow run ends KILLED, not left RUNNING)."""
 
 
-@contextlib.contextmanager
-def _terminated_on_sigterm() -> Iterator[None]:
-    def stop(signum: int, _frame: Any) -> None:
+@dataclass
+class Sigterm:
+    """SIGTERM raises Terminated where the training is, except inside `deferred()`, which raises it when the
+    block ends: an exception raised halfway through an MLflow write would leave the tracking store's SQLite
+    transaction open, locking the store against the write that ends the run KILLED."""
+
+    deferring: int = 0
+    pending: int | None = None
+
+    def handle(self, signum: int, _frame: Any) -> None:
+        if self.deferring:
+            self.pending = signum
+            return
         raise Terminated(f"stopped by signal {signum}")
 
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """A block that SIGTERM does not interrupt; a SIGTERM that arrived in it is raised at its end."""
+        self.deferring += 1
+        try:
+            yield
+        finally:
+            self.deferring -= 1
+        if not self.deferring and self.pending is not None:
+            raise Terminated(f"stopped by signal {self.pending}")
+
+
+@contextlib.contextmanager
+def terminated_on_sigterm() -> Iterator[Sigterm]:
+    """SIGTERM handled by a Sigterm while the block runs (in the main thread; elsewhere, as a Prefect task
+    runner's thread, the caller's own handling applies and the Sigterm never fires)."""
+    sigterm = Sigterm()
     try:
-        previous = signal.signal(signal.SIGTERM, stop)
-    except ValueError:  # not the main thread (a Prefect task runner): its own handling applies
-        yield
+        previous = signal.signal(signal.SIGTERM, sigterm.handle)
+    except ValueError:  # not the main thread
+        yield sigterm
         return
     try:
-        yield
+        yield sigterm
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -244,7 +277,7 @@ def _finish(out: Path, run: Any, fit: Fit, result: dict[str, Any]) -> None:
     )
 
 
-def _train(params: Params, root: Path, dist: Dist, device: torch.device) -> TrainResult:
+def _train(params: Params, root: Path, dist: Dist, device: torch.device, sigterm: Sigterm) -> TrainResult:
     t, spec = params.train, get_spec(params.train.model)
     out = Path(t.output)
     classes = _classes(root, t)
@@ -260,7 +293,7 @@ def _train(params: Params, root: Path, dist: Dist, device: torch.device) -> Trai
     steps = steps_per_epoch(data["train"], t, dist)
     fit = build_fit(t, model, steps, dist, device, ckpt)
     loop = Loop(t, len(classes), dist, device)
-    with _rank0_outputs(params, root, spec, fit, dist) as run:
+    with _rank0_outputs(params, root, spec, fit, dist, sigterm) as run:
         state = {
             "model_name": spec.name,
             "timm_name": spec.timm_name,
@@ -280,9 +313,11 @@ def _train(params: Params, root: Path, dist: Dist, device: torch.device) -> Trai
             if run is not None:
                 _log_epoch(row, t.epochs)
                 _save_epoch(out, state, fit, improved, _train_result(spec, classes, fit, done=False))
-                run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+                with sigterm.deferred():
+                    run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
         if run is not None:
-            _finish(out, run, fit, _train_result(spec, classes, fit, done=True))
+            with sigterm.deferred():
+                _finish(out, run, fit, _train_result(spec, classes, fit, done=True))
     last = fit.history[-1]["val_top1"] if fit.history else 0.0
     return TrainResult(out, fit.best, last, len(fit.history), fit.run_id)
 

@@ -392,6 +392,26 @@ def test_sigterm_ends_the_mlflow_run_killed(dataset: Path, tmp_path: Path) -> No
     assert MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db").get_run(run_id).info.status == "KILLED"
 
 
+def test_a_sigterm_during_an_mlflow_write_is_raised_when_the_write_ends() -> None:
+    """Raised halfway through an MLflow write, the stop left SQLite's transaction open: the write that ends the
+    run KILLED then found the store locked ("database is locked") and the run stayed RUNNING."""
+    import signal
+
+    from components.steps.train import Terminated, terminated_on_sigterm
+
+    before, steps = signal.getsignal(signal.SIGTERM), []
+    with pytest.raises(Terminated), terminated_on_sigterm() as sigterm:
+        with sigterm.deferred():
+            signal.raise_signal(signal.SIGTERM)
+            steps.append("the write ended")
+        steps.append("training went on")
+    with pytest.raises(Terminated), terminated_on_sigterm():
+        signal.raise_signal(signal.SIGTERM)  # elsewhere it stops the training where it is
+        steps.append("training went on")
+    assert steps == ["the write ended"]
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 def test_a_failed_distributed_run_names_the_failing_rank(tmp_path: Path) -> None:
     """The launcher's error carries the end of the failing rank's own output, which train.log never holds."""
     from components.model.distributed import rank_failure
