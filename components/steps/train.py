@@ -248,8 +248,8 @@ class Sigterm:
             yield
         finally:
             self.deferring -= 1
-        if not self.deferring and self.pending is not None:
-            raise Terminated(f"stopped by signal {self.pending}")
+        if self.pending is not None:
+            self.handle(self.pending, None)  # raises once no outer block defers it
 
 
 @contextlib.contextmanager
