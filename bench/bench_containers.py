@@ -1,6 +1,7 @@
 """Size and time of the team stack in containers: the container tests (tests/containers) run once with Podman,
 and the image sizes, build times and start-up times they measured are reported. Every image is built from
-scratch in a storage of its own (no layer cache), with pip downloading from the package registry.
+scratch in a storage of its own (no layer cache), with uv (the pipeline image) and pip downloading from the
+package registry.
 """
 
 from __future__ import annotations
@@ -42,9 +43,9 @@ def main() -> None:
             "containers",
             "Team stack in containers: build, size and start-up",
             "`pytest tests/containers` run once in one process: each image built with `podman build` (overlay "
-            "storage, runc, host networking) from nothing but a Debian base made by mmdebstrap, pip downloading "
+            "storage, runc, host networking) from nothing but a Debian base made by mmdebstrap, uv or pip downloading "
             "every package (the pipeline image beside the others); then the demo pipeline inside the pipeline "
-            "image, deploy/compose.yaml up with podman-compose and its nightly training run, and "
+            "image, deploy/compose.yaml up with podman-compose and its nightly training run (one epoch), and "
             "deploy/kubernetes/ played with `podman kube play`.",
             ["step", "seconds"],
             rows,

@@ -18,6 +18,23 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 
+# The test folders in the order they run: end to end first, unit tests last. With two workers (`make test`), the
+# files that take minutes then start early and the many short ones fill both workers to the end; xdist's own
+# order (the files with the most tests first) left one worker running the loop test alone for its last minutes.
+RUN_ORDER = ("orchestration", "reliability", "model", "serving", "data", "code", "containers")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests sorted by their folder's place in RUN_ORDER; within a folder, as collected."""
+    tests = Path(__file__).parent
+
+    def rank(item: pytest.Item) -> int:
+        folder = item.path.relative_to(tests).parts[0]
+        return RUN_ORDER.index(folder) if folder in RUN_ORDER else len(RUN_ORDER)
+
+    items.sort(key=rank)
+
+
 @pytest.fixture
 def dataset(tmp_path: Path) -> Path:
     return cls_dataset(tmp_path / "ds")

@@ -167,18 +167,21 @@ def test_the_compose_stack_trains_registers_and_serves(
         assert _answers(PREFECT_API.removesuffix("/api") + "/"), "the Prefect server does not serve its UI"
 
         start = time.monotonic()
-        trigger = ["prefect", "deployment", "run", "training-pipeline/nightly"]
+        # One epoch, with the flow's own parameter for -o overrides, as a team member would try a change.
+        one_epoch = json.dumps({"overrides": {"train.epochs": 1}})
+        trigger = ["prefect", "deployment", "run", "training-pipeline/nightly", "--params", one_epoch]
         triggered = sh(trigger, tmp_path, PREFECT_API_URL=PREFECT_API)
         run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", triggered).group(1)
         state = wait_for_flow_run(PREFECT_API, run_id, logs)
         assert state["type"] == "COMPLETED", f"{state}\n{logs()}"
-        podman.timings["training-pipeline/nightly, triggered to Completed"] = time.monotonic() - start
+        podman.timings["training-pipeline/nightly, 1 epoch, triggered to Completed"] = time.monotonic() - start
 
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(tracking_uri=MLFLOW, registry_uri=MLFLOW)
         champion = client.get_model_version_by_alias(MODEL, "champion")  # registered and promoted by the run
-        assert client.get_run(champion.run_id).info.status == "FINISHED"
+        run = client.get_run(champion.run_id)
+        assert (run.info.status, run.data.params["train.epochs"]) == ("FINISHED", "1")  # the override reached it
 
         ready = f"{TRITON_HTTP}/v2/models/{MODEL}_bytes/ready"
         _wait("Triton loading the published model", lambda: _answers(ready), 120, logs)
