@@ -24,12 +24,12 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 RUN_ORDER = ("orchestration", "reliability", "model", "serving", "data", "code", "containers")
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests sorted by their folder's place in RUN_ORDER; within a folder, as collected."""
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests sorted by their folder's place in RUN_ORDER (others last); within a folder, as collected."""
     tests = Path(__file__).parent
 
     def rank(item: pytest.Item) -> int:
-        folder = item.path.relative_to(tests).parts[0]
+        folder = item.path.relative_to(tests).parts[0] if item.path.is_relative_to(tests) else ""
         return RUN_ORDER.index(folder) if folder in RUN_ORDER else len(RUN_ORDER)
 
     items.sort(key=rank)
