@@ -51,10 +51,11 @@ containers:
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc mmdebstrap; }
 
 # Two workers, each test file on one of them (its module fixtures built once), the end-to-end folders first
-# (RUN_ORDER in tests/conftest.py, hence --no-loadscope-reorder): two on 2 cores take about half
-# the time of one (the timings are in the docs), three no less than two (22.6 min against 22.2 on a 2-core AMD
-# EPYC, both cores busy throughout). The container tests then run on their own: building the images and
-# training in them beside the other tests made both slower (30 min in all, against about 26 one after the other).
+# (RUN_ORDER in tests/conftest.py, hence --no-loadscope-reorder), each with its share of the cores' threads (also
+# there): two on 2 cores take about half the time of one (the timings are in the docs), three longer than two
+# (17 min 26 s against 16 min 28 s on a 2-core AMD EPYC). The container tests then run on their own: building
+# the images and training in them beside the other tests made both slower (30 min in all, against about 26 one
+# after the other).
 test: lint browser containers
 	$(BIN)/pytest -n 2 --dist loadfile --no-loadscope-reorder -m "not container"
 	$(BIN)/pytest -m container
