@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.report import Result, record
@@ -112,77 +113,104 @@ def flow_run_seconds(url: str) -> float:
     return (end - start).total_seconds()
 
 
+@dataclass(frozen=True)
+class Timings:
+    """Wall times in seconds of one side-by-side run."""
+
+    bare: dict[str, float]  # each step's own time, the imports, and the whole process
+    dvc: float
+    noop: float
+    with_server: float
+    flow_run: float
+    temporary: float
+
+    @property
+    def steps(self) -> float:
+        """The steps' summed time: the work itself."""
+        return steps_sum(self.bare)
+
+
+def steps_sum(bare_times: dict[str, float]) -> float:
+    """The summed time of the steps that `bare` timed, less its imports and its process's wall time."""
+    return sum(v for k, v in bare_times.items() if k not in ("wall", "imports"))
+
+
+def measure(root: Path) -> Timings:
+    """The bare steps, `dvc repro` and its no-op, and `sortflow run` with both Prefect servers, each on its
+    own copy of the project under `root`."""
+    projects = {name: copy_project(root / name / "project") for name in ("bare", "dvc", "server", "temporary")}
+    times = bare(projects["bare"])
+    steps = steps_sum(times)
+    print(f"bare: steps {steps:.1f} s, imports {times['imports']:.1f} s, wall {times['wall']:.1f} s")
+    dvc = timed(["dvc", "repro"], projects["dvc"])
+    noop = statistics.median(timed(["dvc", "repro"], projects["dvc"]) for _ in range(5))
+    print(f"dvc repro: {dvc:.1f} s (overhead {dvc - steps:.1f} s); no-op {noop:.2f} s")
+    server, url = prefect_server(root / "prefect-home")
+    try:
+        with_server = timed(["sortflow", "run"], projects["server"], PREFECT_API_URL=url)
+        flow_run = flow_run_seconds(url)
+    finally:
+        stop_group(server)
+    print(f"sortflow run (running server): {with_server:.1f} s; the flow run itself {flow_run:.1f} s")
+    temporary = timed(["sortflow", "run"], projects["temporary"], PREFECT_HOME=str(root / "prefect-home-temporary"))
+    print(f"sortflow run (temporary server): {temporary:.1f} s (overhead {temporary - steps:.1f} s)")
+    return Timings(times, dvc, noop, with_server, flow_run, temporary)
+
+
+def write_json(t: Timings) -> None:
+    """bench/out/orchestration.json: every figure, rounded to 10 ms."""
+    steps, wall = t.steps, t.bare["wall"]
+    report = {
+        "bare_steps_s": {k: round(v, 2) for k, v in t.bare.items()},
+        "bare_steps_sum_s": round(steps, 2),
+        "dvc_repro_s": round(t.dvc, 2),
+        "dvc_overhead_s": round(t.dvc - steps, 2),
+        "dvc_noop_s": round(t.noop, 2),
+        "prefect_server_s": round(t.with_server, 2),
+        "prefect_server_overhead_s": round(t.with_server - steps, 2),
+        "prefect_flow_run_s": round(t.flow_run, 2),
+        "prefect_flow_run_overhead_s": round(t.flow_run - steps, 2),
+        "bare_wall_s": round(wall, 2),
+        "dvc_minus_bare_wall_s": round(t.dvc - wall, 2),
+        "prefect_server_minus_bare_wall_s": round(t.with_server - wall, 2),
+        "prefect_temporary_minus_bare_wall_s": round(t.temporary - wall, 2),
+        "prefect_temporary_s": round(t.temporary, 2),
+        "prefect_temporary_overhead_s": round(t.temporary - steps, 2),
+        "cpu_count": os.cpu_count(),
+    }
+    out = REPO / "bench" / "out" / "orchestration.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="sortflow-bench-") as tmp:
-        root = Path(tmp)
-        projects = {name: copy_project(root / name / "project") for name in ("bare", "dvc", "server", "temporary")}
-        results = {"bare": bare(projects["bare"])}
-        steps = sum(v for k, v in results["bare"].items() if k not in ("wall", "imports"))
-        times = results["bare"]
-        print(f"bare: steps {steps:.1f} s, imports {times['imports']:.1f} s, wall {times['wall']:.1f} s")
-
-        dvc = timed(["dvc", "repro"], projects["dvc"])
-        noop = statistics.median(timed(["dvc", "repro"], projects["dvc"]) for _ in range(5))
-        print(f"dvc repro: {dvc:.1f} s (overhead {dvc - steps:.1f} s); no-op {noop:.2f} s")
-
-        server, url = prefect_server(root / "prefect-home")
-        try:
-            with_server = timed(["sortflow", "run"], projects["server"], PREFECT_API_URL=url)
-            flow_run = flow_run_seconds(url)
-        finally:
-            stop_group(server)
-        print(
-            f"sortflow run (running server): {with_server:.1f} s (overhead {with_server - steps:.1f} s); "
-            f"the flow run itself {flow_run:.1f} s (overhead {flow_run - steps:.1f} s)"
+        t = measure(Path(tmp))
+    write_json(t)
+    steps, wall = t.steps, t.bare["wall"]
+    record(
+        Result(
+            "orchestration",
+            "Orchestration overhead: `dvc repro` and the Prefect flow vs the bare steps",
+            "Identical git copies of the project run the whole pipeline on the demo data: the steps called in "
+            "one process, `dvc repro` (one `sortflow` process per stage), and `sortflow run` with a running "
+            "Prefect server and with Prefect's temporary one. Overhead is each path's wall time less the sum "
+            "of the steps' own times.",
+            ["run", "wall time (s)", "minus the steps' sum (s)", "minus the bare wall time (s)"],
+            [
+                ["bare steps, one process", f"{wall:.1f}", f"{wall - steps:.1f}", "0"],
+                ["`sortflow run`, running Prefect server", f"{t.with_server:.1f}", f"{t.with_server - steps:.1f}",
+                 f"{t.with_server - wall:.1f}"],
+                ["the same flow run, as the Prefect server recorded it", f"{t.flow_run:.1f}",
+                 f"{t.flow_run - steps:.1f}", ""],
+                ["`sortflow run`, Prefect's temporary server", f"{t.temporary:.1f}", f"{t.temporary - steps:.1f}",
+                 f"{t.temporary - wall:.1f}"],
+                ["`dvc repro` (7 stages)", f"{t.dvc:.1f}", f"{t.dvc - steps:.1f}", f"{t.dvc - wall:.1f}"],
+                ["`dvc repro` when nothing changed (median of 5)", f"{t.noop:.2f}", "", ""],
+            ],
+            ["Targets: overhead under 10 s for each path, and a `dvc repro` no-op under 2 s."],
         )
-        temporary = timed(["sortflow", "run"], projects["temporary"], PREFECT_HOME=str(root / "prefect-home-temporary"))
-        print(f"sortflow run (temporary server): {temporary:.1f} s (overhead {temporary - steps:.1f} s)")
-
-        report = {
-            "bare_steps_s": {k: round(v, 2) for k, v in results["bare"].items()},
-            "bare_steps_sum_s": round(steps, 2),
-            "dvc_repro_s": round(dvc, 2),
-            "dvc_overhead_s": round(dvc - steps, 2),
-            "dvc_noop_s": round(noop, 2),
-            "prefect_server_s": round(with_server, 2),
-            "prefect_server_overhead_s": round(with_server - steps, 2),
-            "prefect_flow_run_s": round(flow_run, 2),
-            "prefect_flow_run_overhead_s": round(flow_run - steps, 2),
-            "bare_wall_s": round(results["bare"]["wall"], 2),
-            "dvc_minus_bare_wall_s": round(dvc - results["bare"]["wall"], 2),
-            "prefect_server_minus_bare_wall_s": round(with_server - results["bare"]["wall"], 2),
-            "prefect_temporary_minus_bare_wall_s": round(temporary - results["bare"]["wall"], 2),
-            "prefect_temporary_s": round(temporary, 2),
-            "prefect_temporary_overhead_s": round(temporary - steps, 2),
-            "cpu_count": os.cpu_count(),
-        }
-        out = REPO / "bench" / "out" / "orchestration.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2) + "\n")
-        bare_wall = results["bare"]["wall"]
-        record(
-            Result(
-                "orchestration",
-                "Orchestration overhead: `dvc repro` and the Prefect flow vs the bare steps",
-                "Identical git copies of the project run the whole pipeline on the demo data: the steps called in "
-                "one process, `dvc repro` (one `sortflow` process per stage), and `sortflow run` with a running "
-                "Prefect server and with Prefect's temporary one. Overhead is each path's wall time less the sum "
-                "of the steps' own times.",
-                ["run", "wall time (s)", "minus the steps' sum (s)", "minus the bare wall time (s)"],
-                [
-                    ["bare steps, one process", f"{bare_wall:.1f}", f"{bare_wall - steps:.1f}", "0"],
-                    ["`sortflow run`, running Prefect server", f"{with_server:.1f}", f"{with_server - steps:.1f}",
-                     f"{with_server - bare_wall:.1f}"],
-                    ["the same flow run, as the Prefect server recorded it", f"{flow_run:.1f}",
-                     f"{flow_run - steps:.1f}", ""],
-                    ["`sortflow run`, Prefect's temporary server", f"{temporary:.1f}", f"{temporary - steps:.1f}",
-                     f"{temporary - bare_wall:.1f}"],
-                    ["`dvc repro` (7 stages)", f"{dvc:.1f}", f"{dvc - steps:.1f}", f"{dvc - bare_wall:.1f}"],
-                    ["`dvc repro` when nothing changed (median of 5)", f"{noop:.2f}", "", ""],
-                ],
-                ["Targets: overhead under 10 s for each path, and a `dvc repro` no-op under 2 s."],
-            )
-        )
+    )
 
 
 if __name__ == "__main__":

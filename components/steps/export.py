@@ -248,15 +248,7 @@ def export(params: Params) -> ExportResult:
     with staged_dir(out, replace=True) as stage:
         export_onnx(model, int(ckpt["data_config"]["image_size"]), stage / MODEL_FILE)
         probabilities = onnx_probabilities(onnx_session(stage / MODEL_FILE), images)
-        n = params.export.parity_images
-        e = params.export
-        result["parity"] = check_parity(model, images[:n], probabilities[:n], e.tolerance, e.rtol)
-        result["val_top1"] = accuracy_at_k(probabilities, labels, 1)
-        result["val_top5"] = accuracy_at_k(probabilities, labels, 5)
-        result["size_bytes"] = (stage / MODEL_FILE).stat().st_size
-        if params.export.quantize:
-            result["int8"] = _int8(stage, root, ckpt["data_config"], images, labels)
-            result["int8"]["top1_change"] = result["int8"]["val_top1"] - result["val_top1"]
+        result.update(_quality(stage, model, (images, labels, probabilities), root, ckpt, params.export))
         (stage / LABELS_FILE).write_text("".join(f"{name}\n" for name in ckpt["label_names"]), encoding="utf-8")
         paths = [s.path for s in read_split(root, "val")]
         thresholds = calibration.threshold_array(ckpt["label_names"]).tolist()
@@ -274,6 +266,34 @@ def export(params: Params) -> ExportResult:
         result["parity"]["images"],
         result["val_top1"],
     )
+    return _typed(out, result)
+
+
+def _quality(
+    stage: Path,
+    model: Deployable,
+    val: tuple[np.ndarray, np.ndarray, np.ndarray],
+    root: Path,
+    ckpt: dict[str, Any],
+    settings: ExportParams,
+) -> dict[str, Any]:
+    """The exported model's parity with torch, its val top-1/top-5 and size, and with `export.quantize` the
+    int8 model's: the figures of export_result.json."""
+    images, labels, probabilities = val
+    n = settings.parity_images
+    figures: dict[str, Any] = {
+        "parity": check_parity(model, images[:n], probabilities[:n], settings.tolerance, settings.rtol),
+        "val_top1": accuracy_at_k(probabilities, labels, 1),
+        "val_top5": accuracy_at_k(probabilities, labels, 5),
+        "size_bytes": (stage / MODEL_FILE).stat().st_size,
+    }
+    if settings.quantize:
+        figures["int8"] = _int8(stage, root, ckpt["data_config"], images, labels)
+        figures["int8"]["top1_change"] = figures["int8"]["val_top1"] - figures["val_top1"]
+    return figures
+
+
+def _typed(out: Path, result: dict[str, Any]) -> ExportResult:
     int8 = result.get("int8")
     return ExportResult(
         str(out / MODEL_FILE),
