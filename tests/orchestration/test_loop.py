@@ -23,8 +23,6 @@ from PIL import Image, ImageEnhance
 
 from tests.support.helpers import free_port
 from tests.support.project import MODEL, project_copy
-
-# Capture every request; a window of 20 requests is enough for these tiny tests; every new version is promoted.
 from tests.support.services import command_env, sh
 
 # Capture every request; a window of 20 requests is enough for these tiny tests; every new version is promoted.
@@ -113,98 +111,106 @@ def check_contact_sheet(sheet: Path, images: int, tmp_path: Path) -> None:
     assert f'data-thumbnails="{images}"' in dom and f'data-heatmaps="{images}"' in dom, dom[-2000:]
 
 
+def val_images(project: Path) -> tuple[list[Path], dict[str, str]]:
+    """The split's val images, and each file name's true class."""
+    lines = (project / "output/split/val.txt").read_text().splitlines()
+    labels = (project / "output/split/label.txt").read_text().split()[1::2]
+    paths = [project / "output/split" / line.rsplit(" ", 1)[0] for line in lines]
+    return paths, {p.name: labels[int(line.rsplit(" ", 1)[1])] for p, line in zip(paths, lines, strict=True)}
+
+
+def ordinary_traffic_shows_no_drift(project: Path, http_port: int, val: list[Path]) -> None:
+    """The val images themselves, as traffic: every request captured, and the monitor finds no drift."""
+    send(http_port, [p.read_bytes() for p in val] * REPEAT)
+    time.sleep(0.5)  # the capture counters on the metrics port are refreshed by a request, at most every 0.25 s
+    send(http_port, [val[0].read_bytes()])
+    code, printed, result = monitor(project)
+    assert code == 0, printed
+    sent = len(val) * REPEAT + 1
+    assert result["verdict"] == "no drift" and result["window"]["samples"] == sent
+    assert {"embedding drift", "novel images share"} <= {c["check"] for c in result["checks"]}
+    assert result["triton"]["sortflow_capture_samples_total"][f"{MODEL}:captured"] >= sent - 1
+
+
+def darker_traffic_drifts(project: Path, http_port: int, val: list[Path], prefect_server: str) -> float:
+    """Darker photos (a new camera): `monitor` exits 3 and its brightness test says so; the `monitor` flow
+    says drift too, with a report, a Prefect event and the review queue. Returns when the ordinary traffic
+    ended."""
+    ordinary_end = time.time()
+    time.sleep(PAUSE)
+    send(http_port, [darker(p) for p in val] * REPEAT)
+    code, printed, result = monitor(project, "-o", window_after(ordinary_end))
+    assert code == 3, printed
+    assert "drift in" in result["verdict"]
+    assert next(c for c in result["checks"] if c["check"] == "brightness")["drift"]
+    assert (project / "output/monitor/monitor.png").is_file()
+    assert (project / "output/monitor/data_docs/index.html").is_file()
+
+    flow = sh(["sortflow", "run", "monitor", "-o", window_after(ordinary_end)], project, PREFECT_API_URL=prefect_server)
+    assert "Completed('drift in" in flow and '"drift": true' in flow
+    event = drift_event(prefect_server)
+    assert event["resource"]["prefect.resource.id"] == f"sortflow.model.{MODEL}"
+    assert (project / event["payload"]["review_queue"]).is_file()  # the flow built the queue to label
+    report = httpx.post(f"{prefect_server}/artifacts/filter", json={"artifacts": {"key": {"any_": ["monitor"]}}})
+    assert "brightness" in report.json()[-1]["data"]
+    return ordinary_end
+
+
+def label_the_review_queue(project: Path, ordinary_end: float, truth: dict[str, str], tmp_path: Path) -> None:
+    """The review queue holds each shifted image once, in a contact sheet that a browser shows; a person labels
+    them (here: the ground truth, found by the image's hash), and they become a new data version."""
+    sh(["sortflow", "review", "-o", window_after(ordinary_end)], project)
+    queue = project / "output/review/review.csv"
+    rows = list(csv.DictReader(queue.open()))
+    assert len(rows) == len(truth) and all(r["label"] == "" for r in rows)
+    check_contact_sheet(project / "output/review/index.html", len(truth), tmp_path)
+    tasks = json.loads((project / "output/review/label_studio_tasks.json").read_text())
+    assert len(tasks) == len(truth) and tasks[0]["predictions"][0]["result"][0]["value"]["choices"]
+
+    by_hash = {hashlib.blake2b(darker(path), digest_size=16).hexdigest(): label for path, label in truth.items()}
+    for row in rows:
+        row["label"] = by_hash[Path(row["file"]).stem]
+    with queue.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    before = yaml.safe_load((project / "data.dvc").read_text())["outs"][0]["md5"]
+    added = sh(["sortflow", "dataset", "add-reviewed", str(queue)], project)
+    assert f"Added {len(rows)} reviewed images" in added
+    assert yaml.safe_load((project / "data.dvc").read_text())["outs"][0]["md5"] != before
+
+
+def retrained_version_is_served(project: Path, http_port: int, image: Path, prefect_server: str) -> None:
+    """The data changed: the pipeline trains, registers and publishes version 2, which the running server loads
+    and answers with; a run on unchanged data then ends at once."""
+    second = sh(["sortflow", "run"], project, PREFECT_API_URL=prefect_server)
+    assert "changed since champion version 1 was trained" in second
+    assert json.loads((project / "output/register/register_result.json").read_text())["version"] == 2
+    ready = f"http://127.0.0.1:{http_port}/v2/models/{MODEL}/versions/2/ready"
+    assert urllib.request.urlopen(ready, timeout=10).status == 200
+    send(http_port, [image.read_bytes()])
+    time.sleep(1)
+    record = json.loads(sorted((project / "output/capture/records").glob("*.jsonl"))[-1].read_text().splitlines()[-1])
+    assert record["version"] == "2"
+
+    began = time.monotonic()
+    third = sh(["sortflow", "run"], project, PREFECT_API_URL=prefect_server)
+    assert "nothing new to train on" in third and time.monotonic() - began < 60
+    assert json.loads((project / "output/register/register_result.json").read_text())["version"] == 2
+
+
 @pytest.mark.slow
 def test_loop_from_served_traffic_back_to_training(tmp_path: Path, prefect_server: str) -> None:
     ports = {key: free_port() for key in ("grpc_port", "http_port", "metrics_port")}
     project = project_copy(tmp_path / "project", *LOOP, *(f"serve.{k}={v}" for k, v in ports.items()))
     first = sh(["sortflow", "run"], project, PREFECT_API_URL=prefect_server)
     assert "has no champion yet: training" in first
-    val = [
-        (project / "output/split" / line.rsplit(" ", 1)[0])
-        for line in (project / "output/split/val.txt").read_text().splitlines()
-    ]
-    labels = (project / "output/split/label.txt").read_text().split()[1::2]
-    truth = {
-        p.name: labels[int(line.rsplit(" ", 1)[1])]
-        for p, line in zip(val, (project / "output/split/val.txt").read_text().splitlines(), strict=True)
-    }
+    val, truth = val_images(project)
     sh(["sortflow", "serve"], project)
     try:
-        # Ordinary traffic: the val images themselves. No drift.
-        send(ports["http_port"], [p.read_bytes() for p in val] * REPEAT)
-        time.sleep(0.5)  # the capture counters on the metrics port are refreshed by a request, at most every 0.25 s
-        send(ports["http_port"], [val[0].read_bytes()])
-        code, printed, result = monitor(project)
-        assert code == 0, printed
-        sent = len(val) * REPEAT + 1
-        assert result["verdict"] == "no drift" and result["window"]["samples"] == sent
-        assert {"embedding drift", "novel images share"} <= {c["check"] for c in result["checks"]}
-        assert result["triton"]["sortflow_capture_samples_total"][f"{MODEL}:captured"] >= sent - 1
-
-        # Darker photos (a new camera): drift, exit 3, and the brightness test says so.
-        ordinary_end = time.time()
-        time.sleep(PAUSE)
-        shifted = {p.name: darker(p) for p in val}
-        send(ports["http_port"], list(shifted.values()) * REPEAT)
-        code, printed, result = monitor(project, "-o", window_after(ordinary_end))
-        assert code == 3, printed
-        assert (
-            "drift in" in result["verdict"] and next(c for c in result["checks"] if c["check"] == "brightness")["drift"]
-        )
-        assert (project / "output/monitor/monitor.png").is_file() and (
-            project / "output/monitor/data_docs/index.html"
-        ).is_file()
-
-        # The same window through the `monitor` flow: its run says drift, with a report and a Prefect event.
-        flow = sh(
-            ["sortflow", "run", "monitor", "-o", window_after(ordinary_end)], project, PREFECT_API_URL=prefect_server
-        )
-        assert "Completed('drift in" in flow and '"drift": true' in flow
-        event = drift_event(prefect_server)
-        assert event["resource"]["prefect.resource.id"] == f"sortflow.model.{MODEL}"
-        assert (project / event["payload"]["review_queue"]).is_file()  # the flow built the queue to label
-        report = httpx.post(f"{prefect_server}/artifacts/filter", json={"artifacts": {"key": {"any_": ["monitor"]}}})
-        assert "brightness" in report.json()[-1]["data"]
-
-        # The review queue: each shifted image once, in a contact sheet that a browser shows.
-        sh(["sortflow", "review", "-o", window_after(ordinary_end)], project)
-        queue = project / "output/review/review.csv"
-        rows = list(csv.DictReader(queue.open()))
-        assert len(rows) == len(val) and all(r["label"] == "" for r in rows)
-        check_contact_sheet(project / "output/review/index.html", len(val), tmp_path)
-        tasks = json.loads((project / "output/review/label_studio_tasks.json").read_text())
-        assert len(tasks) == len(val) and tasks[0]["predictions"][0]["result"][0]["value"]["choices"]
-
-        # A person labels them (here: the ground truth), and they become a new data version.
-        by_hash = {hashlib.blake2b(data, digest_size=16).hexdigest(): truth[name] for name, data in shifted.items()}
-        for row in rows:
-            row["label"] = by_hash[Path(row["file"]).stem]
-        with queue.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        before = yaml.safe_load((project / "data.dvc").read_text())["outs"][0]["md5"]
-        added = sh(["sortflow", "dataset", "add-reviewed", str(queue)], project)
-        assert f"Added {len(val)} reviewed images" in added
-        assert yaml.safe_load((project / "data.dvc").read_text())["outs"][0]["md5"] != before
-
-        # The data changed: the pipeline trains, registers, publishes, and the running server loads the new version.
-        second = sh(["sortflow", "run"], project, PREFECT_API_URL=prefect_server)
-        assert "changed since champion version 1 was trained" in second
-        assert json.loads((project / "output/register/register_result.json").read_text())["version"] == 2
-        ready = f"http://127.0.0.1:{ports['http_port']}/v2/models/{MODEL}/versions/2/ready"
-        assert urllib.request.urlopen(ready, timeout=10).status == 200
-        send(ports["http_port"], [val[0].read_bytes()])
-        time.sleep(1)
-        record = json.loads(
-            sorted((project / "output/capture/records").glob("*.jsonl"))[-1].read_text().splitlines()[-1]
-        )
-        assert record["version"] == "2"
-
-        # Unchanged data: the next run ends at once.
-        began = time.monotonic()
-        third = sh(["sortflow", "run"], project, PREFECT_API_URL=prefect_server)
-        assert "nothing new to train on" in third and time.monotonic() - began < 60
-        assert json.loads((project / "output/register/register_result.json").read_text())["version"] == 2
+        ordinary_traffic_shows_no_drift(project, ports["http_port"], val)
+        ordinary_end = darker_traffic_drifts(project, ports["http_port"], val, prefect_server)
+        label_the_review_queue(project, ordinary_end, {p: truth[p.name] for p in val}, tmp_path)
+        retrained_version_is_served(project, ports["http_port"], val[0], prefect_server)
     finally:
         sh(["sortflow", "serve", "--stop"], project, check=False)
