@@ -156,7 +156,7 @@ def darker_traffic_drifts(project: Path, http_port: int, val: list[Path], prefec
     return ordinary_end
 
 
-def label_the_review_queue(project: Path, ordinary_end: float, truth: dict[str, str], tmp_path: Path) -> None:
+def label_the_review_queue(project: Path, ordinary_end: float, truth: dict[Path, str], tmp_path: Path) -> None:
     """The review queue holds each shifted image once, in a contact sheet that a browser shows; a person labels
     them (here: the ground truth, found by the image's hash), and they become a new data version."""
     sh(["sortflow", "review", "-o", window_after(ordinary_end)], project)
