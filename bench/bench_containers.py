@@ -45,8 +45,8 @@ def main() -> None:
             "`pytest tests/containers` run once in one process: each image built with `podman build` (overlay "
             "storage, runc, host networking) from nothing but a Debian base made by mmdebstrap, uv or pip downloading "
             "every package (the pipeline image beside the others); then the demo pipeline inside the pipeline "
-            "image, deploy/compose.yaml up with podman-compose and its nightly training run (one epoch), and "
-            "deploy/kubernetes/ played with `podman kube play`.",
+            "image (one epoch), deploy/compose.yaml up with podman-compose and its nightly training run (one "
+            "epoch), and deploy/kubernetes/ played with `podman kube play`.",
             ["step", "seconds"],
             rows,
             [
