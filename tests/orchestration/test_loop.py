@@ -111,12 +111,11 @@ def check_contact_sheet(sheet: Path, images: int, tmp_path: Path) -> None:
     assert f'data-thumbnails="{images}"' in dom and f'data-heatmaps="{images}"' in dom, dom[-2000:]
 
 
-def val_images(project: Path) -> tuple[list[Path], dict[str, str]]:
-    """The split's val images, and each file name's true class."""
-    lines = (project / "output/split/val.txt").read_text().splitlines()
+def val_images(project: Path) -> dict[Path, str]:
+    """The split's val images, in its order, each with its true class."""
     labels = (project / "output/split/label.txt").read_text().split()[1::2]
-    paths = [project / "output/split" / line.rsplit(" ", 1)[0] for line in lines]
-    return paths, {p.name: labels[int(line.rsplit(" ", 1)[1])] for p, line in zip(paths, lines, strict=True)}
+    lines = (project / "output/split/val.txt").read_text().splitlines()
+    return {project / "output/split" / line.rsplit(" ", 1)[0]: labels[int(line.rsplit(" ", 1)[1])] for line in lines}
 
 
 def ordinary_traffic_shows_no_drift(project: Path, http_port: int, val: list[Path]) -> None:
@@ -132,13 +131,16 @@ def ordinary_traffic_shows_no_drift(project: Path, http_port: int, val: list[Pat
     assert result["triton"]["sortflow_capture_samples_total"][f"{MODEL}:captured"] >= sent - 1
 
 
-def darker_traffic_drifts(project: Path, http_port: int, val: list[Path], prefect_server: str) -> float:
+def darker_traffic_drifts(
+    project: Path, http_port: int, val: list[Path], prefect_server: str
+) -> tuple[float, dict[Path, bytes]]:
     """Darker photos (a new camera): `monitor` exits 3 and its brightness test says so; the `monitor` flow
     says drift too, with a report, a Prefect event and the review queue. Returns when the ordinary traffic
-    ended."""
+    ended, and the darker photo sent for each val image."""
     ordinary_end = time.time()
     time.sleep(PAUSE)
-    send(http_port, [darker(p) for p in val] * REPEAT)
+    shifted = {p: darker(p) for p in val}
+    send(http_port, list(shifted.values()) * REPEAT)
     code, printed, result = monitor(project, "-o", window_after(ordinary_end))
     assert code == 3, printed
     assert "drift in" in result["verdict"]
@@ -153,10 +155,12 @@ def darker_traffic_drifts(project: Path, http_port: int, val: list[Path], prefec
     assert (project / event["payload"]["review_queue"]).is_file()  # the flow built the queue to label
     report = httpx.post(f"{prefect_server}/artifacts/filter", json={"artifacts": {"key": {"any_": ["monitor"]}}})
     assert "brightness" in report.json()[-1]["data"]
-    return ordinary_end
+    return ordinary_end, shifted
 
 
-def label_the_review_queue(project: Path, ordinary_end: float, truth: dict[Path, str], tmp_path: Path) -> None:
+def label_the_review_queue(
+    project: Path, ordinary_end: float, shifted: dict[Path, bytes], truth: dict[Path, str], tmp_path: Path
+) -> None:
     """The review queue holds each shifted image once, in a contact sheet that a browser shows; a person labels
     them (here: the ground truth, found by the image's hash), and they become a new data version."""
     sh(["sortflow", "review", "-o", window_after(ordinary_end)], project)
@@ -167,7 +171,7 @@ def label_the_review_queue(project: Path, ordinary_end: float, truth: dict[Path,
     tasks = json.loads((project / "output/review/label_studio_tasks.json").read_text())
     assert len(tasks) == len(truth) and tasks[0]["predictions"][0]["result"][0]["value"]["choices"]
 
-    by_hash = {hashlib.blake2b(darker(path), digest_size=16).hexdigest(): label for path, label in truth.items()}
+    by_hash = {hashlib.blake2b(data, digest_size=16).hexdigest(): truth[path] for path, data in shifted.items()}
     for row in rows:
         row["label"] = by_hash[Path(row["file"]).stem]
     with queue.open("w", newline="") as f:
@@ -205,12 +209,13 @@ def test_loop_from_served_traffic_back_to_training(tmp_path: Path, prefect_serve
     project = project_copy(tmp_path / "project", *LOOP, *(f"serve.{k}={v}" for k, v in ports.items()))
     first = sh(["sortflow", "run"], project, PREFECT_API_URL=prefect_server)
     assert "has no champion yet: training" in first
-    val, truth = val_images(project)
+    truth = val_images(project)
+    val = list(truth)
     sh(["sortflow", "serve"], project)
     try:
         ordinary_traffic_shows_no_drift(project, ports["http_port"], val)
-        ordinary_end = darker_traffic_drifts(project, ports["http_port"], val, prefect_server)
-        label_the_review_queue(project, ordinary_end, {p: truth[p.name] for p in val}, tmp_path)
+        ordinary_end, shifted = darker_traffic_drifts(project, ports["http_port"], val, prefect_server)
+        label_the_review_queue(project, ordinary_end, shifted, truth, tmp_path)
         retrained_version_is_served(project, ports["http_port"], val[0], prefect_server)
     finally:
         sh(["sortflow", "serve", "--stop"], project, check=False)
