@@ -52,8 +52,8 @@ containers:
 
 # Two workers, each test file on one of them (its module fixtures built once), the end-to-end folders first
 # (RUN_ORDER in tests/conftest.py, hence --no-loadscope-reorder), each with its share of the cores for its thread
-# pools (set in the same file): two on 2 cores take about half the time of one (the timings are in the docs), three longer than two
-# (17 min 26 s against 16 min 28 s on a 2-core AMD EPYC). The container tests then run on their own: building
+# pools (set in the same file): two on 2 cores take about half the time of one (the timings are in the docs),
+# three longer than two (17 min 26 s against 16 min 28 s on a 2-core AMD EPYC). The container tests then run on their own: building
 # the images and training in them beside the other tests made both slower (30 min in all, against about 26 one
 # after the other).
 test: lint browser containers
